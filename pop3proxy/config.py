@@ -1,0 +1,273 @@
+"""The configuration file: YAML in, frozen dataclasses out.
+
+Every key has a default (docs/configuration.md lists them). All problems are
+reported at once, each with its key path, by :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pop3proxy.schema import Reader, SchemaError
+
+TLS_MODES = ("none", "starttls", "implicit")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(SchemaError):
+    """The configuration is invalid; ``problems`` has one line per mistake."""
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    host: str
+    port: int
+    tls: str = "starttls"
+    require_tls: bool = True
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str | None = None
+    key: str | None = None
+    min_version: str = "TLSv1.2"
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    store: str = "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "pop3proxy"
+    cache_ttl: float = 30.0
+    negative_ttl: float = 5.0
+    cache_size: int = 10000
+    redis_timeout: float = 1.0
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class TenancyConfig:
+    separator: str = "@"
+    default_tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    auth: float = 60.0
+    idle: float = 600.0
+    backend_connect: float = 5.0
+    tls_handshake: float = 10.0
+    drain: float = 30.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_connections: int = 10000
+    max_line_length: int = 2048
+    max_errors: int = 10
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str | None = "0.0.0.0"
+    port: int = 9110
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: tuple[ListenerConfig, ...]
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    tenancy: TenancyConfig = field(default_factory=TenancyConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None
+
+
+DEFAULT_LISTENERS = [
+    {"name": "pop3", "address": "0.0.0.0:110", "tls": "starttls"},
+    {"name": "pop3s", "address": "0.0.0.0:995", "tls": "implicit"},
+]
+
+
+def default_config_path() -> Path:
+    """``$POP3PROXY_CONFIG``, then ``./pop3proxy.yaml``: the CLI's default."""
+    return Path(os.environ.get("POP3PROXY_CONFIG") or "pop3proxy.yaml")
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a configuration file; raises :class:`ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    config = parse_config(data, base=path.parent)
+    return Config(**{**config.__dict__, "source": path})
+
+
+def parse_config(data: object, base: Path | None = None) -> Config:
+    """Validate a parsed YAML document; relative file paths resolve against ``base``."""
+    problems: list[str] = []
+    top = Reader(data, "", problems)
+    listeners = tuple(_listener(item) for item in top.items("listeners") or _defaults(top))
+    _check_unique_names(listeners, problems)
+    config = Config(
+        listeners=listeners,
+        tls=_tls(top.section("tls"), base),
+        directory=_directory(top.section("directory"), base),
+        tenancy=_tenancy(top.section("tenancy")),
+        timeouts=_timeouts(top.section("timeouts")),
+        limits=_limits(top.section("limits")),
+        metrics=_metrics(top.section("metrics")),
+        logging=_logging(top.section("logging")),
+    )
+    top.finish()
+    _check_tls_files(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _defaults(top: Reader) -> list[Reader]:
+    if top.has("listeners"):
+        top.problem("listeners", "expected at least one listener")
+    return [Reader(item, f"listeners[{i}]", []) for i, item in enumerate(DEFAULT_LISTENERS)]
+
+
+def _listener(r: Reader) -> ListenerConfig:
+    name = r.string("name", None, required=True) or "?"
+    host, port = r.address("address", "0.0.0.0:110")
+    tls = r.choice("tls", "starttls", TLS_MODES)
+    require_tls = r.boolean("require_tls", tls != "none")
+    if tls == "none" and require_tls:
+        r.problem("require_tls", "cannot be true with tls: none (no login could ever succeed)")
+    if r.boolean("proxy_protocol", False):
+        r.problem("proxy_protocol", "inbound PROXY protocol is not supported by this version yet")
+    r.finish()
+    return ListenerConfig(name=name, host=host, port=port, tls=tls, require_tls=require_tls)
+
+
+def _check_unique_names(listeners: tuple[ListenerConfig, ...], problems: list[str]) -> None:
+    seen: set[str] = set()
+    for i, listener in enumerate(listeners):
+        if listener.name in seen:
+            problems.append(f"listeners[{i}].name: duplicate listener name {listener.name!r}")
+        seen.add(listener.name)
+
+
+def _resolve(path: str | None, base: Path | None) -> str | None:
+    if path is None or base is None:
+        return path
+    return str((base / path).resolve()) if not os.path.isabs(path) else path
+
+
+def _tls(r: Reader, base: Path | None) -> TLSConfig:
+    config = TLSConfig(
+        cert=_resolve(r.string("cert", None), base),
+        key=_resolve(r.string("key", None), base),
+        min_version=r.choice("min_version", "TLSv1.2", TLS_VERSIONS),
+    )
+    r.finish()
+    return config
+
+
+def _check_tls_files(config: Config, problems: list[str]) -> None:
+    needs_tls = [listener.name for listener in config.listeners if listener.tls != "none"]
+    if not needs_tls:
+        return
+    for key in ("cert", "key"):
+        value = getattr(config.tls, key)
+        if value is None:
+            problems.append(f"tls.{key}: required by listener {needs_tls[0]!r} (tls is not none)")
+        elif not os.path.isfile(value):
+            problems.append(f"tls.{key}: no such file: {value}")
+
+
+def _directory(r: Reader, base: Path | None) -> DirectoryConfig:
+    store = r.choice("store", "redis", ("redis", "file"))
+    config = DirectoryConfig(
+        store=store,
+        redis_url=r.string("redis_url", DirectoryConfig.redis_url) or DirectoryConfig.redis_url,
+        key_prefix=r.string("key_prefix", "pop3proxy") or "pop3proxy",
+        cache_ttl=r.duration("cache_ttl", 30.0),
+        negative_ttl=r.duration("negative_ttl", 5.0),
+        cache_size=r.integer("cache_size", 10000, minimum=1),
+        redis_timeout=r.duration("redis_timeout", 1.0),
+        file=_resolve(r.string("file", None), base),
+    )
+    if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        r.problem(
+            "redis_url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis_url!r}"
+        )
+    if store == "file" and config.file is None:
+        r.problem("file", "is required when store is file")
+    r.finish()
+    return config
+
+
+def _tenancy(r: Reader) -> TenancyConfig:
+    separator = r.string("separator", "@") or "@"
+    config = TenancyConfig(separator=separator, default_tenant=r.string("default_tenant", None))
+    r.finish()
+    return config
+
+
+def _timeouts(r: Reader) -> TimeoutsConfig:
+    config = TimeoutsConfig(
+        auth=r.duration("auth", 60.0),
+        idle=r.duration("idle", 600.0),
+        backend_connect=r.duration("backend_connect", 5.0),
+        tls_handshake=r.duration("tls_handshake", 10.0),
+        drain=r.duration("drain", 30.0),
+    )
+    for key in ("auth", "idle", "backend_connect", "tls_handshake"):
+        if getattr(config, key) <= 0:
+            r.problem(key, "expected a duration greater than zero")
+    r.finish()
+    return config
+
+
+def _limits(r: Reader) -> LimitsConfig:
+    config = LimitsConfig(
+        max_connections=r.integer("max_connections", 10000, minimum=1),
+        max_line_length=r.integer("max_line_length", 2048, minimum=255, maximum=65536),
+        max_errors=r.integer("max_errors", 10, minimum=1),
+    )
+    r.finish()
+    return config
+
+
+def _metrics(r: Reader) -> MetricsConfig:
+    value = r.raw("address", "0.0.0.0:9110")
+    r.finish()
+    if value is None:
+        return MetricsConfig(host=None)
+    host, port = Reader({"address": value}, r.path, r.problems).address("address", "0.0.0.0:9110")
+    return MetricsConfig(host=host, port=port)
+
+
+def _logging(r: Reader) -> LoggingConfig:
+    config = LoggingConfig(
+        level=r.choice("level", "info", LOG_LEVELS),
+        format=r.choice("format", "json", ("json", "text")),
+    )
+    r.finish()
+    return config

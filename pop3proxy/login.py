@@ -1,0 +1,81 @@
+"""From credentials to a logged-in backend: tenant, record, upstream.
+
+Every way a login can fail ends in one of two replies. Unknown tenant,
+disabled tenant and a wrong password all get the same ``-ERR [AUTH]`` line,
+so a client cannot tell which tenants or users exist. A failure on our side
+(directory or backend unavailable) gets ``-ERR [SYS/TEMP]`` so that clients
+retry. The ``result`` label tells operators which case it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pop3proxy import metrics
+from pop3proxy.backends import BackendUnavailable, LoginRefused, Upstream, open_upstream
+from pop3proxy.config import Config
+from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
+from pop3proxy.tenants import Tenant, split_user
+
+
+class LoginFailed(Exception):
+    """``reply`` goes to the client; ``result`` and ``tenant`` to logs and metrics."""
+
+    def __init__(self, reply: bytes, result: str, tenant: str | None = None, detail: str = ""):
+        super().__init__(result)
+        self.reply = reply
+        self.result = result
+        self.tenant = tenant
+        self.detail = detail
+
+
+@dataclass
+class Session:
+    tenant: Tenant
+    upstream: Upstream
+
+
+class LoginService:
+    """Resolves the tenant and opens the backend session (passthrough auth)."""
+
+    def __init__(self, config: Config, directory: Directory) -> None:
+        self.config = config
+        self.directory = directory
+
+    def login(self, user: str, password: bytes) -> Session:
+        """Log ``user`` in; raises :class:`LoginFailed` with the client's reply."""
+        try:
+            session = self._login(user, password)
+        except LoginFailed as failure:
+            label = metrics.tenant_label(failure.tenant)
+            metrics.AUTH.labels(label, failure.result).inc()
+            raise
+        metrics.AUTH.labels(metrics.tenant_label(session.tenant.name), "ok").inc()
+        return session
+
+    def _login(self, user: str, password: bytes) -> Session:
+        tenancy = self.config.tenancy
+        name = split_user(user, tenancy.separator, tenancy.default_tenant)
+        if name.tenant is None:
+            raise LoginFailed(AUTH_FAILURE, "unknown_tenant")
+        try:
+            tenant = self.directory.lookup(name.tenant)
+        except DirectoryUnavailable as error:
+            raise LoginFailed(TEMPORARY_FAILURE, "directory_error", detail=str(error)) from None
+        if tenant is None:
+            raise LoginFailed(AUTH_FAILURE, "unknown_tenant")
+        if not tenant.enabled:
+            raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
+        login_name = tenant.backend_login(name)
+        timeout = self.config.timeouts.backend_connect
+        try:
+            upstream = open_upstream(tenant, login_name, password, connect_timeout=timeout)
+        except LoginRefused as refused:
+            result = "bad_credentials" if refused.reply == AUTH_FAILURE else "backend_refused"
+            raise LoginFailed(refused.reply, result, tenant.name) from None
+        except BackendUnavailable as error:
+            raise LoginFailed(
+                TEMPORARY_FAILURE, "backend_error", tenant.name, error.reason
+            ) from None
+        return Session(tenant, upstream)

@@ -1,0 +1,118 @@
+"""Every metric the proxy exports, and the HTTP endpoints that serve them.
+
+Names follow Prometheus conventions (docs/metrics.md lists them). Labels are
+bounded: listener and command names come from fixed sets, tenant names are
+capped by :func:`tenant_label` (the rest fold into ``other``), and no label
+ever holds a user name or an address.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from pop3proxy import __version__
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600)
+
+CONNECTIONS = Counter("pop3proxy_connections", "Client connections accepted", ["listener"])
+CONNECTIONS_ACTIVE = Gauge("pop3proxy_connections_active", "Open client connections", ["listener"])
+TLS_FAILURES = Counter(
+    "pop3proxy_tls_handshake_failures",
+    "TLS handshakes with clients that failed",
+    ["listener", "reason"],
+)
+AUTH = Counter("pop3proxy_auth", "Login attempts by outcome", ["tenant", "result"])
+SESSIONS_ACTIVE = Gauge("pop3proxy_sessions_active", "Sessions relaying to a backend", ["tenant"])
+SESSIONS_LIMIT = Gauge("pop3proxy_sessions_limit", "max_sessions of the tenant", ["tenant"])
+SESSION_DURATION = Histogram(
+    "pop3proxy_session_duration_seconds",
+    "Time from login to the end of the session",
+    ["tenant"],
+    buckets=DURATION_BUCKETS,
+)
+BYTES = Counter("pop3proxy_bytes", "Bytes relayed", ["tenant", "direction"])
+COMMANDS = Counter("pop3proxy_commands", "Client commands relayed", ["tenant", "command"])
+BACKEND_CONNECT = Histogram(
+    "pop3proxy_backend_connect_seconds",
+    "Time to connect to a backend and log in",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
+BACKEND_ERRORS = Counter(
+    "pop3proxy_backend_errors", "Backend connections that failed", ["tenant", "reason"]
+)
+BACKEND_UP = Gauge(
+    "pop3proxy_backend_up", "Whether the backend answered last time", ["tenant", "backend"]
+)
+DIRECTORY_LOOKUPS = Counter(
+    "pop3proxy_directory_lookups", "Tenant lookups by where the answer came from", ["source"]
+)
+DIRECTORY_REDIS_SECONDS = Histogram(
+    "pop3proxy_directory_redis_seconds",
+    "Redis round trips of the directory",
+    buckets=LATENCY_BUCKETS,
+)
+REDIS_UP = Gauge("pop3proxy_redis_up", "Whether the last Redis call succeeded")
+BUILD_INFO = Gauge("pop3proxy_build_info", "Build information", ["version"])
+BUILD_INFO.labels(__version__).set(1)
+
+OTHER = "other"
+
+
+class TenantLabels:
+    """Caps the distinct tenant label values; later tenants share ``other``."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, tenant: str | None) -> str:
+        if not tenant:
+            return "none"
+        if tenant in self._known:
+            return tenant
+        with self._lock:
+            if len(self._known) < self.limit:
+                self._known.add(tenant)
+                return tenant
+        return OTHER
+
+
+tenant_label = TenantLabels()
+
+DIRECTIONS = ("client_to_backend", "backend_to_client")
+
+
+def init_listener_labels(names: Iterable[str]) -> None:
+    """Create the label sets at start so dashboards see zeros, not gaps."""
+    for name in names:
+        CONNECTIONS.labels(name)
+        CONNECTIONS_ACTIVE.labels(name)
+
+
+def wsgi_app(ready: Callable[[], bool]) -> Callable:
+    """``/metrics``, ``/healthz`` (the process serves) and ``/readyz``."""
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [generate_latest()]
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            if ready():
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ready\n"]
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"not ready\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    return app

@@ -1,0 +1,1 @@
+"""The gevent I/O shell: sockets, TLS and timeouts; no protocol decisions."""

@@ -1,0 +1,124 @@
+"""TRANSACTION relay: client commands parsed and counted, backend replies streamed.
+
+Two directions, two greenlets. Backend to client is a byte splice in large
+chunks with no per-line work, so a big RETR costs a few syscalls per 64 KiB.
+Client to backend goes through the protocol core, which bounds line length
+and notes whether the client sent QUIT.
+
+Rule 1 lives here: the backend only ever sees QUIT if the client sent it.
+When the client vanishes, times out or the proxy stops, the backend socket
+is closed without a word, and the backend never enters UPDATE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import gevent
+
+from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
+
+CHUNK = 65536
+CLIENT_RECV = 16384
+
+
+@dataclass
+class Traffic:
+    """What one session moved; read by the session summary and metrics."""
+
+    to_backend: int = 0
+    to_client: int = 0
+    commands: Counter[str] = field(default_factory=Counter)
+
+
+def shutdown(sock: socket.socket) -> None:
+    """Wake any greenlet blocked on ``sock`` and end the connection, no goodbye."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class Relay:
+    """Runs one session's TRANSACTION phase until either side is done."""
+
+    def __init__(
+        self,
+        client: socket.socket,
+        backend: socket.socket,
+        conn: ClientConnection,
+        idle_timeout: float,
+        traffic: Traffic,
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.conn = conn
+        self.idle_timeout = idle_timeout
+        self.traffic = traffic
+        self.last_activity = time.monotonic()
+        self.backend_end: str | None = None
+
+    def run(self, pending: list[Action], leftover: bytes) -> str:
+        """Relay until the session ends; returns why it ended."""
+        pump = gevent.spawn(self._backend_to_client, leftover)
+        try:
+            self.client.settimeout(self.idle_timeout)
+            reason = self._execute(pending) or self._client_to_backend()
+        finally:
+            shutdown(self.backend)
+            pump.join(timeout=5)
+            pump.kill(block=False)
+        if self.backend_end is not None and reason == "client_closed":
+            return self.backend_end
+        return reason
+
+    def _backend_to_client(self, leftover: bytes) -> None:
+        try:
+            data = leftover
+            while True:
+                if data:
+                    self.client.sendall(data)
+                    self.traffic.to_client += len(data)
+                    self.last_activity = time.monotonic()
+                data = self.backend.recv(CHUNK)
+                if not data:
+                    self.backend_end = "quit" if self.conn.client_sent_quit else "backend_closed"
+                    break
+        except OSError:
+            self.backend_end = "connection_error"
+        finally:
+            shutdown(self.client)
+
+    def _client_to_backend(self) -> str:
+        while True:
+            try:
+                data = self.client.recv(CLIENT_RECV)
+            except TimeoutError:
+                if time.monotonic() - self.last_activity >= self.idle_timeout:
+                    return "idle_timeout"
+                continue
+            except OSError:
+                return "connection_error"
+            if not data:
+                return "client_closed"
+            self.last_activity = time.monotonic()
+            ended = self._execute(self.conn.receive_data(data))
+            if ended:
+                return ended
+
+    def _execute(self, actions: list[Action]) -> str | None:
+        for action in actions:
+            if isinstance(action, Forward):
+                try:
+                    self.backend.sendall(action.data)
+                except OSError:
+                    return "connection_error"
+                self.traffic.to_backend += len(action.data)
+                self.traffic.commands[action.command] += 1
+            elif isinstance(action, Send):
+                self.client.sendall(action.data)
+            elif isinstance(action, Close):
+                return action.reason
+        return None

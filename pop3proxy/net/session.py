@@ -1,0 +1,225 @@
+"""One client connection, from accept to close.
+
+The session owns its sockets and its timeouts: the TLS handshake, the whole
+AUTHORIZATION phase (``timeouts.auth``), and the idle timeout while relaying.
+It feeds the protocol core, executes its actions, and writes one summary log
+line at the end. Errors stop here: whatever one client does, the process and
+the other sessions go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+from gevent import Timeout
+
+from pop3proxy import metrics
+from pop3proxy.backends import set_nodelay
+from pop3proxy.config import Config, ListenerConfig
+from pop3proxy.login import LoginFailed, LoginService, Session
+from pop3proxy.net import tls
+from pop3proxy.net.relay import Relay, Traffic, shutdown
+from pop3proxy.protocol import client as core
+from pop3proxy.protocol import replies
+
+log = logging.getLogger("pop3proxy.session")
+
+_ids = itertools.count(1)
+_PREFIX = os.urandom(3).hex()
+
+
+def new_session_id() -> str:
+    """Unique across replicas in practice: random per process, counted within."""
+    return f"{_PREFIX}-{next(_ids):x}"
+
+
+class SessionEnded(Exception):
+    """Ends the session early; ``reason`` goes to the summary line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Services:
+    """What a session needs from the rest of the proxy."""
+
+    config: Config
+    logins: LoginService
+    server_tls: ssl.SSLContext | None
+
+
+class ClientSession:
+    def __init__(
+        self, sock: socket.socket, peer: tuple, listener: ListenerConfig, services: Services
+    ) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.listener = listener
+        self.services = services
+        self.id = new_session_id()
+        self.started = time.monotonic()
+        self.traffic = Traffic()
+        self.session: Session | None = None
+        self.user: str | None = None
+        self.result = "no_login"
+        settings = core.Settings(
+            tls_active=listener.tls == "implicit",
+            stls_offered=listener.tls == "starttls",
+            require_tls=listener.require_tls,
+            max_line=services.config.limits.max_line_length,
+            max_errors=services.config.limits.max_errors,
+        )
+        self.conn = core.ClientConnection(settings)
+
+    def run(self) -> None:
+        reason = "error"
+        try:
+            reason = self._run()
+        except SessionEnded as ended:
+            reason = ended.reason
+        except OSError:
+            reason = "connection_error"
+        except Exception:
+            log.exception("session failed", extra={"session": self.id})
+            reason = "internal_error"
+        finally:
+            self._close(reason)
+
+    def _run(self) -> str:
+        set_nodelay(self.sock)
+        timeouts = self.services.config.timeouts
+        if self.listener.tls == "implicit":
+            self._start_tls()
+        self.sock.settimeout(timeouts.idle)
+        with Timeout(timeouts.auth, SessionEnded("auth_timeout")):
+            try:
+                pending = self._authorize()
+            except SessionEnded as ended:
+                if ended.reason == "auth_timeout":
+                    self._send_quietly(
+                        replies.err("Authorization timed out", replies.Code.SYS_TEMP)
+                    )
+                raise
+        return self._relay(pending)
+
+    def _authorize(self) -> list[core.Action]:
+        """AUTHORIZATION at the proxy; returns actions queued for TRANSACTION."""
+        actions = self.conn.greeting()
+        while True:
+            for index, action in enumerate(actions):
+                outcome = self._execute(action)
+                if outcome is not None:
+                    if self.session is not None:
+                        return outcome + actions[index + 1 :]
+                    actions = outcome + actions[index + 1 :]
+                    break
+            else:
+                data = self.sock.recv(4096)
+                if not data:
+                    raise SessionEnded("client_closed")
+                actions = self.conn.receive_data(data)
+
+    def _execute(self, action: core.Action) -> list[core.Action] | None:
+        """Run one action; returns follow-up actions when the core produced some."""
+        if isinstance(action, core.Send):
+            self.sock.sendall(action.data)
+        elif isinstance(action, core.StartTLS):
+            self._start_tls()
+            return self.conn.tls_established()
+        elif isinstance(action, core.Login):
+            return self._login(action)
+        elif isinstance(action, core.Close):
+            raise SessionEnded(action.reason)
+        return None
+
+    def _start_tls(self) -> None:
+        context = self.services.server_tls
+        assert context is not None
+        try:
+            self.sock = tls.accept_tls(
+                self.sock, context, self.services.config.timeouts.tls_handshake
+            )
+        except tls.HandshakeFailed as error:
+            metrics.TLS_FAILURES.labels(self.listener.name, error.reason).inc()
+            raise SessionEnded("tls_failed") from None
+
+    def _login(self, action: core.Login) -> list[core.Action]:
+        self.user = action.user
+        try:
+            self.session = self.services.logins.login(action.user, action.password)
+        except LoginFailed as failure:
+            self.result = failure.result
+            log.info(
+                "login failed",
+                extra={
+                    "session": self.id,
+                    "tenant": failure.tenant,
+                    "result": failure.result,
+                    "detail": failure.detail,
+                },
+            )
+            return self.conn.login_failed(failure.reply)
+        self.result = "ok"
+        return self.conn.login_succeeded()
+
+    def _relay(self, pending: list[core.Action]) -> str:
+        assert self.session is not None
+        tenant = metrics.tenant_label(self.session.tenant.name)
+        metrics.SESSIONS_ACTIVE.labels(tenant).inc()
+        logged_in = time.monotonic()
+        upstream = self.session.upstream
+        try:
+            relay = Relay(
+                self.sock,
+                upstream.sock,
+                self.conn,
+                self.services.config.timeouts.idle,
+                self.traffic,
+            )
+            return relay.run(pending, upstream.leftover)
+        finally:
+            upstream.sock.close()
+            metrics.SESSIONS_ACTIVE.labels(tenant).dec()
+            metrics.SESSION_DURATION.labels(tenant).observe(time.monotonic() - logged_in)
+            metrics.BYTES.labels(tenant, "client_to_backend").inc(self.traffic.to_backend)
+            metrics.BYTES.labels(tenant, "backend_to_client").inc(self.traffic.to_client)
+            for command, count in self.traffic.commands.items():
+                metrics.COMMANDS.labels(tenant, command).inc(count)
+
+    def _send_quietly(self, data: bytes) -> None:
+        """A last word to a client that may not be listening: bounded, never raises."""
+        try:
+            self.sock.settimeout(1.0)
+            self.sock.sendall(data)
+        except OSError:
+            pass
+
+    def _close(self, reason: str) -> None:
+        shutdown(self.sock)
+        self.sock.close()
+        tenant = self.session.tenant.name if self.session else None
+        backend = self.session.upstream.backend.address if self.session else None
+        log.info(
+            "session",
+            extra={
+                "session": self.id,
+                "listener": self.listener.name,
+                "client": self.peer[0] if self.peer else None,
+                "tenant": tenant,
+                "backend": backend,
+                "result": self.result,
+                "end": reason,
+                "bytes_in": self.traffic.to_backend,
+                "bytes_out": self.traffic.to_client,
+                "commands": sum(self.traffic.commands.values()),
+                "duration": round(time.monotonic() - self.started, 3),
+            },
+        )

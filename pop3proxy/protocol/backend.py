@@ -1,0 +1,142 @@
+"""The backend login, sans-IO: greeting, optional STLS, USER, PASS.
+
+The proxy logs in to the upstream server with the rewritten user name and
+the client's password (passthrough). Each step waits for the previous reply:
+legacy servers do not all support pipelining (RFC 2449 section 6.6 makes it
+optional), and a server that refuses STLS must never see the password.
+
+The shell feeds one status line at a time (``receive_line``) and executes
+the returned actions. The outcome is :class:`LoggedIn` or :class:`Failed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from pop3proxy.protocol import replies
+from pop3proxy.protocol.replies import Code
+
+MAX_STATUS_LINE = 8192
+"""RFC 2449 section 4 allows 512 octets for a status line; old servers exceed
+it, nothing legitimate comes close to this cap."""
+
+
+@dataclass(frozen=True)
+class SendToBackend:
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StartBackendTLS:
+    """Wrap the backend socket in TLS (as client) now, then call ``tls_established``."""
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """The backend accepted the login; the session is in TRANSACTION."""
+
+
+class FailureKind(Enum):
+    AUTH = auto()
+    """The backend refused the credentials."""
+    UNAVAILABLE = auto()
+    """The backend is not usable: bad greeting, no STLS, garbage. Try another."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    kind: FailureKind
+    reason: str
+    """A short snake_case label for logs and metrics; never holds a secret."""
+    client_reply: bytes
+    """The complete -ERR line the client gets."""
+
+
+BackendAction = SendToBackend | StartBackendTLS | LoggedIn | Failed
+
+
+class _Step(Enum):
+    GREETING = auto()
+    STLS = auto()
+    TLS_PENDING = auto()
+    USER = auto()
+    PASS = auto()
+    DONE = auto()
+
+
+TEMPORARY_FAILURE = replies.err("Service temporarily unavailable, try again later", Code.SYS_TEMP)
+AUTH_FAILURE = replies.err("Authentication failed", Code.AUTH)
+
+_PASSED_THROUGH_CODES = {
+    "IN-USE": replies.err("Mailbox is in use by another session", Code.IN_USE),
+    "LOGIN-DELAY": replies.err("Logged in too recently, try again later", Code.LOGIN_DELAY),
+    "SYS/TEMP": TEMPORARY_FAILURE,
+}
+"""Backend response codes worth telling the client (RFC 3206). Everything
+else becomes a plain [AUTH] failure: the backend's own words may say whether
+the user exists, which the proxy never reveals."""
+
+
+class BackendLogin:
+    """Drives one login to a backend POP3 server."""
+
+    def __init__(self, login_name: str, password: bytes, *, starttls: bool) -> None:
+        self._user = login_name.encode("utf-8")
+        self._password = password
+        self._starttls = starttls
+        self._step = _Step.GREETING
+
+    @property
+    def done(self) -> bool:
+        return self._step is _Step.DONE
+
+    def receive_line(self, line: bytes) -> list[BackendAction]:
+        """Feed one status line from the backend, without its CRLF."""
+        if self._step is _Step.DONE or self._step is _Step.TLS_PENDING:
+            return self._unavailable("unexpected_data")
+        positive = line.startswith(b"+OK")
+        if not positive and not line.startswith(b"-ERR"):
+            return self._unavailable("garbage")
+        step = self._step
+        if step is _Step.GREETING:
+            if not positive:
+                return self._unavailable("bad_greeting")
+            if self._starttls:
+                self._step = _Step.STLS
+                return [SendToBackend(b"STLS\r\n")]
+            return self._send_user()
+        if step is _Step.STLS:
+            if not positive:
+                return self._unavailable("stls_refused")
+            self._step = _Step.TLS_PENDING
+            return [StartBackendTLS()]
+        if step is _Step.USER:
+            if not positive:
+                return self._auth_failed(line)
+            self._step = _Step.PASS
+            return [SendToBackend(b"PASS " + self._password + replies.CRLF)]
+        if not positive:
+            return self._auth_failed(line)
+        self._step = _Step.DONE
+        return [LoggedIn()]
+
+    def tls_established(self) -> list[BackendAction]:
+        """After STLS the server's capabilities may change; we only need USER."""
+        return self._send_user()
+
+    def _send_user(self) -> list[BackendAction]:
+        self._step = _Step.USER
+        return [SendToBackend(b"USER " + self._user + replies.CRLF)]
+
+    def _unavailable(self, reason: str) -> list[BackendAction]:
+        self._step = _Step.DONE
+        return [Failed(FailureKind.UNAVAILABLE, reason, TEMPORARY_FAILURE)]
+
+    def _auth_failed(self, line: bytes) -> list[BackendAction]:
+        self._step = _Step.DONE
+        code = replies.response_code(line)
+        reply = _PASSED_THROUGH_CODES.get(code or "", AUTH_FAILURE)
+        kind = FailureKind.UNAVAILABLE if reply is TEMPORARY_FAILURE else FailureKind.AUTH
+        reason = "backend_temporary_failure" if kind is FailureKind.UNAVAILABLE else "login_refused"
+        return [Failed(kind, reason, reply)]

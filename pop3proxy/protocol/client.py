@@ -1,0 +1,328 @@
+"""The client side of a proxied POP3 session, sans-IO.
+
+The proxy plays the POP3 server through AUTHORIZATION (RFC 1939 section 4):
+it answers CAPA, STLS, USER, PASS, AUTH PLAIN, NOOP and QUIT itself, and asks
+its shell to log in when it has credentials. After a successful login the
+session is in TRANSACTION and every client command is forwarded to the
+backend, still parsed (for bounds and counting), never interpreted.
+
+Theory of operation: the shell feeds bytes with :meth:`ClientConnection.receive_data`
+and executes the returned actions in order. :class:`StartTLS` and
+:class:`Login` pause the machine: it buffers further input (pipelining, RFC
+2449 section 6.6) until the shell reports the outcome with
+:meth:`~ClientConnection.tls_established`, :meth:`~ClientConnection.login_succeeded`
+or :meth:`~ClientConnection.login_failed`.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from pop3proxy.protocol import replies
+from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
+from pop3proxy.protocol.replies import Code
+
+
+@dataclass(frozen=True)
+class Send:
+    """Write these bytes to the client."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Run the TLS handshake as server now, then call ``tls_established``."""
+
+
+@dataclass(frozen=True)
+class Login:
+    """Authenticate and open the backend session, then report the outcome."""
+
+    user: str
+    password: bytes = field(repr=False)
+    mechanism: str = "USER"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send one command line (CRLF included) to the backend."""
+
+    data: bytes
+    command: str
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection after the preceding sends; ``reason`` is for logs."""
+
+    reason: str
+
+
+Action = Send | StartTLS | Login | Forward | Close
+
+
+class State(Enum):
+    AUTHORIZATION = auto()
+    AUTH_CONTINUATION = auto()
+    TLS_PENDING = auto()
+    LOGIN_PENDING = auto()
+    TRANSACTION = auto()
+    CLOSED = auto()
+
+
+TRANSACTION_COMMANDS = frozenset(
+    {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT", "CAPA", "LAST"}
+)
+"""Commands counted by name in TRANSACTION; anything else is counted as ``other``
+so a metric label can never be chosen by a client."""
+
+MAX_USER_LENGTH = 255
+"""Longer user names are refused; no mail system has them, abusers send them."""
+
+TOO_LONG_SUBSTITUTE = b"X-POP3PROXY-LINE-TOO-LONG\r\n"
+"""Sent to the backend in place of an overlong TRANSACTION command: the backend
+answers it with -ERR in order, so pipelined replies stay in sequence."""
+
+
+def valid_user_name(name: str) -> bool:
+    """Non-empty, bounded, and free of control characters and spaces, which
+    would let a name smuggle a second command to the backend."""
+    return 0 < len(name) <= MAX_USER_LENGTH and all(c > " " and c != "\x7f" for c in name)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a listener tells the machine about its situation."""
+
+    tls_active: bool
+    stls_offered: bool
+    require_tls: bool = True
+    max_line: int = 2048
+    max_errors: int = 10
+    implementation: str = "pop3proxy"
+    greeting: str = "POP3 proxy ready"
+
+
+class ClientConnection:
+    """One client connection's POP3 state (RFC 1939, RFC 2449, RFC 2595, RFC 5034)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = State.AUTHORIZATION
+        self.tls_active = settings.tls_active
+        self.user: str | None = None
+        self.client_sent_quit = False
+        self.errors = 0
+        self._reader = LineReader(settings.max_line)
+        self._handlers: dict[str, Callable[[bytes], list[Action]]] = {
+            "CAPA": self._cmd_capa,
+            "STLS": self._cmd_stls,
+            "USER": self._cmd_user,
+            "PASS": self._cmd_pass,
+            "AUTH": self._cmd_auth,
+            "APOP": self._cmd_apop,
+            "NOOP": self._cmd_noop,
+            "QUIT": self._cmd_quit,
+        }
+
+    # -- inputs from the shell -------------------------------------------
+
+    def greeting(self) -> list[Action]:
+        return [Send(replies.ok(self.settings.greeting))]
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed bytes from the client; returns what to do, in order."""
+        if self.state is State.CLOSED:
+            return []
+        self._reader.feed(data)
+        return self._process()
+
+    def tls_established(self) -> list[Action]:
+        """The STLS handshake succeeded: forget everything said in plaintext.
+
+        RFC 2595 section 4: the client must discard what it knew; so must we.
+        Bytes that arrived before the handshake could have been injected by a
+        man in the middle (the STARTTLS command-injection class), so they are
+        dropped, and the USER given in plaintext is forgotten.
+        """
+        self._reader.discard()
+        self.tls_active = True
+        self.user = None
+        self.state = State.AUTHORIZATION
+        return []
+
+    def login_succeeded(self) -> list[Action]:
+        self.state = State.TRANSACTION
+        return [Send(replies.ok("Logged in.")), *self._process()]
+
+    def login_failed(self, reply: bytes) -> list[Action]:
+        """The login was refused; ``reply`` is the complete ``-ERR`` line to send."""
+        self.user = None
+        self.state = State.AUTHORIZATION
+        return self._error(reply) + self._process()
+
+    # -- line processing -------------------------------------------------
+
+    def _process(self) -> list[Action]:
+        actions: list[Action] = []
+        while self.state in (State.AUTHORIZATION, State.AUTH_CONTINUATION, State.TRANSACTION):
+            line = self._reader.next_line()
+            if line is None:
+                break
+            if self.state is State.TRANSACTION:
+                actions += self._relay_line(line)
+            elif line is LINE_TOO_LONG:
+                actions += self._error(replies.err("Line too long"))
+            elif self.state is State.AUTH_CONTINUATION:
+                actions += self._auth_response(line)
+            else:
+                actions += self._command(line)
+        return actions
+
+    def _command(self, line: bytes) -> list[Action]:
+        keyword, _, argument = line.partition(b" ")
+        name = keyword.decode("ascii", "replace").upper()
+        if b"\x00" in line or b"\r" in line:
+            return self._error(replies.err("NUL and CR are not allowed in a command"))
+        handler = self._handlers.get(name)
+        if handler is not None:
+            return handler(argument)
+        if name in TRANSACTION_COMMANDS:
+            return self._error(replies.err(f"{name} is not allowed before login"))
+        return self._error(replies.err("Unknown command"))
+
+    def _relay_line(self, line: bytes | object) -> list[Action]:
+        if self.client_sent_quit:
+            return []
+        if line is LINE_TOO_LONG:
+            return [Forward(TOO_LONG_SUBSTITUTE, "other")]
+        assert isinstance(line, bytes)
+        keyword = line.split(b" ", 1)[0].upper()
+        command = keyword.decode("ascii", "replace")
+        if command not in TRANSACTION_COMMANDS:
+            command = "other"
+        if command == "QUIT":
+            self.client_sent_quit = True
+        return [Forward(line + replies.CRLF, command)]
+
+    def _error(self, reply: bytes) -> list[Action]:
+        """Send an -ERR and count it; past the budget, say goodbye."""
+        self.errors += 1
+        if self.errors >= self.settings.max_errors:
+            self.state = State.CLOSED
+            return [
+                Send(reply),
+                Send(replies.err("Too many errors, closing connection")),
+                Close("too_many_errors"),
+            ]
+        return [Send(reply)]
+
+    def _auth_allowed(self) -> bool:
+        return self.tls_active or not self.settings.require_tls
+
+    def _tls_required(self) -> list[Action]:
+        return self._error(replies.err("Plaintext authentication is disabled: use STLS first"))
+
+    # -- commands ----------------------------------------------------------
+
+    def capabilities(self) -> list[bytes]:
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self._auth_allowed():
+            caps += [b"USER", b"SASL PLAIN"]
+        if self.settings.stls_offered and not self.tls_active:
+            caps.append(b"STLS")
+        caps.append(b"IMPLEMENTATION " + self.settings.implementation.encode())
+        return caps
+
+    def _cmd_capa(self, argument: bytes) -> list[Action]:
+        return [Send(replies.multiline(replies.ok("Capability list follows"), self.capabilities()))]
+
+    def _cmd_stls(self, argument: bytes) -> list[Action]:
+        if self.tls_active:
+            return self._error(replies.err("Already using TLS"))
+        if not self.settings.stls_offered:
+            return self._error(replies.err("STLS is not available here"))
+        self.state = State.TLS_PENDING
+        self._reader.discard()
+        return [Send(replies.ok("Begin TLS negotiation")), StartTLS()]
+
+    def _cmd_user(self, argument: bytes) -> list[Action]:
+        if not self._auth_allowed():
+            return self._tls_required()
+        try:
+            name = argument.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return self._error(replies.err("User name must be UTF-8"))
+        if not valid_user_name(name):
+            return self._error(replies.err("USER needs a name"))
+        self.user = name
+        return [Send(replies.ok("Send PASS"))]
+
+    def _cmd_pass(self, argument: bytes) -> list[Action]:
+        if not self._auth_allowed():
+            return self._tls_required()
+        if self.user is None:
+            return self._error(replies.err("Send USER first"))
+        if not argument:
+            return self._error(replies.err("PASS needs a password"))
+        return self._start_login(self.user, argument, "USER")
+
+    def _cmd_auth(self, argument: bytes) -> list[Action]:
+        if not self._auth_allowed():
+            return self._tls_required()
+        mechanism, _, initial = argument.strip().partition(b" ")
+        if not mechanism:
+            return [Send(replies.multiline(replies.ok("Mechanisms follow"), [b"PLAIN"]))]
+        if mechanism.upper() != b"PLAIN":
+            return self._error(replies.err("Unsupported mechanism; use PLAIN"))
+        if not initial:
+            self.state = State.AUTH_CONTINUATION
+            return [Send(replies.continuation())]
+        return self._plain_response(initial.strip())
+
+    def _auth_response(self, line: bytes) -> list[Action]:
+        self.state = State.AUTHORIZATION
+        if line == b"*":
+            return self._error(replies.err("Authentication cancelled"))
+        return self._plain_response(line)
+
+    def _plain_response(self, response: bytes) -> list[Action]:
+        """RFC 4616: base64 of ``authzid NUL authcid NUL passwd``; "=" is empty."""
+        try:
+            decoded = b"" if response == b"=" else binascii.a2b_base64(response, strict_mode=True)
+        except binascii.Error:
+            return self._error(replies.err("Invalid base64 in AUTH PLAIN response"))
+        parts = decoded.split(b"\x00")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            return self._error(replies.err("Malformed AUTH PLAIN response", Code.AUTH))
+        authzid, authcid, password = parts
+        try:
+            user = authcid.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(replies.err("User name must be UTF-8", Code.AUTH))
+        if authzid and authzid != authcid:
+            return self._error(replies.err("Authorization identity not permitted", Code.AUTH))
+        if not valid_user_name(user) or b"\r" in password or b"\n" in password:
+            return self._error(replies.err("Malformed AUTH PLAIN response", Code.AUTH))
+        return self._start_login(user, password, "PLAIN")
+
+    def _start_login(self, user: str, password: bytes, mechanism: str) -> list[Action]:
+        self.state = State.LOGIN_PENDING
+        return [Login(user, password, mechanism)]
+
+    def _cmd_apop(self, argument: bytes) -> list[Action]:
+        return self._error(
+            replies.err("APOP is not supported by this proxy; use USER/PASS or AUTH PLAIN")
+        )
+
+    def _cmd_noop(self, argument: bytes) -> list[Action]:
+        return [Send(replies.ok())]
+
+    def _cmd_quit(self, argument: bytes) -> list[Action]:
+        self.state = State.CLOSED
+        self.client_sent_quit = True
+        return [Send(replies.ok("Bye")), Close("quit")]

@@ -1,0 +1,87 @@
+"""CRLF line splitting with a hard cap on line length.
+
+RFC 2449 section 4 limits a POP3 command line to 255 octets including CRLF.
+Real clients send longer lines (long AUTH PLAIN responses, long passwords),
+so the cap is configurable, but it is always a cap: a peer that never sends
+a line end can make us hold at most ``max_line`` bytes. A line over the cap is
+dropped up to its end and reported once as :data:`LINE_TOO_LONG`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class _TooLong:
+    """Sentinel for an overlong line: an event, not data."""
+
+    def __repr__(self) -> str:
+        return "LINE_TOO_LONG"
+
+
+LINE_TOO_LONG: Final = _TooLong()
+
+RFC_COMMAND_LINE_LIMIT: Final = 255
+"""RFC 2449 section 4: a command line is at most 255 octets, CRLF included."""
+
+
+class LineReader:
+    """Splits a byte stream into lines without their terminators.
+
+    Accepts CRLF and a bare LF (some clients send that); a CR before the LF is
+    stripped. ``next_line`` returns a line, :data:`LINE_TOO_LONG`, or ``None``
+    when more data is needed.
+    """
+
+    def __init__(self, max_line: int) -> None:
+        if max_line < 3:
+            raise ValueError("max_line must leave room for a command and CRLF")
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes; ``b""`` (EOF) is a no-op here."""
+        self._buffer += data
+
+    def next_line(self) -> bytes | _TooLong | None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if self._skipping:
+                if end < 0:
+                    self._buffer.clear()
+                    return None
+                del self._buffer[: end + 1]
+                self._skipping = False
+                continue
+            if end < 0:
+                if len(self._buffer) >= self.max_line:
+                    self._buffer.clear()
+                    self._skipping = True
+                    return LINE_TOO_LONG
+                return None
+            if end + 1 > self.max_line:
+                del self._buffer[: end + 1]
+                return LINE_TOO_LONG
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            return line
+
+    def discard(self) -> int:
+        """Throw away everything buffered (after STLS); returns how much."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._skipping = False
+        return dropped
+
+    def take(self) -> bytes:
+        """Hand over everything buffered (complete lines or not) and clear."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
