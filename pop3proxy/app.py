@@ -17,12 +17,12 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from pop3proxy import __version__, metrics
-from pop3proxy.config import Config
+from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.directory import Directory, open_directory
 from pop3proxy.login import LoginService
 from pop3proxy.net import tls
 from pop3proxy.net.listener import Listener
-from pop3proxy.net.session import ClientSession, Services
+from pop3proxy.net.session import ClientSession, Services, SessionEnded
 
 log = logging.getLogger("pop3proxy")
 
@@ -44,11 +44,17 @@ class App:
         if config.metrics.host is not None:
             address = (config.metrics.host, config.metrics.port)
             self.metrics_server = WSGIServer(address, metrics.wsgi_app(self.ready), log=None)
+        self.sessions: dict[ClientSession, gevent.Greenlet] = {}
         self.draining = False
         self.stopping = Event()
 
-    def _handle(self, sock: socket.socket, peer: tuple, listener) -> None:
-        ClientSession(sock, peer, listener, self.services).run()
+    def _handle(self, sock: socket.socket, peer: tuple, listener: ListenerConfig) -> None:
+        session = ClientSession(sock, peer, listener, self.services)
+        self.sessions[session] = gevent.getcurrent()
+        try:
+            session.run()
+        finally:
+            del self.sessions[session]
 
     def ready(self) -> bool:
         return not self.draining and self.directory.ready()
@@ -74,8 +80,12 @@ class App:
         self.draining = True
         for listener in self.listeners:
             listener.close()
-        running = len(self.pool)
-        log.info("draining", extra={"sessions": running, "timeout": self.config.timeouts.drain})
+        log.info(
+            "draining", extra={"sessions": len(self.pool), "timeout": self.config.timeouts.drain}
+        )
+        for session, greenlet in list(self.sessions.items()):
+            if not session.logged_in:
+                greenlet.kill(SessionEnded("draining"), block=False)
         if not self.pool.join(timeout=self.config.timeouts.drain):
             log.warning(
                 "drain timeout: closing remaining sessions", extra={"sessions": len(self.pool)}

@@ -58,21 +58,24 @@ class Relay:
         self.idle_timeout = idle_timeout
         self.traffic = traffic
         self.last_activity = time.monotonic()
-        self.backend_end: str | None = None
+        self.end_reason: str | None = None
+        """Whichever side ended first says why; the other only follows."""
+
+    def _ended(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
 
     def run(self, pending: list[Action], leftover: bytes) -> str:
         """Relay until the session ends; returns why it ended."""
         pump = gevent.spawn(self._backend_to_client, leftover)
         try:
             self.client.settimeout(self.idle_timeout)
-            reason = self._execute(pending) or self._client_to_backend()
+            self._ended(self._execute(pending) or self._client_to_backend())
         finally:
             shutdown(self.backend)
             pump.join(timeout=5)
             pump.kill(block=False)
-        if self.backend_end is not None and reason == "client_closed":
-            return self.backend_end
-        return reason
+        return self.end_reason or "error"
 
     def _backend_to_client(self, leftover: bytes) -> None:
         try:
@@ -84,10 +87,10 @@ class Relay:
                     self.last_activity = time.monotonic()
                 data = self.backend.recv(CHUNK)
                 if not data:
-                    self.backend_end = "quit" if self.conn.client_sent_quit else "backend_closed"
+                    self._ended("quit" if self.conn.client_sent_quit else "backend_closed")
                     break
         except OSError:
-            self.backend_end = "connection_error"
+            self._ended("connection_error")
         finally:
             shutdown(self.client)
 

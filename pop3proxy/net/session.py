@@ -39,6 +39,13 @@ def new_session_id() -> str:
     return f"{_PREFIX}-{next(_ids):x}"
 
 
+_FAREWELLS = {
+    "auth_timeout": replies.err("Authorization timed out", replies.Code.SYS_TEMP),
+    "draining": replies.err("Server is restarting, please reconnect", replies.Code.SYS_TEMP),
+}
+"""What a client still in AUTHORIZATION hears when the proxy ends its session."""
+
+
 class SessionEnded(Exception):
     """Ends the session early; ``reason`` goes to the summary line."""
 
@@ -78,6 +85,10 @@ class ClientSession:
             max_errors=services.config.limits.max_errors,
         )
         self.conn = core.ClientConnection(settings)
+
+    @property
+    def logged_in(self) -> bool:
+        return self.session is not None
 
     def run(self) -> None:
         reason = "error"
