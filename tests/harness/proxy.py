@@ -1,0 +1,138 @@
+"""The proxy under test, as a real ``pop3proxy serve`` subprocess.
+
+Tests drive it exactly as an operator would: a YAML file, the console entry
+point, signals, and its JSON log on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import process
+from .certs import Certs
+from .ports import LOOPBACK, free_port, port_is_open, wait_until
+
+START_TIMEOUT = 15.0
+
+TENANT = "acme.example"
+"""The tenant the integration fixtures store, served by the shared Dovecot."""
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ProxyProcess:
+    """One proxy with three listeners: ``pop3`` (STLS), ``pop3s`` (implicit), ``plain``.
+
+    Args:
+        workdir: where the config and the log go.
+        certs: the listeners' certificate.
+        overrides: merged into the generated config (nested mappings merge).
+    """
+
+    def __init__(self, workdir: Path, certs: Certs, overrides: Mapping[str, Any] = ()) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.ports = {"pop3": free_port(), "pop3s": free_port(), "plain": free_port()}
+        self.metrics_port = free_port()
+        base = {
+            "listeners": [
+                {"name": "pop3", "address": f"{LOOPBACK}:{self.ports['pop3']}", "tls": "starttls"},
+                {
+                    "name": "pop3s",
+                    "address": f"{LOOPBACK}:{self.ports['pop3s']}",
+                    "tls": "implicit",
+                },
+                {"name": "plain", "address": f"{LOOPBACK}:{self.ports['plain']}", "tls": "none"},
+            ],
+            "tls": {"cert": str(certs.cert_file), "key": str(certs.key_file)},
+            "metrics": {"address": f"{LOOPBACK}:{self.metrics_port}"},
+            "logging": {"level": "info", "format": "json"},
+        }
+        self.config = _merge(base, dict(overrides))
+        self.config_path = workdir / "pop3proxy.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.log_path = workdir / "proxy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    def start(self) -> ProxyProcess:
+        argv = [sys.executable, "-m", "pop3proxy", "serve", "--config", str(self.config_path)]
+        self.proc = process.spawn(argv, self.log_path)
+        wait_until(self._ready, START_TIMEOUT, message=f"proxy ready (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.read_log()}")
+        return all(port_is_open(LOOPBACK, port) for port in self.ports.values()) and (
+            self.http_get("/healthz")[0] == 200
+        )
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        url = f"http://{LOOPBACK}:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metrics(self) -> str:
+        status, body = self.http_get("/metrics")
+        assert status == 200, status
+        return body
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            process.stop(self.proc)
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every JSON log line so far; a line that is not JSON fails the test."""
+        return [json.loads(line) for line in self.read_log().splitlines() if line.strip()]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return [r for r in self.log_records() if r.get("message") == "session"]
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def run_cli(config_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``pop3proxy ARGS --config CONFIG`` as a subprocess; output captured as text."""
+    argv = [sys.executable, "-m", "pop3proxy", *args, "--config", str(config_path)]
+    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=60)

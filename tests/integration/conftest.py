@@ -1,0 +1,77 @@
+"""Fixtures for tests that run the proxy: one shared proxy on Redis, and a factory.
+
+The shared proxy knows these tenants (stored through the real CLI):
+
+- ``acme.example``: the shared Dovecot, login ``{local}``
+- ``off.example``: the same backend, but disabled
+- ``down.example``: a backend port where nothing listens
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.certs import Certs
+from harness.dovecot import Dovecot
+from harness.ports import free_port
+from harness.proxy import TENANT, ProxyProcess, run_cli
+from harness.redis import RedisServer
+
+
+def store_tenants(config_path: Path, dovecot: Dovecot) -> None:
+    backend = f"{dovecot.host}:{dovecot.port}"
+    for args in (
+        ("tenant", "set", TENANT, "--backend", backend),
+        ("tenant", "set", "off.example", "--backend", backend, "--disabled"),
+        ("tenant", "set", "down.example", "--backend", f"127.0.0.1:{free_port()}"),
+    ):
+        result = run_cli(config_path, *args)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
+def proxy(
+    tmp_path_factory: pytest.TempPathFactory,
+    certs: Certs,
+    redis_server: RedisServer,
+    dovecot: Dovecot,
+) -> Iterator[ProxyProcess]:
+    """The shared proxy: Redis directory, three listeners, default timeouts."""
+    workdir = tmp_path_factory.mktemp("proxy")
+    server = ProxyProcess(
+        workdir,
+        certs,
+        {"directory": {"store": "redis", "redis_url": redis_server.url, "key_prefix": "shared"}},
+    )
+    store_tenants(server.config_path, dovecot)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def make_proxy(
+    tmp_path: Path, certs: Certs, redis_server: RedisServer, dovecot: Dovecot
+) -> Iterator[Callable[..., ProxyProcess]]:
+    """``make_proxy(overrides)``: a private proxy for tests that change settings or
+    stop it; stopped at the end. Its tenants are those of the shared proxy."""
+    started: list[ProxyProcess] = []
+
+    def make(overrides: dict[str, Any] | None = None, *, start: bool = True) -> ProxyProcess:
+        prefix = f"t{len(started)}-{tmp_path.name}"
+        config = {
+            "directory": {"store": "redis", "redis_url": redis_server.url, "key_prefix": prefix}
+        }
+        for key, value in (overrides or {}).items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        server = ProxyProcess(tmp_path / f"proxy{len(started)}", certs, config)
+        if config["directory"].get("store") == "redis":
+            store_tenants(server.config_path, dovecot)
+        started.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in started:
+        server.stop()
