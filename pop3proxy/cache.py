@@ -38,6 +38,8 @@ class _Flight(Generic[V]):
         self.value: V | None = None
         self.source = Source.LOAD
         self.error: BaseException | None = None
+        self.abandoned = False
+        """The leader was interrupted (gevent.Timeout, GreenletExit): no outcome."""
 
 
 class TTLCache(Generic[V]):
@@ -73,22 +75,25 @@ class TTLCache(Generic[V]):
 
         Raises what the loader raised when there is no stale value to serve.
         """
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and self._clock() < entry.fresh_until:
-                self._entries.move_to_end(key)
-                return entry.value, Source.CACHE
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if leader:
-            self._load(key, loader, flight)
-        else:
-            flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        return flight.value, flight.source
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and self._clock() < entry.fresh_until:
+                    self._entries.move_to_end(key)
+                    return entry.value, Source.CACHE
+                flight = self._flights.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+            if leader:
+                self._load(key, loader, flight)
+            else:
+                flight.done.wait()
+            if flight.abandoned:
+                continue  # the leader was interrupted; try again, maybe as leader
+            if flight.error is not None:
+                raise flight.error
+            return flight.value, flight.source
 
     def _load(self, key: str, loader: Callable[[], V | None], flight: _Flight[V]) -> None:
         try:
@@ -101,6 +106,9 @@ class TTLCache(Generic[V]):
                 flight.error = error
             else:
                 flight.value, flight.source = stale.value, Source.STALE
+        except BaseException:
+            flight.abandoned = True
+            raise
         finally:
             with self._lock:
                 self._flights.pop(key, None)

@@ -114,10 +114,9 @@ class ClientSession:
             try:
                 pending = self._authorize()
             except SessionEnded as ended:
-                if ended.reason == "auth_timeout":
-                    self._send_quietly(
-                        replies.err("Authorization timed out", replies.Code.SYS_TEMP)
-                    )
+                farewell = _FAREWELLS.get(ended.reason)
+                if farewell:
+                    self._send_quietly(farewell)
                 raise
         return self._relay(pending)
 

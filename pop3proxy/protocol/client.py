@@ -87,11 +87,17 @@ TOO_LONG_SUBSTITUTE = b"X-POP3PROXY-LINE-TOO-LONG\r\n"
 """Sent to the backend in place of an overlong TRANSACTION command: the backend
 answers it with -ERR in order, so pipelined replies stay in sequence."""
 
+BAD_LINE_SUBSTITUTE = b"X-POP3PROXY-BAD-LINE\r\n"
+"""Sent to the backend in place of a TRANSACTION line holding NUL or a bare CR,
+which a lenient backend could split into a command the proxy never saw."""
+
 
 def valid_user_name(name: str) -> bool:
     """Non-empty, bounded, and free of control characters and spaces, which
-    would let a name smuggle a second command to the backend."""
-    return 0 < len(name) <= MAX_USER_LENGTH and all(c > " " and c != "\x7f" for c in name)
+    would let a name smuggle a second command to the backend. Unicode control
+    and format characters (C1 controls such as CSI, bidi overrides, line
+    separators) are refused too: the name ends up in logs."""
+    return 0 < len(name) <= MAX_USER_LENGTH and all(c.isprintable() and c != " " for c in name)
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,9 @@ class ClientConnection:
             if self.state is State.TRANSACTION:
                 actions += self._relay_line(line)
             elif line is LINE_TOO_LONG:
+                if self.state is State.AUTH_CONTINUATION:
+                    # The SASL exchange ends here; the next line is a command.
+                    self.state = State.AUTHORIZATION
                 actions += self._error(replies.err("Line too long"))
             elif self.state is State.AUTH_CONTINUATION:
                 actions += self._auth_response(line)
@@ -201,6 +210,8 @@ class ClientConnection:
         if line is LINE_TOO_LONG:
             return [Forward(TOO_LONG_SUBSTITUTE, "other")]
         assert isinstance(line, bytes)
+        if b"\x00" in line or b"\r" in line:
+            return [Forward(BAD_LINE_SUBSTITUTE, "other")]
         keyword = line.split(b" ", 1)[0].upper()
         command = keyword.decode("ascii", "replace")
         if command not in TRANSACTION_COMMANDS:

@@ -59,7 +59,9 @@ def make_proxy(
     stop it; stopped at the end. Its tenants are those of the shared proxy."""
     started: list[ProxyProcess] = []
 
-    def make(overrides: dict[str, Any] | None = None, *, start: bool = True) -> ProxyProcess:
+    def make(
+        overrides: dict[str, Any] | None = None, *, start: bool = True, tenants: bool = True
+    ) -> ProxyProcess:
         prefix = f"t{len(started)}-{tmp_path.name}"
         config = {
             "directory": {"store": "redis", "redis_url": redis_server.url, "key_prefix": prefix}
@@ -67,7 +69,7 @@ def make_proxy(
         for key, value in (overrides or {}).items():
             config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
         server = ProxyProcess(tmp_path / f"proxy{len(started)}", certs, config)
-        if config["directory"].get("store") == "redis":
+        if tenants and config["directory"].get("store") == "redis":
             store_tenants(server.config_path, dovecot)
         started.append(server)
         return server.start() if start else server
