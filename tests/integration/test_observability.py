@@ -42,14 +42,13 @@ def test_counters_move_by_exactly_what_happened(proxy, fresh_mailbox, dovecot):
         body = wire.read_multiline()
         assert wire.command("QUIT").startswith(b"+OK")
     t = {"tenant": TENANT}
-    after = wait_until(
-        lambda: (
-            (s := scrape(proxy))
-            and delta(before, s, "pop3proxy_commands_total", **t, command="QUIT")
-            and s
-        ),
-        5,
-    )
+
+    def settled() -> Samples | None:
+        """Counters are final once the session's QUIT has been counted."""
+        now = scrape(proxy)
+        return now if delta(before, now, "pop3proxy_commands_total", **t, command="QUIT") else None
+
+    after = wait_until(settled, 5)
     assert delta(before, after, "pop3proxy_auth_total", **t, result="ok") == 1
     assert delta(before, after, "pop3proxy_auth_total", **t, result="bad_credentials") == 1
     assert delta(before, after, "pop3proxy_commands_total", **t, command="RETR") == 1
