@@ -1,0 +1,204 @@
+"""BackendLogin: greeting, optional STLS, USER, PASS; never leaks the password."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pop3proxy.protocol.backend import (
+    AUTH_FAILURE,
+    TEMPORARY_FAILURE,
+    BackendLogin,
+    Failed,
+    FailureKind,
+    LoggedIn,
+    SendToBackend,
+    StartBackendTLS,
+)
+from pop3proxy.protocol.replies import Code
+
+PASSWORD = b"pa ss\xffword"
+
+
+def failed(actions: list[object]) -> Failed:
+    assert len(actions) == 1 and isinstance(actions[0], Failed), actions
+    return actions[0]
+
+
+def test_plain_login_happy_path() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    assert login.receive_line(b"+OK Dovecot ready.") == [SendToBackend(b"USER alice\r\n")]
+    assert login.receive_line(b"+OK") == [SendToBackend(b"PASS " + PASSWORD + b"\r\n")]
+    assert not login.done
+    assert login.receive_line(b"+OK Logged in.") == [LoggedIn()]
+    assert login.done
+
+
+def test_login_name_is_sent_as_utf8() -> None:
+    login = BackendLogin("jörg", b"pw", starttls=False)
+    assert login.receive_line(b"+OK") == [SendToBackend("USER jörg\r\n".encode())]
+
+
+def test_err_greeting_is_unavailable() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    failure = failed(login.receive_line(b"-ERR [SYS/TEMP] too busy"))
+    assert failure.kind is FailureKind.UNAVAILABLE
+    assert failure.client_reply == TEMPORARY_FAILURE
+    assert login.done
+
+
+@pytest.mark.parametrize("line", [b"", b"HTTP/1.1 400 Bad Request", b"SSH-2.0-OpenSSH", b"OK"])
+def test_garbage_greeting_is_unavailable(line: bytes) -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    failure = failed(login.receive_line(line))
+    assert failure.kind is FailureKind.UNAVAILABLE
+    assert failure.reason == "garbage"
+
+
+def test_garbage_after_user_is_unavailable_and_password_unsent() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    actions = login.receive_line(b"+OK")
+    actions += login.receive_line(b"* garbage")
+    assert failed(actions[1:]).kind is FailureKind.UNAVAILABLE
+    assert not any(isinstance(a, SendToBackend) and PASSWORD in a.data for a in actions)
+
+
+def test_starttls_happy_path() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=True)
+    assert login.receive_line(b"+OK ready") == [SendToBackend(b"STLS\r\n")]
+    assert login.receive_line(b"+OK Begin TLS") == [StartBackendTLS()]
+    assert login.tls_established() == [SendToBackend(b"USER alice\r\n")]
+    assert login.receive_line(b"+OK") == [SendToBackend(b"PASS " + PASSWORD + b"\r\n")]
+    assert login.receive_line(b"+OK") == [LoggedIn()]
+
+
+def test_stls_refused_never_sends_the_password() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=True)
+    actions = login.receive_line(b"+OK ready")
+    actions += login.receive_line(b"-ERR STLS not supported")
+    failure = failed(actions[1:])
+    assert failure.kind is FailureKind.UNAVAILABLE
+    # Whatever comes next, a login that refused STLS is over.
+    actions += login.receive_line(b"+OK")
+    actions += login.receive_line(b"+OK")
+    assert not any(isinstance(a, SendToBackend) and PASSWORD in a.data for a in actions)
+    assert not any(isinstance(a, SendToBackend) and a.data.startswith(b"USER") for a in actions)
+
+
+def test_data_while_tls_pending_is_refused() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=True)
+    login.receive_line(b"+OK")
+    login.receive_line(b"+OK")
+    # A server (or a man in the middle) answering before the handshake.
+    failure = failed(login.receive_line(b"+OK"))
+    assert failure.kind is FailureKind.UNAVAILABLE
+
+
+@pytest.mark.parametrize("step", ["USER", "PASS"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"-ERR",
+        b"-ERR no such user alice",
+        b"-ERR [AUTH] Invalid password for alice",
+        b"-ERR [SYS/PERM] account alice locked",
+    ],
+)
+def test_refusals_become_the_generic_auth_reply(step: str, line: bytes) -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    login.receive_line(b"+OK")
+    if step == "PASS":
+        login.receive_line(b"+OK")
+    failure = failed(login.receive_line(line))
+    assert failure.kind is FailureKind.AUTH
+    assert failure.client_reply == AUTH_FAILURE
+    assert b"alice" not in failure.client_reply
+    assert PASSWORD not in failure.client_reply
+    assert login.done
+
+
+@pytest.mark.parametrize("step", ["USER", "PASS"])
+def test_in_use_is_passed_through(step: str) -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    login.receive_line(b"+OK")
+    if step == "PASS":
+        login.receive_line(b"+OK")
+    failure = failed(login.receive_line(b"-ERR [in-use] Mailbox locked by pid 4242"))
+    assert failure.kind is FailureKind.AUTH
+    assert failure.client_reply.startswith(f"-ERR [{Code.IN_USE}]".encode())
+    assert b"4242" not in failure.client_reply
+
+
+def test_login_delay_is_passed_through() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    login.receive_line(b"+OK")
+    login.receive_line(b"+OK")
+    failure = failed(login.receive_line(b"-ERR [LOGIN-DELAY] wait"))
+    assert failure.client_reply.startswith(b"-ERR [LOGIN-DELAY]")
+
+
+def test_sys_temp_is_unavailable() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    login.receive_line(b"+OK")
+    login.receive_line(b"+OK")
+    failure = failed(login.receive_line(b"-ERR [SYS/TEMP] Try again"))
+    assert failure.kind is FailureKind.UNAVAILABLE
+    assert failure.client_reply == TEMPORARY_FAILURE
+
+
+def test_lines_after_done_are_refused() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    for line in (b"+OK", b"+OK", b"+OK"):
+        login.receive_line(line)
+    assert login.done
+    assert failed(login.receive_line(b"+OK")).kind is FailureKind.UNAVAILABLE
+
+
+def test_repr_of_actions_never_shows_the_password() -> None:
+    login = BackendLogin("alice", b"hunter2", starttls=False)
+    actions = login.receive_line(b"+OK") + login.receive_line(b"+OK")
+    assert actions[-1] == SendToBackend(b"PASS hunter2\r\n")
+    assert all("hunter2" not in repr(a) for a in actions)
+
+
+_line = st.one_of(
+    st.sampled_from([b"+OK", b"+OK ready", b"-ERR", b"-ERR [IN-USE] x", b"-ERR [SYS/TEMP]"]),
+    st.binary(max_size=60),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_line, max_size=8),
+    starttls=st.booleans(),
+    tls_after=st.integers(min_value=0, max_value=8),
+)
+def test_any_lines_give_only_actions_and_password_only_after_user_ok(
+    lines: list[bytes], starttls: bool, tls_after: int
+) -> None:
+    secret = b"P4ss-\x00-unique"
+    login = BackendLogin("alice", secret, starttls=starttls)
+    actions: list[object] = []
+    tls_done = False
+    for index, line in enumerate(lines):
+        new = login.receive_line(line)
+        if any(isinstance(a, StartBackendTLS) for a in new) and index >= tls_after - 1:
+            new += login.tls_established()
+            tls_done = True
+        for action in new:
+            assert isinstance(action, SendToBackend | StartBackendTLS | LoggedIn | Failed)
+            assert "P4ss" not in repr(action)
+            if isinstance(action, Failed):
+                assert action.client_reply.startswith(b"-ERR [")
+                assert action.client_reply in (
+                    AUTH_FAILURE,
+                    TEMPORARY_FAILURE,
+                ) or action.client_reply.startswith((b"-ERR [IN-USE]", b"-ERR [LOGIN-DELAY]"))
+            if isinstance(action, SendToBackend) and secret in action.data:
+                assert not starttls or tls_done
+        actions += new
+        if login.done:
+            assert failed(login.receive_line(b"+OK")).kind is FailureKind.UNAVAILABLE
+            break
+    assert sum(isinstance(a, LoggedIn | Failed) for a in actions) <= 1
