@@ -224,8 +224,11 @@ def _directory(r: Reader, base: Path | None) -> DirectoryConfig:
 
 
 def _tenancy(r: Reader) -> TenancyConfig:
-    separator = r.string("separator", "@") or "@"
-    config = TenancyConfig(separator=separator, default_tenant=r.string("default_tenant", None))
+    separator = r.string("separator", "@", required=True) or "@"
+    default_tenant = r.string("default_tenant", None)
+    config = TenancyConfig(
+        separator=separator, default_tenant=default_tenant.lower() if default_tenant else None
+    )
     r.finish()
     return config
 

@@ -13,14 +13,20 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_SECRET_FIELDS = frozenset({"password", "pass", "secret", "token", "credentials"})
+_SECRET_MARKERS = ("pass", "secret", "token", "credential", "auth_data")
+"""A field whose name contains one of these is never written, whatever its case."""
+
+
+def _secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     return {
         key: value
         for key, value in vars(record).items()
-        if key not in _STANDARD and key not in _SECRET_FIELDS and value is not None
+        if key not in _STANDARD and not _secret(key) and value is not None
     }
 
 

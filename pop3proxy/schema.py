@@ -8,6 +8,7 @@ silently ignored is a setting silently not applied.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,8 +36,8 @@ def parse_duration(value: object) -> float:
         if not match:
             raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds < 0:
-        raise ValueError("expected a duration that is not negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a finite duration that is not negative, got {value!r}")
     return seconds
 
 

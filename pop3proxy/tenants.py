@@ -82,7 +82,7 @@ def split_user(user: str, separator: str, default_tenant: str | None) -> UserNam
     """
     local, sep, tenant = user.rpartition(separator)
     if not sep or not local or not tenant:
-        return UserName(full=user, local=user, tenant=default_tenant)
+        return UserName(full=user, local=user, tenant=default_tenant and default_tenant.lower())
     return UserName(full=user, local=local, tenant=tenant.lower())
 
 
@@ -108,6 +108,10 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
     if not backends:
         r.problem("backends", "expected at least one backend")
     login = r.string("login", "{local}") or "{local}"
+    try:
+        login.format(user="u", local="l", domain="d")
+    except (ValueError, KeyError, IndexError, AttributeError):
+        r.problem("login", f"not a valid template: {login!r} (use {{user}}, {{local}}, {{domain}})")
     for used in _TEMPLATE_FIELDS.findall(login):
         if used not in TEMPLATE_NAMES:
             r.problem(

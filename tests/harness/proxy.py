@@ -44,13 +44,24 @@ class ProxyProcess:
         workdir: where the config and the log go.
         certs: the listeners' certificate.
         overrides: merged into the generated config (nested mappings merge).
+        ports: listener ports by name (default: free ones).
     """
 
-    def __init__(self, workdir: Path, certs: Certs, overrides: Mapping[str, Any] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        certs: Certs,
+        overrides: Mapping[str, Any] = (),
+        *,
+        ports: Mapping[str, int] | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
-        self.ports = {"pop3": free_port(), "pop3s": free_port(), "plain": free_port()}
-        self.metrics_port = free_port()
+        self.ports = dict(
+            ports or {"pop3": free_port(), "pop3s": free_port(), "plain": free_port()}
+        )
+        self.metrics_port = metrics_port or free_port()
         base = {
             "listeners": [
                 {"name": "pop3", "address": f"{LOOPBACK}:{self.ports['pop3']}", "tls": "starttls"},

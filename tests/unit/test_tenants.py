@@ -104,11 +104,6 @@ def test_not_a_mapping() -> None:
     assert problems(["acme"])[0].startswith("(top level): expected a mapping")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenants.parse_tenant accepts a login template with a lone '{' or '}', "
-    "which makes str.format raise in Tenant.backend_login at every login",
-)
 @pytest.mark.parametrize("login", ["{local", "local}", "{local}}"])
 def test_unbalanced_braces_in_login_are_refused(login: str) -> None:
     assert any(p.startswith("login: ") for p in problems({**MINIMAL, "login": login}))
@@ -140,12 +135,6 @@ def test_split_user_other_separator() -> None:
     assert split_user("alice@acme.example", "%", None).tenant is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split_user lowercases a tenant taken from the user name but not the "
-    "default tenant; records are stored lowercased, so a default_tenant with capitals "
-    "is never found (config.py does not normalise it either)",
-)
 def test_split_user_default_tenant_is_lowercased_too() -> None:
     assert split_user("alice", "@", "Acme.Example").tenant == "acme.example"
 
