@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 from harness.certs import Certs
 from harness.dovecot import Dovecot
-from harness.ports import free_port
 from harness.proxy import TENANT, ProxyProcess, run_cli
 from harness.redis import RedisServer
+
+DEAD_BACKEND = "127.0.0.1:1"
+"""Port 1 (tcpmux) is privileged and unused: a free ephemeral port could be
+taken later by a server another test starts."""
 
 
 def store_tenants(config_path: Path, dovecot: Dovecot) -> None:
@@ -26,7 +29,7 @@ def store_tenants(config_path: Path, dovecot: Dovecot) -> None:
     for args in (
         ("tenant", "set", TENANT, "--backend", backend),
         ("tenant", "set", "off.example", "--backend", backend, "--disabled"),
-        ("tenant", "set", "down.example", "--backend", f"127.0.0.1:{free_port()}"),
+        ("tenant", "set", "down.example", "--backend", DEAD_BACKEND),
     ):
         result = run_cli(config_path, *args)
         assert result.returncode == 0, result.stderr

@@ -108,7 +108,10 @@ def test_tenant_set_get_list_delete_round_trip(tmp_path, redis_server):
     got = run_cli(config, "tenant", "get", "example.com", "--format", "json")
     record = json.loads(got.stdout)
     assert record["name"] == "example.com"
-    assert [(b["host"], b["port"]) for b in record["backends"]] == [("10.0.0.1", 110), ("::1", 1110)]
+    assert [(b["host"], b["port"]) for b in record["backends"]] == [
+        ("10.0.0.1", 110),
+        ("::1", 1110),
+    ]
     assert record["policy"] == "round_robin" and record["login"] == "{user}"
     assert yaml.safe_load(run_cli(config, "tenant", "get", "example.com").stdout) == record
     listing = run_cli(config, "tenant", "list")

@@ -164,7 +164,13 @@ def test_dele_then_vanishing_client_removes_nothing(dovecot: Dovecot, fresh_mail
         assert pop.command("STAT").startswith(f"+OK {len(messages)} ".encode())
 
 
-def test_redis_ping_and_restart_on_the_same_port(redis_server: RedisServer):
+def test_redis_ping_and_restart_on_the_same_port():
+    """A private server: restarting the shared one would wipe other tests' tenants."""
+    with RedisServer() as redis_server:
+        _ping_and_restart(redis_server)
+
+
+def _ping_and_restart(redis_server: RedisServer) -> None:
     client = redis_server.client()
     assert client.ping()
     client.set("harness:key", "value")
