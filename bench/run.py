@@ -1,0 +1,561 @@
+#!/usr/bin/env python
+"""pop3proxy beside nginx's mail proxy and direct Dovecot: one run, same machine, same load.
+
+    .venv/bin/python bench/run.py --quick            # a few minutes
+    .venv/bin/python bench/run.py --write-doc        # full run, updates docs/performance.md
+    .venv/bin/python bench/run.py --quick --profile  # plus a py-spy profile of pop3proxy
+
+Starts a private Dovecot (generated mail store), a private nginx mail proxy
+(1 worker, auth_http answered by nginx itself), a stub backend for idle
+sessions and pop3proxy (logging at ``warning``), all on 127.0.0.1, and runs:
+
+(a) full sessions (connect, TLS, USER/PASS, STAT, LIST, UIDL, RETR ~20 KB,
+    QUIT) at concurrency 1, 16, 128, plaintext and implicit TLS: proxy CPU
+    (utime+stime from /proc, nginx master+worker) per session;
+(b) ordinary-client latency: poplib (Nagle left on), sequential sessions;
+(c) bulk: one 10 MB RETR, MB/s, plaintext and TLS;
+(d) N idle authenticated sessions on a fresh proxy: PSS per session.
+
+Results go to bench/results/ (JSON, gitignored) and the table to stdout.
+Needs root only to install nginx when missing and to raise the fd limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import load  # noqa: E402
+import peers  # noqa: E402
+import procstat  # noqa: E402
+import report  # noqa: E402
+from harness.certs import make_certs  # noqa: E402
+from harness.mailbox import big_message  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+CHART = ROOT / "docs" / "performance.png"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+MESSAGES_PER_USER = 10
+MESSAGE_SIZE = 20_000
+BULK_SIZE = 10 * 1024 * 1024
+BULK_USER = ("bulk@" + peers.TENANT, "bulk-secret")
+
+PROFILES = {
+    "quick": {
+        "users": 32,
+        "duration": 2.0,
+        "max_sessions": 3000,
+        "ordinary": 30,
+        "bulk_reps": 3,
+        "idle": 1000,
+        "idle_procs": 4,
+        "profile_seconds": 10,
+    },
+    "full": {
+        "users": 128,
+        "duration": 6.0,
+        "max_sessions": 20000,
+        "ordinary": 150,
+        "bulk_reps": 5,
+        "idle": 10000,
+        "idle_procs": 8,
+        "profile_seconds": 20,
+    },
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise RLIMIT_NOFILE for us and every server we start (they inherit it)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < want and os.geteuid() == 0:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        hard = min(want, nr_open)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import gevent
+
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    dovecot = subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "gevent": gevent.__version__,
+        "openssl": ssl.OPENSSL_VERSION,
+        "nginx": nginx.removeprefix("nginx version: "),
+        "dovecot": dovecot.strip(),
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+    }
+
+
+class Bench:
+    def __init__(self, settings: dict[str, Any], work: Path) -> None:
+        self.s = settings
+        self.work = work
+        self.certs = make_certs(work / "certs")
+        self.users = [(f"user{i}@{peers.TENANT}", f"secret-{i}") for i in range(settings["users"])]
+        self.idle_users = [
+            (f"idle{i}@{peers.IDLE_TENANT}", "idle") for i in range(settings["idle"])
+        ]
+        self.results: dict[str, Any] = {"targets": {t: {} for t in report.TARGETS}}
+        self.dovecot: peers.BenchDovecot | None = None
+        self.idle_backend: peers.IdleBackend | None = None
+        self.nginx: peers.Nginx | None = None
+        self.proxy = None
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self._serial = 0
+
+    # -- servers ---------------------------------------------------------------
+
+    def start_backends(self) -> None:
+        users = dict(self.users)
+        users[BULK_USER[0]] = BULK_USER[1]
+        self.dovecot = peers.BenchDovecot(users, certs=self.certs)
+        self.dovecot.start()
+        for index, (user, _) in enumerate(self.users):
+            self.dovecot.deliver(
+                user,
+                (
+                    big_message(MESSAGE_SIZE, seed=f"{index}-{n}".encode())
+                    for n in range(MESSAGES_PER_USER)
+                ),
+            )
+        self.dovecot.deliver(BULK_USER[0], [big_message(BULK_SIZE)])
+        self.idle_backend = peers.IdleBackend().start()
+
+    def new_nginx(self) -> peers.Nginx:
+        assert self.dovecot and self.idle_backend
+        return peers.Nginx(
+            self.certs, self.dovecot.port, self.idle_backend.port, self.nofile
+        ).start()
+
+    def new_proxy(self):
+        assert self.dovecot and self.idle_backend
+        self._serial += 1
+        return peers.start_pop3proxy(
+            self.work / f"pop3proxy-{self._serial}",
+            self.certs,
+            self.dovecot.port,
+            self.idle_backend.port,
+            max_connections=2 * self.s["idle"] + 1000,
+        )
+
+    def start_proxies(self) -> None:
+        self.nginx = self.new_nginx()
+        self.proxy = self.new_proxy()
+
+    def stop_proxies(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        if self.nginx is not None:
+            self.nginx.stop()
+            self.nginx = None
+
+    def stop(self) -> None:
+        self.stop_proxies()
+        if self.idle_backend is not None:
+            self.idle_backend.stop()
+        if self.dovecot is not None:
+            self.dovecot.close()
+
+    def targets(self) -> dict[str, tuple[load.Target, list[int] | None]]:
+        assert self.dovecot and self.nginx and self.proxy
+        return {
+            "direct": (
+                load.Target("direct", self.dovecot.port, self.dovecot.pop3s_port or 0),
+                None,
+            ),
+            "nginx": (
+                load.Target("nginx", self.nginx.ports["plain"], self.nginx.ports["pop3s"]),
+                self.nginx.pids(),
+            ),
+            "pop3proxy": (
+                load.Target("pop3proxy", self.proxy.ports["plain"], self.proxy.ports["pop3s"]),
+                [self.proxy.proc.pid],
+            ),
+        }
+
+    # -- scenarios -------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Every user's mailbox indexed by Dovecot; every target has served TLS and plain."""
+        context = load.client_context(str(self.certs.ca_file))
+        for target, _ in self.targets().values():
+            for user, password in self.users:
+                load.full_session(target.plain, None, user, password)
+            for user, password in self.users[:4]:
+                load.full_session(target.pop3s, context, user, password)
+
+    def sessions(self) -> None:
+        for mode in report.MODES:
+            for concurrency in report.CONCURRENCY:
+                for name, (target, pids) in self.targets().items():
+                    before = procstat.cpu_seconds(pids) if pids else None
+                    started = time.perf_counter()
+                    result = load.run_sessions(
+                        target.port(mode == "tls"),
+                        mode == "tls",
+                        self.certs.ca_file,
+                        self.users,
+                        concurrency,
+                        self.s["duration"],
+                        self.s["max_sessions"],
+                    )
+                    elapsed = time.perf_counter() - started
+                    cpu = procstat.cpu_seconds(pids) - before if pids else None
+                    figure = {
+                        "sessions": result.sessions,
+                        "errors": result.errors,
+                        "seconds": round(elapsed, 3),
+                        "per_s": result.sessions / elapsed,
+                        "p50_ms": _ms(load.percentile(result.latencies, 50)),
+                        "p99_ms": _ms(load.percentile(result.latencies, 99)),
+                        "cpu_ms": cpu * 1000 / result.sessions
+                        if cpu is not None and result.sessions
+                        else None,
+                        "first_error": result.first_error,
+                    }
+                    node = self.results["targets"][name].setdefault("sessions", {})
+                    node.setdefault(mode, {})[str(concurrency)] = figure
+                    cpu_text = f"{figure['cpu_ms']:.2f} ms CPU/session" if figure["cpu_ms"] else ""
+                    log(
+                        f"sessions {mode:5} c={concurrency:<3} {name:9}: {result.sessions} ok, "
+                        f"{result.errors} errors, {figure['per_s']:.0f}/s {cpu_text}"
+                        + (f" first error: {result.first_error}" if result.errors else "")
+                    )
+
+    def ordinary(self) -> None:
+        for mode in report.MODES:
+            for name, (target, _) in self.targets().items():
+                result = load.run_ordinary(
+                    target.port(mode == "tls"),
+                    mode == "tls",
+                    self.certs.ca_file,
+                    self.users[0],
+                    self.s["ordinary"],
+                    max_time=60,
+                )
+                figure = {
+                    "sessions": result.sessions,
+                    "errors": result.errors,
+                    "p50_ms": _ms(load.percentile(result.latencies, 50)),
+                    "p90_ms": _ms(load.percentile(result.latencies, 90)),
+                    "first_error": result.first_error,
+                }
+                self.results["targets"][name].setdefault("ordinary", {})[mode] = figure
+                log(
+                    f"ordinary {mode:5} {name:9}: p50 {figure['p50_ms']} ms"
+                    f" ({result.sessions} sessions)"
+                )
+
+    def bulk(self) -> None:
+        context = load.client_context(str(self.certs.ca_file))
+        for mode in report.MODES:
+            for name, (target, pids) in self.targets().items():
+                ctx = context if mode == "tls" else None
+                port = target.port(mode == "tls")
+                load.bulk_retr(port, ctx, BULK_USER, BULK_SIZE)  # warm: page cache, buffers
+                before = procstat.cpu_seconds(pids) if pids else None
+                times = [
+                    load.bulk_retr(port, ctx, BULK_USER, BULK_SIZE)
+                    for _ in range(self.s["bulk_reps"])
+                ]
+                cpu = procstat.cpu_seconds(pids) - before if pids else None
+                megabytes = BULK_SIZE / 1e6
+                figure = {
+                    "mb_s": megabytes / statistics.median(times),
+                    "best_mb_s": megabytes / min(times),
+                    "reps": len(times),
+                    "cpu_ms_per_mb": cpu * 1000 / (megabytes * len(times))
+                    if cpu is not None
+                    else None,
+                }
+                self.results["targets"][name].setdefault("bulk", {})[mode] = figure
+                log(f"bulk {mode:5} {name:9}: {figure['mb_s']:.0f} MB/s (median of {len(times)})")
+
+    def idle(self) -> None:
+        """Each proxy fresh, warmed by a few sessions, then N idle sessions: PSS delta / N."""
+        count = self.s["idle"]
+        for mode in report.MODES:
+            for name in ("nginx", "pop3proxy"):
+                if name == "nginx":
+                    server = self.new_nginx()
+                    ports, pids_of = server.ports, server.pids
+                else:
+                    server = self.new_proxy()
+                    ports, pids_of = server.ports, lambda s=server: [s.proc.pid]
+                try:
+                    port = ports["pop3s" if mode == "tls" else "plain"]
+                    context = (
+                        load.client_context(str(self.certs.ca_file)) if mode == "tls" else None
+                    )
+                    for user, password in self.users[:20]:
+                        load.full_session(port, context, user, password)
+                    time.sleep(1.0)
+                    baseline = procstat.pss_kb(pids_of())
+                    started = time.perf_counter()
+                    held = load.IdleSessions(
+                        port,
+                        mode == "tls",
+                        self.certs.ca_file,
+                        self.idle_users,
+                        self.s["idle_procs"],
+                        max_time=300,
+                    )
+                    try:
+                        opened = time.perf_counter() - started
+                        time.sleep(2.0)
+                        loaded = procstat.pss_kb(pids_of())
+                    finally:
+                        held.close()
+                finally:
+                    server.stop()
+                figure = {
+                    "sessions": held.open,
+                    "baseline_kb": baseline,
+                    "loaded_kb": loaded,
+                    "kb_per_session": (loaded - baseline) / held.open if held.open else None,
+                    "open_seconds": round(opened, 1),
+                    "errors": held.errors[:3],
+                }
+                self.results["targets"][name].setdefault("idle", {})[mode] = figure
+                log(
+                    f"idle {mode:5} {name:9}: {held.open}/{count} open, PSS {baseline} -> "
+                    f"{loaded} KB, {figure['kb_per_session'] or 0:.1f} KB/session"
+                    + (f" errors: {held.errors[:2]}" if held.errors else "")
+                )
+
+    def profile(self, seconds: int) -> dict[str, Any]:
+        """py-spy on pop3proxy during TLS sessions at c=16 (flame graph + raw stacks)."""
+        py_spy = Path(sys.executable).with_name("py-spy")
+        if not py_spy.exists():
+            log("py-spy not installed in the venv: pip install py-spy; profile skipped")
+            return {}
+        target, pids = self.targets()["pop3proxy"]
+        outputs = {"flamegraph": RESULTS / "profile.svg", "raw": RESULTS / "profile.txt"}
+        for fmt, path in outputs.items():
+            argv = [str(py_spy), "record", "--pid", str(pids[0]), "--duration", str(seconds)]
+            argv += ["--rate", "200", "--format", fmt, "-o", str(path), "--nonblocking"]
+            spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1.0)
+            load.run_sessions(
+                target.pop3s,
+                True,
+                self.certs.ca_file,
+                self.users,
+                16,
+                seconds - 1,
+                10**6,
+            )
+            _, err = spy.communicate(timeout=seconds + 60)
+            if spy.returncode != 0:
+                log(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+                return {}
+        summary = summarize_profile(outputs["raw"])
+        (RESULTS / "profile-top.txt").write_text(format_profile(summary))
+        log(f"profile: {outputs['flamegraph']}, {RESULTS / 'profile-top.txt'}")
+        print(format_profile(summary))
+        return summary
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 3) if seconds is not None else None
+
+
+# -- profile summary -----------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _short(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if not match:
+        return frame
+    path = match["file"]
+    for marker in ("site-packages/", "lib/python3", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{match['func']} ({path})"
+
+
+def summarize_profile(raw: Path) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_counts: Counter[str] = Counter()
+    total_counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        total += count
+        if frames:
+            self_counts[frames[-1]] += count
+        for frame in set(frames):
+            total_counts[frame] += count
+    return {
+        "samples": total,
+        "self": [(f, c / total) for f, c in self_counts.most_common(25)] if total else [],
+        "inclusive": [(f, c / total) for f, c in total_counts.most_common(40)] if total else [],
+    }
+
+
+def format_profile(summary: dict[str, Any]) -> str:
+    lines = [f"py-spy samples (non-idle): {summary.get('samples', 0)}", "", "self (leaf) share:"]
+    lines += [f"  {share * 100:5.1f}%  {frame}" for frame, share in summary.get("self", [])]
+    lines += ["", "inclusive share:"]
+    lines += [f"  {share * 100:5.1f}%  {frame}" for frame, share in summary.get("inclusive", [])]
+    return "\n".join(lines) + "\n"
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def write_doc(results: dict[str, Any], command: str) -> None:
+    message = report.chart(results, CHART)
+    if message:
+        log(message)
+    meta = results["machine"]
+    block = [
+        BEGIN,
+        "",
+        f"Run: {results['started']} ({results['mode']} mode, {results['seconds']:.0f} s), "
+        f"command `{command}`.",
+        "",
+        f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), Linux {meta['kernel']}, "
+        f"Python {meta['python']}, gevent {meta['gevent']}, {meta['openssl']}, "
+        f"nginx {meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}.",
+        "",
+        report.markdown_table(results),
+        "",
+        "Floors and goals from issue 8:",
+        "",
+        *report.floor_lines(results, markdown=True),
+        "",
+    ]
+    if not message:
+        block += ["![pop3proxy beside nginx and direct Dovecot](performance.png)", ""]
+    block.append(END)
+    generated = "\n".join(block)
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + generated + tail
+    else:
+        text += "\n" + generated + "\n"
+    DOC.write_text(text)
+    log(f"wrote {DOC}" + ("" if message else f" and {CHART}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few minutes instead of ~10")
+    parser.add_argument("--write-doc", action="store_true", help="update docs/performance.md")
+    parser.add_argument("--profile", action="store_true", help="py-spy pop3proxy (TLS, c=16)")
+    parser.add_argument("--skip-idle", action="store_true", help="leave out scenario (d)")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    settings = PROFILES[mode]
+    command = "python bench/run.py" + "".join(
+        f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v
+    )
+
+    peers.ensure_debian_packages()
+    nofile = raise_fd_limit(4 * settings["idle"] + 10000)
+    if nofile < 2 * settings["idle"] + 1000:
+        log(f"fd limit {nofile} is too low for {settings['idle']} idle sessions")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="pop3proxy-bench-"))
+    work.chmod(0o755)
+    started = time.time()
+    results: dict[str, Any] = {}
+    bench = Bench(settings, work)
+    try:
+        log(f"{mode} run; work directory {work}")
+        bench.start_backends()
+        bench.start_proxies()
+        log("servers up; warming up")
+        bench.warm_up()
+        bench.sessions()
+        bench.ordinary()
+        bench.bulk()
+        if args.profile:
+            bench.results["profile"] = bench.profile(settings["profile_seconds"])
+        bench.stop_proxies()
+        if not args.skip_idle:
+            bench.idle()
+    finally:
+        bench.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results = bench.results
+    results.update(
+        {
+            "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+            "seconds": time.time() - started,
+            "mode": mode,
+            "command": command,
+            "settings": settings,
+            "machine": machine(),
+            "notes": [
+                "pop3proxy runs with logging.level=warning (no per-session log line)",
+                "CPU is utime+stime of the proxy process (nginx: master + 1 worker)",
+                "idle sessions go to a stub backend (bench/idle_backend.py)",
+            ],
+        }
+    )
+    stamp = datetime.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
+    out = RESULTS / f"bench-{mode}-{stamp}.json"
+    text = json.dumps(results, indent=2)
+    out.write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    print()
+    print(report.text_table(results))
+    print()
+    print("Floors and goals (issue 8):")
+    print("\n".join(report.floor_lines(results)))
+    print(f"\n{mode} run took {results['seconds']:.0f} s; results in {out}")
+    if args.write_doc:
+        write_doc(results, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
