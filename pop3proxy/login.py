@@ -51,7 +51,9 @@ class LoginService:
             label = metrics.tenant_label(failure.tenant)
             metrics.AUTH.labels(label, failure.result).inc()
             raise
-        metrics.AUTH.labels(metrics.tenant_label(session.tenant.name), "ok").inc()
+        label = metrics.tenant_label(session.tenant.name)
+        metrics.AUTH.labels(label, "ok").inc()
+        metrics.SESSIONS_LIMIT.labels(label).set(session.tenant.max_sessions)
         return session
 
     def _login(self, user: str, password: bytes) -> Session:
