@@ -1,0 +1,50 @@
+"""What every admin command shares: exit codes, errors, config and store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pop3proxy.config import Config, default_config_path, load_config
+from pop3proxy.directory import RedisStore
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="configuration file (default: $POP3PROXY_CONFIG, then ./pop3proxy.yaml)",
+    )
+
+
+def usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(args.config or default_config_path())
+
+
+def redis_store(args: argparse.Namespace) -> RedisStore:
+    """The Redis the server uses; admin commands refuse to run against a file store."""
+    config = load(args)
+    if config.directory.store != "redis":
+        raise CommandError(
+            f"directory.store is {config.directory.store!r}: tenants live in "
+            f"{config.directory.file}; edit that file instead",
+            EXIT_USAGE,
+        )
+    return RedisStore.from_config(config.directory)
