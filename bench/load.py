@@ -43,6 +43,12 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     first_error: str = ""
 
+    def merge(self, other: LoadResult) -> None:
+        self.sessions += other.sessions
+        self.errors += other.errors
+        self.latencies += other.latencies
+        self.first_error = self.first_error or other.first_error
+
 
 def client_context(ca_file: str) -> ssl.SSLContext:
     """A verifying client context (the bench never turns certificate checks off)."""
@@ -265,18 +271,22 @@ def percentile(values: list[float], q: float) -> float | None:
 # -- bulk ----------------------------------------------------------------------
 
 
-def bulk_retr(port: int, context: ssl.SSLContext | None, user: tuple[str, str], size: int) -> float:
-    """Seconds from sending ``RETR 1`` to the end of its reply (one stream)."""
+def bulk_retr(
+    port: int, context: ssl.SSLContext | None, user: tuple[str, str], size: int, reps: int
+) -> list[float]:
+    """Seconds from sending ``RETR 1`` to the end of its reply, ``reps`` times in one session."""
     conn = Conn(port, context)
+    times = []
     try:
         conn.login(*user)
-        started = time.perf_counter()
-        received = conn.multi(b"RETR 1")
-        elapsed = time.perf_counter() - started
-        if received < size:
-            raise ConnectionError(f"short RETR: {received} of {size} bytes")
+        for _ in range(reps):
+            started = time.perf_counter()
+            received = conn.multi(b"RETR 1")
+            times.append(time.perf_counter() - started)
+            if received < size:
+                raise ConnectionError(f"short RETR: {received} of {size} bytes")
         conn.status(b"QUIT")
-        return elapsed
+        return times
     finally:
         conn.close()
 

@@ -26,3 +26,15 @@ def pss_kb(pids: list[int]) -> int:
                 total += int(line.split()[1])
                 break
     return total
+
+
+def run_seconds(pids: list[int]) -> float:
+    """Time on CPU from /proc/PID/task/*/schedstat (nanoseconds): a finer cross-check."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9

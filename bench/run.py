@@ -66,7 +66,7 @@ PROFILES = {
         "duration": 2.0,
         "max_sessions": 3000,
         "ordinary": 30,
-        "bulk_reps": 3,
+        "bulk_reps": 8,
         "idle": 1000,
         "idle_procs": 4,
         "profile_seconds": 10,
@@ -76,7 +76,7 @@ PROFILES = {
         "duration": 6.0,
         "max_sessions": 20000,
         "ordinary": 150,
-        "bulk_reps": 5,
+        "bulk_reps": 15,
         "idle": 10000,
         "idle_procs": 8,
         "profile_seconds": 20,
@@ -119,6 +119,19 @@ def machine() -> dict[str, Any]:
         "dovecot": dovecot.strip(),
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
     }
+
+
+def cpu_busy(seconds: float = 2.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat): is someone else running?"""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 class Bench:
@@ -225,18 +238,22 @@ class Bench:
             for concurrency in report.CONCURRENCY:
                 for name, (target, pids) in self.targets().items():
                     before = procstat.cpu_seconds(pids) if pids else None
+                    before_ns = procstat.run_seconds(pids) if pids else None
                     started = time.perf_counter()
+                    # c=1 is slow through a proxy that stalls on Nagle: give it longer.
+                    duration = self.s["duration"] * (2 if concurrency == 1 else 1)
                     result = load.run_sessions(
                         target.port(mode == "tls"),
                         mode == "tls",
                         self.certs.ca_file,
                         self.users,
                         concurrency,
-                        self.s["duration"],
+                        duration,
                         self.s["max_sessions"],
                     )
                     elapsed = time.perf_counter() - started
                     cpu = procstat.cpu_seconds(pids) - before if pids else None
+                    cpu_ns = procstat.run_seconds(pids) - before_ns if pids else None
                     figure = {
                         "sessions": result.sessions,
                         "errors": result.errors,
@@ -247,11 +264,19 @@ class Bench:
                         "cpu_ms": cpu * 1000 / result.sessions
                         if cpu is not None and result.sessions
                         else None,
+                        "cpu_ms_schedstat": cpu_ns * 1000 / result.sessions
+                        if cpu_ns is not None and result.sessions
+                        else None,
                         "first_error": result.first_error,
                     }
                     node = self.results["targets"][name].setdefault("sessions", {})
                     node.setdefault(mode, {})[str(concurrency)] = figure
-                    cpu_text = f"{figure['cpu_ms']:.2f} ms CPU/session" if figure["cpu_ms"] else ""
+                    cpu_text = (
+                        f"{figure['cpu_ms']:.2f} ms CPU/session"
+                        f" (schedstat {figure['cpu_ms_schedstat']:.2f})"
+                        if figure["cpu_ms"]
+                        else ""
+                    )
                     log(
                         f"sessions {mode:5} c={concurrency:<3} {name:9}: {result.sessions} ok, "
                         f"{result.errors} errors, {figure['per_s']:.0f}/s {cpu_text}"
@@ -259,16 +284,25 @@ class Bench:
                     )
 
     def ordinary(self) -> None:
+        """Sequential poplib sessions, targets taken in turn so background noise hits all alike."""
+        targets = self.targets()
         for mode in report.MODES:
-            for name, (target, _) in self.targets().items():
-                result = load.run_ordinary(
-                    target.port(mode == "tls"),
-                    mode == "tls",
-                    self.certs.ca_file,
-                    self.users[0],
-                    self.s["ordinary"],
-                    max_time=60,
-                )
+            results = {name: load.LoadResult() for name in targets}
+            deadline = time.monotonic() + 90
+            for _ in range(self.s["ordinary"]):
+                if time.monotonic() > deadline:
+                    break
+                for name, (target, _) in targets.items():
+                    part = load.run_ordinary(
+                        target.port(mode == "tls"),
+                        mode == "tls",
+                        self.certs.ca_file,
+                        self.users[0],
+                        1,
+                        max_time=30,
+                    )
+                    results[name].merge(part)
+            for name, result in results.items():
                 figure = {
                     "sessions": result.sessions,
                     "errors": result.errors,
@@ -283,29 +317,37 @@ class Bench:
                 )
 
     def bulk(self) -> None:
+        """10 MB RETRs, two per session, targets taken in turn; the median counts."""
         context = load.client_context(str(self.certs.ca_file))
+        targets = self.targets()
+        megabytes = BULK_SIZE / 1e6
         for mode in report.MODES:
-            for name, (target, pids) in self.targets().items():
-                ctx = context if mode == "tls" else None
-                port = target.port(mode == "tls")
-                load.bulk_retr(port, ctx, BULK_USER, BULK_SIZE)  # warm: page cache, buffers
-                before = procstat.cpu_seconds(pids) if pids else None
-                times = [
-                    load.bulk_retr(port, ctx, BULK_USER, BULK_SIZE)
-                    for _ in range(self.s["bulk_reps"])
-                ]
-                cpu = procstat.cpu_seconds(pids) - before if pids else None
-                megabytes = BULK_SIZE / 1e6
+            ctx = context if mode == "tls" else None
+            times: dict[str, list[float]] = {name: [] for name in targets}
+            cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+            for target, _ in targets.values():  # warm: page cache, buffers
+                load.bulk_retr(target.port(mode == "tls"), ctx, BULK_USER, BULK_SIZE, 1)
+            for _ in range(max(1, self.s["bulk_reps"] // 2)):
+                for name, (target, pids) in targets.items():
+                    before = procstat.cpu_seconds(pids) if pids else 0.0
+                    times[name] += load.bulk_retr(
+                        target.port(mode == "tls"), ctx, BULK_USER, BULK_SIZE, 2
+                    )
+                    cpu[name] += procstat.cpu_seconds(pids) - before if pids else 0.0
+            for name, (_, pids) in targets.items():
                 figure = {
-                    "mb_s": megabytes / statistics.median(times),
-                    "best_mb_s": megabytes / min(times),
-                    "reps": len(times),
-                    "cpu_ms_per_mb": cpu * 1000 / (megabytes * len(times))
-                    if cpu is not None
+                    "mb_s": megabytes / statistics.median(times[name]),
+                    "best_mb_s": megabytes / min(times[name]),
+                    "reps": len(times[name]),
+                    "cpu_ms_per_mb": cpu[name] * 1000 / (megabytes * len(times[name]))
+                    if pids
                     else None,
                 }
                 self.results["targets"][name].setdefault("bulk", {})[mode] = figure
-                log(f"bulk {mode:5} {name:9}: {figure['mb_s']:.0f} MB/s (median of {len(times)})")
+                log(
+                    f"bulk {mode:5} {name:9}: {figure['mb_s']:.0f} MB/s median, "
+                    f"{figure['best_mb_s']:.0f} best of {len(times[name])}"
+                )
 
     def idle(self) -> None:
         """Each proxy fresh, warmed by a few sessions, then N idle sessions: PSS delta / N."""
@@ -505,6 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pop3proxy-bench-"))
     work.chmod(0o755)
+    busy = cpu_busy()
+    load_before = os.getloadavg()
+    if busy > 0.15:
+        log(
+            f"warning: the machine is {busy:.0%} busy before the run (load {load_before[0]:.1f});"
+            " throughput and latency figures will be noisy, CPU per session less so"
+        )
     started = time.time()
     results: dict[str, Any] = {}
     bench = Bench(settings, work)
@@ -534,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "settings": settings,
             "machine": machine(),
+            "background": {
+                "cpu_busy_before": round(busy, 3),
+                "loadavg_before": load_before,
+                "loadavg_after": os.getloadavg(),
+            },
             "notes": [
                 "pop3proxy runs with logging.level=warning (no per-session log line)",
                 "CPU is utime+stime of the proxy process (nginx: master + 1 worker)",
