@@ -1,0 +1,55 @@
+"""Password checks for tenants with ``auth: local`` (argon2id).
+
+The proxy judges the password itself against a hash stored in Redis, then
+logs in to the backend with the tenant's master credentials. Unknown users
+are checked against a dummy hash made with the same parameters, so a wrong
+user name costs the same time as a wrong password: timing tells nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+@dataclass(frozen=True)
+class HashParameters:
+    """argon2id cost; RFC 9106's second recommendation is the default."""
+
+    time_cost: int = 3
+    memory_cost: int = 65536
+    """KiB."""
+    parallelism: int = 1
+
+
+class Passwords:
+    """Hash, verify and re-hash passwords with one set of parameters."""
+
+    def __init__(self, parameters: HashParameters = HashParameters()) -> None:
+        self.hasher = PasswordHasher(
+            time_cost=parameters.time_cost,
+            memory_cost=parameters.memory_cost,
+            parallelism=parameters.parallelism,
+        )
+        self._dummy = self.hasher.hash("pop3proxy dummy password for unknown users")
+
+    def hash(self, password: bytes | str) -> str:
+        return self.hasher.hash(password)
+
+    def verify(self, stored: str | None, password: bytes | str) -> bool:
+        """True if ``password`` matches ``stored``; ``None`` (no such user) burns
+        the same time against the dummy hash and is always False."""
+        try:
+            matched = self.hasher.verify(stored or self._dummy, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+        return matched and stored is not None
+
+    def needs_rehash(self, stored: str) -> bool:
+        """After a good login: were these parameters changed since it was hashed?"""
+        try:
+            return self.hasher.check_needs_rehash(stored)
+        except InvalidHashError:
+            return True

@@ -1,0 +1,293 @@
+"""Abuse control shared by every replica: failed-login budgets and session leases.
+
+Both live in Redis so that five replicas give an attacker one budget, not
+five. Both fall back to this process's own memory while Redis is down: the
+proxy keeps protecting the backends, per process, instead of failing open
+or refusing everyone.
+
+Failed logins are counted per user name and per client address in fixed
+windows (a key with a TTL). Past ``delay_after`` failures each refusal waits
+longer before it is sent; from ``block_after`` on, logins are refused without
+asking the backend until the window ends.
+
+Concurrent sessions are leases: a sorted set per scope (tenant, user, client
+address) whose members are session ids scored by their expiry. A holder
+renews its leases every ``lease_ttl / 3``; a crashed replica's leases expire
+on their own, so its slots come back within ``lease_ttl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+log = logging.getLogger("pop3proxy.limits")
+
+Clock = Callable[[], float]
+
+
+def _digest(value: str) -> str:
+    """Keys hold a digest of the user name, not the name: Redis is not a log."""
+    return hashlib.sha256(value.lower().encode()).hexdigest()[:24]
+
+
+class AllowList:
+    """Client networks exempt from the failure budgets (monitoring, webmail)."""
+
+    def __init__(self, cidrs: Iterable[str] = ()) -> None:
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+    def __contains__(self, address: str | None) -> bool:
+        if not address or not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    window: float = 900.0
+    delay_after: int = 3
+    """From this failure on, each refusal is delayed."""
+    block_after: int = 10
+    """From this failure per user name on, logins are refused outright."""
+    block_after_per_address: int = 50
+    base_delay: float = 1.0
+    max_delay: float = 8.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before sending the refusal after ``failures`` failures."""
+        if failures < self.delay_after:
+            return 0.0
+        return min(self.base_delay * 2 ** (failures - self.delay_after), self.max_delay)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    blocked: bool
+    scope: str | None = None
+    """``user`` or ``address`` when blocked: for metrics, never the value."""
+
+
+class _LocalWindows:
+    """Fixed-window counters in memory, the fallback while Redis is down."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._counts: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> int:
+        count, expires = self._counts.get(key, (0, 0.0))
+        return count if self._clock() < expires else 0
+
+    def incr(self, key: str, window: float) -> int:
+        with self._lock:
+            now = self._clock()
+            count, expires = self._counts.get(key, (0, 0.0))
+            if now >= expires:
+                count, expires = 0, now + window
+            self._counts[key] = (count + 1, expires)
+            if len(self._counts) > 100_000:
+                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            return count + 1
+
+    def delete(self, key: str) -> None:
+        self._counts.pop(key, None)
+
+
+class FailureLimiter:
+    """Counts failed logins per user name and per client address."""
+
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        prefix: str,
+        policy: FailurePolicy,
+        allow: AllowList | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.policy = policy
+        self.allow = allow or AllowList()
+        self._local = _LocalWindows(clock)
+
+    def _keys(self, user: str, address: str | None) -> tuple[str, str | None]:
+        user_key = f"{self.prefix}:fail:user:{_digest(user)}"
+        address_key = f"{self.prefix}:fail:addr:{address}" if address else None
+        return user_key, address_key
+
+    def check(self, user: str, address: str | None) -> Verdict:
+        """Before asking the backend: is this login refused outright?"""
+        if address in self.allow:
+            return Verdict(blocked=False)
+        user_key, address_key = self._keys(user, address)
+        user_count, address_count = self._counts(user_key, address_key)
+        if user_count >= self.policy.block_after:
+            return Verdict(blocked=True, scope="user")
+        if address_count >= self.policy.block_after_per_address:
+            return Verdict(blocked=True, scope="address")
+        return Verdict(blocked=False)
+
+    def failed(self, user: str, address: str | None) -> float:
+        """Count a failure; returns the delay to wait before refusing."""
+        if address in self.allow:
+            return 0.0
+        user_key, address_key = self._keys(user, address)
+        keys = [k for k in (user_key, address_key) if k]
+        counts = self._incr(keys)
+        return self.policy.delay(counts[0])
+
+    def succeeded(self, user: str) -> None:
+        """A good login clears the user's budget (not the address's)."""
+        user_key, _ = self._keys(user, None)
+        self._local.delete(user_key)
+        if self.client is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(user_key)
+
+    def _counts(self, user_key: str, address_key: str | None) -> tuple[int, int]:
+        keys = [user_key] + ([address_key] if address_key else [])
+        values: list[int]
+        try:
+            if self.client is None:
+                raise redis.ConnectionError("no redis")
+            values = [int(v or 0) for v in self.client.mget(keys)]
+        except redis.RedisError:
+            values = [self._local.get(key) for key in keys]
+        return values[0], values[1] if len(values) > 1 else 0
+
+    def _incr(self, keys: list[str]) -> list[int]:
+        window = int(self.policy.window)
+        try:
+            if self.client is None:
+                raise redis.ConnectionError("no redis")
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.incr(key)
+                pipe.expire(key, window, nx=True)
+            results = pipe.execute()
+            return [int(results[i * 2]) for i in range(len(keys))]
+        except redis.RedisError:
+            return [self._local.incr(key, self.policy.window) for key in keys]
+
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class Lease:
+    """Slots one session holds; give it back with :meth:`LeaseLimiter.release`."""
+
+    session: str
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One limited scope a session needs a slot in."""
+
+    scope: str
+    """``tenant``, ``user`` or ``address``: for metrics and the reply."""
+    name: str
+    limit: int
+
+
+class LeaseLimiter:
+    """Concurrent sessions per scope, shared by replicas through Redis leases."""
+
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        prefix: str,
+        lease_ttl: float = 60.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.lease_ttl = lease_ttl
+        self._clock = clock
+        self._held: dict[str, set[str]] = {}
+        self._local: dict[str, set[str]] = {}
+        self._acquire = client.register_script(_ACQUIRE) if client is not None else None
+
+    def key(self, slot: Slot) -> str:
+        name = _digest(slot.name) if slot.scope == "user" else slot.name
+        return f"{self.prefix}:lease:{slot.scope}:{name}"
+
+    def acquire(self, session: str, slots: Iterable[Slot]) -> tuple[Lease | None, Slot | None]:
+        """Take a slot in every scope, or none: returns the lease or the full slot."""
+        lease = Lease(session)
+        for slot in slots:
+            key = self.key(slot)
+            if not self._take(key, session, slot.limit):
+                self.release(lease)
+                return None, slot
+            lease.keys.append(key)
+        return lease, None
+
+    def release(self, lease: Lease) -> None:
+        for key in lease.keys:
+            for table in (self._held, self._local):
+                holders = table.get(key)
+                if holders is not None:
+                    holders.discard(lease.session)
+                    if not holders:
+                        del table[key]
+            if self.client is not None:
+                with contextlib.suppress(redis.RedisError):
+                    self.client.zrem(key, lease.session)
+        lease.keys.clear()
+
+    def renew(self) -> None:
+        """Push every held lease's expiry forward; call every ``lease_ttl / 3``."""
+        if self.client is None or not self._held:
+            return
+        expiry = self._clock() + self.lease_ttl
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, sessions in self._held.items():
+                for session in sessions:
+                    pipe.zadd(key, {session: expiry}, xx=True)
+                pipe.pexpire(key, int(self.lease_ttl * 1000))
+            pipe.execute()
+        except redis.RedisError as error:
+            log.warning("lease renewal failed", extra={"error": str(error)})
+
+    def _take(self, key: str, session: str, limit: int) -> bool:
+        now = self._clock()
+        if self._acquire is not None:
+            try:
+                args = [now, now + self.lease_ttl, limit, session, int(self.lease_ttl * 1000)]
+                taken = bool(self._acquire(keys=[key], args=args))
+            except redis.RedisError:
+                taken = None
+            if taken is not None:
+                if taken:
+                    self._held.setdefault(key, set()).add(session)
+                return taken
+        holders = self._local.setdefault(key, set())
+        if len(holders) >= limit:
+            return False
+        holders.add(session)
+        return True

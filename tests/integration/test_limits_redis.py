@@ -1,0 +1,73 @@
+"""Failure budgets and leases in a real Redis: shared between limiters, self-expiring."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness.redis import RedisServer
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from pop3proxy.limits import FailureLimiter, FailurePolicy, LeaseLimiter, Slot
+
+
+@pytest.fixture
+def client(redis_server: RedisServer, request):
+    client = redis_server.client()
+    yield client
+    for key in client.scan_iter(match=f"{request.node.name}:*"):
+        client.delete(key)
+    client.close()
+
+
+def test_two_limiters_share_one_budget(client, request):
+    policy = FailurePolicy(block_after=10)
+    replicas = [FailureLimiter(client, request.node.name, policy) for _ in range(2)]
+    for i in range(10):
+        replicas[i % 2].failed("alice@acme.example", f"192.0.2.{i}")
+    assert replicas[0].check("alice@acme.example", "192.0.2.200").blocked
+    assert replicas[1].check("alice@acme.example", "192.0.2.200").blocked
+    keys = [k.decode() for k in client.scan_iter(match=f"{request.node.name}:*")]
+    assert not any("alice" in key for key in keys), "user names are digested"
+    assert all(client.ttl(key) > 0 for key in keys), "every counter expires"
+
+
+def test_leases_are_shared_and_expire_when_not_renewed(client, request):
+    clock = [time.time()]
+    crashed = LeaseLimiter(client, request.node.name, lease_ttl=30, clock=lambda: clock[0])
+    alive = LeaseLimiter(client, request.node.name, lease_ttl=30, clock=lambda: clock[0])
+    slot = Slot("tenant", "acme.example", 2)
+    assert crashed.acquire("a1", [slot])[0] is not None
+    assert crashed.acquire("a2", [slot])[0] is not None
+    assert alive.acquire("b1", [slot])[0] is None, "the limit holds across replicas"
+    clock[0] += 31  # the crashed replica never renews
+    assert alive.acquire("b1", [slot])[0] is not None
+
+
+def test_renewal_keeps_leases_alive(client, request):
+    clock = [time.time()]
+    holder = LeaseLimiter(client, request.node.name, lease_ttl=30, clock=lambda: clock[0])
+    other = LeaseLimiter(client, request.node.name, lease_ttl=30, clock=lambda: clock[0])
+    slot = Slot("user", "alice@acme.example", 1)
+    lease, _ = holder.acquire("h1", [slot])
+    for _ in range(4):
+        clock[0] += 20
+        holder.renew()
+        assert other.acquire("o1", [slot])[0] is None
+    holder.release(lease)
+    assert other.acquire("o1", [slot])[0] is not None
+
+
+def test_redis_down_falls_back_to_local_counting():
+    dead = RedisServer()
+    dead.start()
+    client = dead.client(retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
+    dead.stop()
+    limiter = FailureLimiter(client, "down", FailurePolicy(block_after=3))
+    for _ in range(3):
+        limiter.failed("alice@acme.example", "192.0.2.1")
+    assert limiter.check("alice@acme.example", "192.0.2.1").blocked
+    leases = LeaseLimiter(client, "down")
+    assert leases.acquire("s1", [Slot("user", "alice@acme.example", 1)])[0] is not None
+    assert leases.acquire("s2", [Slot("user", "alice@acme.example", 1)])[0] is None
