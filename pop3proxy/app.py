@@ -60,6 +60,7 @@ class App:
         return not self.draining and self.directory.ready()
 
     def start(self) -> None:
+        self.directory.start()  # change subscription (Redis) or file watcher
         if self.metrics_server is not None:
             self.metrics_server.start()
         for listener in self.listeners:
@@ -96,8 +97,10 @@ class App:
         self.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self._on_signal, signum)
+        gevent.signal_handler(signal.SIGHUP, self.directory.reload)
         self.stopping.wait()
         self.drain()
+        self.directory.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop(timeout=1)
         log.info("stopped")

@@ -38,6 +38,10 @@ class _Flight(Generic[V]):
         self.value: V | None = None
         self.source = Source.LOAD
         self.error: BaseException | None = None
+        self.generation = 0
+        """The cache's generation when the load began: an invalidation during
+        the load means the loaded value may predate the change, so it is
+        returned to the waiters but not stored."""
         self.abandoned = False
         """The leader was interrupted (gevent.Timeout, GreenletExit): no outcome."""
 
@@ -56,11 +60,17 @@ class TTLCache(Generic[V]):
         negative_ttl: float,
         stale_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        stale_negative: bool = False,
     ) -> None:
         self.maxsize = maxsize
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.stale_ttl = stale_ttl
+        self.stale_negative = stale_negative
+        """Serve a remembered "not found" stale too (user records: no record
+        is an answer worth keeping through an outage)."""
+        self._generation = 0
         self._clock = clock
         self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
         self._flights: dict[str, _Flight[V]] = {}
@@ -85,6 +95,7 @@ class TTLCache(Generic[V]):
                 leader = flight is None
                 if flight is None:
                     flight = self._flights[key] = _Flight()
+                    flight.generation = self._generation
             if leader:
                 self._load(key, loader, flight)
             else:
@@ -99,7 +110,7 @@ class TTLCache(Generic[V]):
         try:
             self.loads += 1
             flight.value = loader()
-            self.put(key, flight.value)
+            self._store(key, flight.value, flight.generation)
         except Exception as error:
             stale = self._stale(key)
             if stale is None:
@@ -116,27 +127,61 @@ class TTLCache(Generic[V]):
 
     def _stale(self, key: str) -> _Entry[V] | None:
         entry = self._entries.get(key)
-        if entry is None or entry.value is None or self._clock() >= entry.stale_until:
+        if entry is None or self._clock() >= entry.stale_until:
+            return None
+        if entry.value is None and not self.stale_negative:
             return None
         return entry
 
     def put(self, key: str, value: V | None) -> None:
+        self._store(key, value, None)
+
+    def _store(self, key: str, value: V | None, generation: int | None) -> None:
         now = self._clock()
         ttl = self.ttl if value is not None else self.negative_ttl
-        stale = self.stale_ttl if value is not None else 0.0
+        stale = self.stale_ttl if value is not None or self.stale_negative else 0.0
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return  # invalidated while loading: the value may be older than the change
             self._entries[key] = _Entry(value, now + ttl, now + ttl + stale)
             self._entries.move_to_end(key)
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
 
     def invalidate(self, key: str) -> None:
+        """Forget ``key`` (fresh and stale): the record changed or is gone."""
         with self._lock:
+            self._generation += 1
             self._entries.pop(key, None)
+
+    def expire_all(self) -> None:
+        """Make every entry due for a reload, but keep it as a stale fallback.
+
+        For a subscriber that lost its channel: it may have missed changes,
+        so nothing is fresh any more, yet if the store is still down the
+        last known records are better than nothing.
+        """
+        now = self._clock()
+        with self._lock:
+            self._generation += 1
+            for entry in self._entries.values():
+                entry.fresh_until = min(entry.fresh_until, now)
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.clear()
+
+    def servable(self) -> int:
+        """Records (not "not found" entries) that can still answer a lookup,
+        fresh or stale: what readiness during an outage rests on."""
+        now = self._clock()
+        with self._lock:
+            return sum(
+                1
+                for entry in self._entries.values()
+                if entry.value is not None and now < entry.stale_until
+            )
 
     def peek(self, key: str) -> V | None:
         """The cached value, fresh or stale, without loading: for tests and admin."""

@@ -27,6 +27,7 @@ from pop3proxy.commands import (  # noqa: E402
     add_config_option,
     load,
     tenant,
+    user,
 )
 from pop3proxy.config import ConfigError  # noqa: E402
 from pop3proxy.directory import DirectoryUnavailable, load_tenants_file  # noqa: E402
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", parents=[common], help="validate the configuration")
     check.set_defaults(handler=cmd_check_config)
     tenant.register(commands, common)
+    user.register(commands, common)
     return parser
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from pop3proxy.schema import Reader, SchemaError
+from pop3proxy.schema import Reader, SchemaError, parse_address
 
 TLS_MODES = ("none", "starttls", "implicit")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -40,14 +40,27 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class SentinelConfig:
+    master: str
+    addresses: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class DirectoryConfig:
     store: str = "redis"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "pop3proxy"
     cache_ttl: float = 30.0
     negative_ttl: float = 5.0
+    stale_ttl: float = 3600.0
     cache_size: int = 10000
     redis_timeout: float = 1.0
+    redis_pool_size: int = 50
+    redis_username: str | None = None
+    redis_password_file: str | None = None
+    redis_ca_file: str | None = None
+    sentinel: SentinelConfig | None = None
+    cluster: bool = False
     file: str | None = None
 
 
@@ -209,18 +222,54 @@ def _directory(r: Reader, base: Path | None) -> DirectoryConfig:
         key_prefix=r.string("key_prefix", "pop3proxy") or "pop3proxy",
         cache_ttl=r.duration("cache_ttl", 30.0),
         negative_ttl=r.duration("negative_ttl", 5.0),
+        stale_ttl=r.duration("stale_ttl", 3600.0),
         cache_size=r.integer("cache_size", 10000, minimum=1),
         redis_timeout=r.duration("redis_timeout", 1.0),
+        redis_pool_size=r.integer("redis_pool_size", 50, minimum=2, maximum=10000),
+        redis_username=r.string("redis_username", None),
+        redis_password_file=_resolve(r.string("redis_password_file", None), base),
+        redis_ca_file=_resolve(r.string("redis_ca_file", None), base),
+        sentinel=_sentinel(r) if r.raw("sentinel") is not None else None,
+        cluster=r.boolean("cluster", False),
         file=_resolve(r.string("file", None), base),
     )
     if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
         r.problem(
             "redis_url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis_url!r}"
         )
+    if config.redis_timeout <= 0:
+        r.problem("redis_timeout", "expected a duration greater than zero")
+    if config.cluster and config.sentinel is not None:
+        r.problem("cluster", "cannot be true together with sentinel (choose one)")
+    if (config.cluster or config.sentinel) and config.redis_url.startswith("unix://"):
+        r.problem("redis_url", "unix:// cannot be used with cluster or sentinel")
+    for key in ("redis_password_file", "redis_ca_file"):
+        value = getattr(config, key)
+        if value is not None and not os.path.isfile(value):
+            r.problem(key, f"no such file: {value}")
     if store == "file" and config.file is None:
         r.problem("file", "is required when store is file")
     r.finish()
     return config
+
+
+def _sentinel(parent: Reader) -> SentinelConfig:
+    r = parent.section("sentinel")
+    master = r.string("master", None, required=True) or "?"
+    addresses: list[tuple[str, int]] = []
+    raw = r.raw("addresses", [])
+    if not isinstance(raw, list) or not raw:
+        r.problem("addresses", "expected a list of HOST:PORT, at least one")
+    else:
+        for i, item in enumerate(raw):
+            try:
+                host, port = parse_address(item, default_host="127.0.0.1")
+            except ValueError as error:
+                r.problem(f"addresses[{i}]", str(error))
+                continue
+            addresses.append((host, port))
+    r.finish()
+    return SentinelConfig(master=master, addresses=tuple(addresses))
 
 
 def _tenancy(r: Reader) -> TenancyConfig:

@@ -1,30 +1,46 @@
-"""Tenant records: where they are stored, and the cached lookup in front.
+"""Tenant and user records: where they are stored, and the cached lookup in front.
 
 Two stores share one record shape (:mod:`pop3proxy.tenants`): Redis, shared
 by every replica and managed with ``pop3proxy tenant ...``, and a YAML file
 for small setups without Redis. Logins only ever call
-:meth:`Directory.lookup`, which answers from the in-process cache when it
-can, so the hot path costs no round trip.
+:meth:`Directory.lookup` and :meth:`Directory.user_pin`, which answer from
+the in-process cache when they can, so the hot path costs no round trip.
+
+Redis connections are built in :mod:`pop3proxy.redisconn`, cache
+invalidation over pub/sub lives in :mod:`pop3proxy.invalidation`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import gevent
 import redis
 import yaml
 
-from pop3proxy import metrics
+from pop3proxy import invalidation, metrics
 from pop3proxy.cache import Source, TTLCache
 from pop3proxy.config import DirectoryConfig
+from pop3proxy.redisconn import RedisHealth, connect, describe
 from pop3proxy.tenants import RecordError, Tenant, parse_tenant
+from pop3proxy.userrecords import (
+    UserRecord,
+    UserRecordError,
+    decode_user_record,
+    user_key_parts,
+)
 
 log = logging.getLogger("pop3proxy.directory")
+
+FILE_POLL_INTERVAL = 1.0
 
 
 class DirectoryUnavailable(Exception):
@@ -37,83 +53,228 @@ class Store(Protocol):
 
     def get(self, name: str) -> Tenant | None: ...
 
+    def get_user(self, tenant: str, local: str) -> UserRecord | None: ...
+
+
+class CorruptLog:
+    """Logs each corrupt record once (per content), counts every read of one."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+
+    def report(self, kind: str, key: str, raw: bytes, problems: list[str]) -> None:
+        metrics.DIRECTORY_CORRUPT.labels(kind).inc()
+        digest = hashlib.sha256(raw).hexdigest()
+        if self._seen.get(key) == digest:
+            return
+        self._seen[key] = digest
+        log.error(
+            "corrupt record: its logins fail with -ERR [SYS/TEMP] until it is fixed",
+            extra={"kind": kind, "key": key, "problems": problems[:10]},
+        )
+
+    def fixed(self, key: str) -> None:
+        self._seen.pop(key, None)
+
 
 class RedisStore:
-    """Tenant records as JSON under ``<prefix>:tenant:<name>``."""
+    """Tenant records as JSON under ``<prefix>:tenant:<name>``, user records
+    under ``<prefix>:user:<tenant>:<local>``; changes announced on
+    ``<prefix>:changes``."""
 
     source_label = "redis"
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, health: RedisHealth | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        self.health = health or RedisHealth("redis")
+        self.corrupt = CorruptLog()
 
     @classmethod
     def from_config(cls, config: DirectoryConfig) -> RedisStore:
-        client = redis.Redis.from_url(
-            config.redis_url,
-            socket_timeout=config.redis_timeout,
-            socket_connect_timeout=config.redis_timeout,
-            decode_responses=False,
-        )
-        return cls(client, config.key_prefix)
+        return cls(connect(config), config.key_prefix, RedisHealth(describe(config)))
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:tenant:{name}"
 
-    def get(self, name: str) -> Tenant | None:
+    def user_key(self, tenant: str, local: str) -> str:
+        tenant, local = user_key_parts(tenant, local)
+        return f"{self.prefix}:user:{tenant}:{local}"
+
+    def _read(self, key: str) -> bytes | None:
+        if not self.health.should_try():
+            raise DirectoryUnavailable("redis unreachable (retrying with backoff)")
         started = time.perf_counter()
         try:
-            raw = self.client.get(self.key(name))
-        except redis.RedisError as error:
-            metrics.REDIS_UP.set(0)
+            raw = self.client.get(key)
+        except (redis.RedisError, OSError) as error:
+            self.health.failed(error)
             raise DirectoryUnavailable(f"redis: {error}") from None
-        metrics.REDIS_UP.set(1)
+        self.health.ok()
         metrics.DIRECTORY_REDIS_SECONDS.observe(time.perf_counter() - started)
+        return raw
+
+    def get(self, name: str) -> Tenant | None:
+        key = self.key(name)
+        raw = self._read(key)
         if raw is None:
             return None
-        return decode_record(name, raw)
+        try:
+            tenant = parse_tenant(json.loads(raw), path=f"tenant {name}")
+        except (ValueError, RecordError) as error:
+            problems = getattr(error, "problems", None) or [f"not valid JSON: {error}"]
+            self.corrupt.report("tenant", key, raw, problems)
+            raise DirectoryUnavailable(f"corrupt record for tenant {name}") from None
+        self.corrupt.fixed(key)
+        return tenant
+
+    def get_user(self, tenant: str, local: str) -> UserRecord | None:
+        key = self.user_key(tenant, local)
+        raw = self._read(key)
+        if raw is None:
+            return None
+        try:
+            record = decode_user_record(*user_key_parts(tenant, local), raw)
+        except UserRecordError as error:
+            self.corrupt.report("user", key, raw, error.problems)
+            raise DirectoryUnavailable(f"corrupt user record {key}") from None
+        self.corrupt.fixed(key)
+        return record
+
+    # Writes: the admin commands. Each announces the change.
 
     def put(self, tenant: Tenant) -> None:
         self.client.set(self.key(tenant.name), json.dumps(tenant.to_dict(), sort_keys=True))
+        self.publish(invalidation.tenant_message(tenant.name))
 
     def delete(self, name: str) -> bool:
-        return bool(self.client.delete(self.key(name)))
+        deleted = bool(self.client.delete(self.key(name)))
+        self.publish(invalidation.tenant_message(name))
+        return deleted
+
+    def put_user_fields(self, tenant: str, local: str, fields: dict[str, Any]) -> dict | None:
+        """Merge ``fields`` into the user record (``None`` removes a field),
+        keeping fields other writers own; an empty record is deleted.
+        Returns the stored record, or ``None`` when deleted."""
+        key = self.user_key(tenant, local)
+        raw = self.client.get(key)
+        data: dict[str, Any] = {}
+        if raw is not None:
+            try:
+                loaded = json.loads(raw)
+                data = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                data = {}  # corrupt: the new record replaces it
+        for field, value in fields.items():
+            if value is None:
+                data.pop(field, None)
+            else:
+                data[field] = value
+        data.setdefault("version", 1)
+        if set(data) == {"version"}:
+            self.client.delete(key)
+            stored = None
+        else:
+            self.client.set(key, json.dumps(data, sort_keys=True))
+            stored = data
+        self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
+        return stored
+
+    def publish(self, message: str) -> None:
+        invalidation.publish(self.client, self.prefix, message)
 
     def names(self) -> Iterator[str]:
         prefix = f"{self.prefix}:tenant:"
         for key in self.client.scan_iter(match=prefix + "*", count=500):
-            yield key.decode()[len(prefix) :]
+            yield (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+
+    def raw(self, name: str) -> bytes | None:
+        return self.client.get(self.key(name))
 
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except redis.RedisError:
+        except (redis.RedisError, OSError):
             return False
 
 
-def decode_record(name: str, raw: bytes) -> Tenant:
-    """Parse a stored record; a corrupt one fails only its own tenant."""
-    try:
-        return parse_tenant(json.loads(raw), path=f"tenant {name}")
-    except (ValueError, RecordError) as error:
-        log.error("corrupt tenant record", extra={"tenant": name, "error": str(error)})
-        raise DirectoryUnavailable(f"corrupt record for tenant {name}") from None
-
-
 class FileStore:
-    """Tenant records from a YAML file (``tenants:`` list), read at start."""
+    """Tenant records from a YAML file (``tenants:`` list).
+
+    Validated at start (a bad file stops the start); reloaded on SIGHUP and
+    when the file changes (mtime, size or inode, through symlinks, so a
+    Kubernetes ConfigMap swap counts). A bad new file keeps the old records
+    and logs why.
+    """
 
     source_label = "file"
 
-    def __init__(self, tenants: dict[str, Tenant]) -> None:
+    def __init__(self, tenants: dict[str, Tenant], path: Path | None = None) -> None:
         self.tenants = tenants
+        self.path = path
+        self._signature = _file_signature(path) if path is not None else None
+        self._watcher: gevent.Greenlet | None = None
+        self.reloads = 0
 
     @classmethod
     def load(cls, path: Path) -> FileStore:
-        return cls(load_tenants_file(path))
+        signature = _file_signature(path)
+        store = cls(load_tenants_file(path), path)
+        store._signature = signature
+        return store
 
     def get(self, name: str) -> Tenant | None:
         return self.tenants.get(name)
+
+    def get_user(self, tenant: str, local: str) -> UserRecord | None:
+        return None  # user records live in Redis only
+
+    def reload(self, reason: str) -> bool:
+        """Read the file again; on any problem keep the current records."""
+        if self.path is None:
+            return False
+        self._signature = _file_signature(self.path)
+        try:
+            tenants = load_tenants_file(self.path)
+        except RecordError as error:
+            log.error(
+                "tenants file rejected: keeping the previous records",
+                extra={"file": str(self.path), "reason": reason, "problems": error.problems[:20]},
+            )
+            return False
+        self.tenants = tenants
+        self.reloads += 1
+        log.info(
+            "tenants file reloaded",
+            extra={"file": str(self.path), "reason": reason, "tenants": len(tenants)},
+        )
+        return True
+
+    def watch(self, interval: float = FILE_POLL_INTERVAL) -> None:
+        self._watcher = gevent.spawn(self._watch, interval)
+
+    def _watch(self, interval: float) -> None:
+        while True:
+            gevent.sleep(interval)
+            assert self.path is not None
+            signature = _file_signature(self.path)
+            if signature != self._signature:
+                self.reload("file changed")
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.kill(block=False)
+
+
+def _file_signature(path: Path) -> tuple | None:
+    """What changes when the file does: the target's identity and content
+    stamps, and the link itself (a symlink swap may keep the mtime)."""
+    try:
+        target = os.stat(path)
+        link = os.lstat(path)
+    except OSError:
+        return None
+    return (target.st_dev, target.st_ino, target.st_mtime_ns, target.st_size, link.st_ino)
 
 
 def load_tenants_file(path: Path) -> dict[str, Tenant]:
@@ -145,35 +306,138 @@ def load_tenants_file(path: Path) -> dict[str, Tenant]:
 
 
 class Directory:
-    """Cached tenant lookups in front of a store."""
+    """Cached tenant and user lookups in front of a store."""
 
-    def __init__(self, store: Store, config: DirectoryConfig, stale_ttl: float = 3600.0) -> None:
+    def __init__(self, store: Store, config: DirectoryConfig) -> None:
         self.store = store
+        self.config = config
         self.cache: TTLCache[Tenant] = TTLCache(
             maxsize=config.cache_size,
             ttl=config.cache_ttl,
             negative_ttl=config.negative_ttl,
-            stale_ttl=stale_ttl,
+            stale_ttl=config.stale_ttl,
         )
+        self.users: TTLCache[UserRecord] = TTLCache(
+            maxsize=config.cache_size,
+            ttl=config.cache_ttl,
+            negative_ttl=config.negative_ttl,
+            stale_ttl=config.stale_ttl,
+            stale_negative=True,
+        )
+        self.subscriber: invalidation.Subscriber | None = None
+        self._bad_pins: set[tuple[str, str, str]] = set()
 
     def lookup(self, name: str) -> Tenant | None:
         """The tenant record, or ``None`` if no such tenant exists.
 
-        Raises :class:`DirectoryUnavailable` if the store is down and the
-        tenant is not in the cache (fresh or stale).
+        Raises :class:`DirectoryUnavailable` if the store is down (or the
+        record corrupt) and the tenant is not in the cache (fresh or stale).
         """
+        if isinstance(self.store, FileStore):
+            tenant = self.store.get(name)
+            metrics.DIRECTORY_LOOKUPS.labels("file" if tenant is not None else "miss").inc()
+            return tenant
         tenant, source = self.cache.get_or_load(name, lambda: self.store.get(name))
         if source == Source.LOAD:
             source = self.store.source_label if tenant is not None else "miss"
         metrics.DIRECTORY_LOOKUPS.labels(source).inc()
         return tenant
 
-    def ready(self) -> bool:
-        """Can the directory answer? A file always can; Redis when it pings,
-        or while the cache still holds records to serve from."""
+    def user_pin(self, tenant_name: str, local: str) -> str | None:
+        """``host:port`` of the backend ``local@tenant_name`` is pinned to, if any.
+
+        A pin is a routing preference: when the user's record cannot be read
+        (Redis down and nothing cached, or the record corrupt) the login is
+        routed by the tenant's policy instead of failing. A tenant with one
+        backend has nothing to choose, so no record is read for it.
+        """
+        if isinstance(self.store, FileStore):
+            return None
+        key = ":".join(user_key_parts(tenant_name, local))
+        try:
+            record, _ = self.users.get_or_load(key, lambda: self.store.get_user(tenant_name, local))
+        except DirectoryUnavailable:
+            return None
+        return record.backend if record is not None else None
+
+    def pinned_backend(self, tenant: Tenant, local: str) -> str | None:
+        """The pin if it names one of ``tenant``'s backends; a stale pin (the
+        tenant moved) is logged once and ignored."""
+        if len(tenant.backends) < 2:
+            return None
+        pin = self.user_pin(tenant.name, local)
+        if pin is None:
+            return None
+        if any(backend.address == pin for backend in tenant.backends):
+            return pin
+        if (tenant.name, local, pin) not in self._bad_pins:
+            self._bad_pins.add((tenant.name, local, pin))
+            log.warning(
+                "user pinned to a backend the tenant no longer has: pin ignored",
+                extra={"tenant": tenant.name, "backend": pin},
+            )
+        return None
+
+    def on_change(self, message: str) -> None:
+        """An invalidation message from :mod:`pop3proxy.invalidation`."""
+        kind, _, rest = message.partition(":")
+        if kind == "tenant" and rest:
+            self.cache.invalidate(rest.lower())
+        elif kind == "user" and rest:
+            self.users.invalidate(rest.lower())
+        else:  # "all", or a message from a newer version: be safe
+            self.cache.clear()
+            self.users.clear()
+
+    def on_subscribed(self) -> None:
+        """(Re)subscribed: changes may have been missed; reload everything."""
+        self.cache.expire_all()
+        self.users.expire_all()
+
+    def start(self) -> None:
+        """Background work: the change subscription (Redis) or the file watcher."""
         if isinstance(self.store, RedisStore):
-            return self.store.ping() or len(self.cache) > 0
+            self.subscriber = invalidation.Subscriber(
+                self.store.client,
+                self.store.prefix,
+                self.store.health,
+                self.on_change,
+                self.on_subscribed,
+            )
+            self.subscriber.start()
+        elif isinstance(self.store, FileStore):
+            self.store.watch()
+
+    def reload(self) -> None:
+        """SIGHUP: reread a tenants file; with Redis, drop the cache."""
+        if isinstance(self.store, FileStore):
+            self.store.reload("SIGHUP")
+        else:
+            self.cache.expire_all()
+            self.users.expire_all()
+            log.info("directory cache expired on SIGHUP")
+
+    def stop(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.stop()
+        if isinstance(self.store, FileStore):
+            self.store.stop()
+
+    def ready(self) -> bool:
+        """Can the directory answer logins? A file always can; Redis while it
+        is reachable, or while the cache still holds records to serve from."""
+        if isinstance(self.store, RedisStore):
+            if self.store.health.up is None and self.store.ping():
+                self.store.health.ok()
+            return bool(self.store.health.up) or self.cache.servable() > 0
         return True
+
+
+def pinned_first(tenant: Tenant, pin: str) -> Tenant:
+    """``tenant`` with the pinned backend moved to the front of its list."""
+    first = [b for b in tenant.backends if b.address == pin]
+    rest = [b for b in tenant.backends if b.address != pin]
+    return dataclasses.replace(tenant, backends=tuple(first + rest))
 
 
 def open_directory(config: DirectoryConfig) -> Directory:

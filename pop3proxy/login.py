@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pop3proxy import metrics
 from pop3proxy.backends import BackendUnavailable, LoginRefused, Upstream, open_upstream
 from pop3proxy.config import Config
-from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.directory import Directory, DirectoryUnavailable, pinned_first
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
 from pop3proxy.tenants import Tenant, split_user
 
@@ -69,6 +69,9 @@ class LoginService:
             raise LoginFailed(AUTH_FAILURE, "unknown_tenant")
         if not tenant.enabled:
             raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
+        pin = self.directory.pinned_backend(tenant, name.local)
+        if pin is not None:
+            tenant = pinned_first(tenant, pin)  # until backends.open_upstream takes pinned=
         login_name = tenant.backend_login(name)
         timeout = self.config.timeouts.backend_connect
         try:

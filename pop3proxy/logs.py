@@ -58,9 +58,59 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str, fmt: str) -> None:
+LEVELS = ("debug", "info", "warning", "error")
+"""Most verbose first: SIGUSR1 moves one step left, SIGUSR2 one step right."""
+
+
+class _Fields(logging.Filter):
+    """Adds fixed fields (such as ``worker``) to every record of this process."""
+
+    def __init__(self, fields: dict[str, object]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def use_json(fmt: str) -> bool:
+    """``json``, ``text``, or ``auto``: text when stderr is a terminal, else JSON."""
+    if fmt == "auto":
+        return not sys.stderr.isatty()
+    return fmt == "json"
+
+
+def setup_logging(level: str, fmt: str, fields: dict[str, object] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JSONFormatter() if use_json(fmt) else TextFormatter())
+    if fields:
+        handler.addFilter(_Fields(fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(level)
+
+
+def set_format(fmt: str) -> None:
+    """Switch the format of the running handlers (SIGHUP reload)."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JSONFormatter() if use_json(fmt) else TextFormatter())
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+
+
+def step_level(steps: int) -> str:
+    """Move the level ``steps`` along :data:`LEVELS` (negative: more verbose); clamped."""
+    level = current_level()
+    index = LEVELS.index(level) if level in LEVELS else LEVELS.index("info")
+    new = LEVELS[max(0, min(len(LEVELS) - 1, index + steps))]
+    set_level(new)
+    return new

@@ -65,6 +65,9 @@ DIRECTORY_REDIS_SECONDS = Histogram(
     "Redis round trips of the directory",
     buckets=LATENCY_BUCKETS,
 )
+DIRECTORY_CORRUPT = Counter(
+    "pop3proxy_directory_corrupt_records", "Reads of records that failed validation", ["kind"]
+)
 REDIS_UP = Gauge("pop3proxy_redis_up", "Whether the last Redis call succeeded")
 BUILD_INFO = Gauge("pop3proxy_build_info", "Build information", ["version"])
 BUILD_INFO.labels(__version__).set(1)

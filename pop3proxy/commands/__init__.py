@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pop3proxy.config import Config, default_config_path, load_config
 from pop3proxy.directory import RedisStore
+from pop3proxy.redisconn import CredentialsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -47,4 +48,7 @@ def redis_store(args: argparse.Namespace) -> RedisStore:
             f"{config.directory.file}; edit that file instead",
             EXIT_USAGE,
         )
-    return RedisStore.from_config(config.directory)
+    try:
+        return RedisStore.from_config(config.directory)
+    except CredentialsError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None

@@ -1,16 +1,32 @@
-"""``pop3proxy tenant ...``: manage tenant records in Redis."""
+"""``pop3proxy tenant ...``: manage tenant records in Redis.
+
+Every write is validated first (a bad record is refused with the field path,
+exit 2) and announced on ``<prefix>:changes`` so running proxies drop their
+cached copy at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, redis_store, usage
-from pop3proxy.directory import RedisStore, load_tenants_file
-from pop3proxy.tenants import POLICIES, Tenant, parse_backend_address, parse_tenant
+from pop3proxy.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, redis_store, usage
+from pop3proxy.config import TLS_MODES
+from pop3proxy.directory import DirectoryUnavailable, RedisStore, load_tenants_file
+from pop3proxy.tenants import (
+    AUTH_MODES,
+    FORWARD_CLIENT,
+    POLICIES,
+    RecordError,
+    Tenant,
+    parse_backend_address,
+    parse_tenant,
+)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -28,14 +44,28 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     delete = tenant_commands.add_parser("delete", parents=[common], help="delete a tenant")
     delete.add_argument("name")
     delete.set_defaults(handler=cmd_tenant_delete)
-    load = tenant_commands.add_parser("import", parents=[common], help="load a tenants YAML file")
+    load = tenant_commands.add_parser(
+        "import", parents=[common], help="make Redis hold the records of a tenants file"
+    )
     load.add_argument("file", type=Path)
+    load.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    load.add_argument("--prune", action="store_true", help="delete tenants not in the file")
     load.set_defaults(handler=cmd_tenant_import)
+    export = tenant_commands.add_parser(
+        "export", parents=[common], help="write every tenant as a tenants file"
+    )
+    export.add_argument("--output", "-o", type=Path, help="file to write (default: stdout)")
+    export.set_defaults(handler=cmd_tenant_export)
 
 
 def _add_tenant_set(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     cmd = commands.add_parser("set", parents=[common], help="create or replace a tenant")
-    cmd.add_argument("name")
+    cmd.add_argument("name", nargs="?", help="the tenant (optional with --from-file)")
+    cmd.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="the whole record from a YAML or JSON file ('-': stdin); no other flags",
+    )
     cmd.add_argument(
         "--backend",
         action="append",
@@ -43,17 +73,22 @@ def _add_tenant_set(commands: argparse._SubParsersAction, common: argparse.Argum
         metavar="HOST:PORT",
         help="a backend server (repeat for several, in order)",
     )
-    cmd.add_argument("--backend-tls", choices=("none", "starttls", "implicit"), default="none")
+    cmd.add_argument("--backend-tls", choices=TLS_MODES, default="none")
     cmd.add_argument("--no-verify", action="store_true", help="do not verify backend certificates")
     cmd.add_argument("--ca-file", help="CA bundle to verify backend certificates")
+    cmd.add_argument("--server-name", help="name for SNI and verification (default: host)")
+    cmd.add_argument("--forward-client", choices=FORWARD_CLIENT, default="none")
     cmd.add_argument("--policy", choices=POLICIES, default="failover")
+    cmd.add_argument("--auth", choices=AUTH_MODES, default="passthrough")
     cmd.add_argument("--login", default="{local}", help="backend user name template")
     cmd.add_argument("--max-sessions", type=int, default=200)
     cmd.add_argument("--disabled", action="store_true", help="store the tenant as disabled")
     cmd.set_defaults(handler=cmd_tenant_set)
 
 
-def cmd_tenant_set(args: argparse.Namespace) -> int:
+def _record_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.name:
+        raise CommandError("tenant set needs a NAME (or --from-file)", EXIT_USAGE)
     if not args.backend:
         raise CommandError("tenant set needs at least one --backend HOST:PORT", EXIT_USAGE)
     try:
@@ -61,15 +96,54 @@ def cmd_tenant_set(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(f"--backend: {error}", EXIT_USAGE) from None
     for backend in backends:
-        backend.update(tls=args.backend_tls, verify=not args.no_verify, ca_file=args.ca_file)
-    record = {
+        backend.update(
+            tls=args.backend_tls,
+            verify=not args.no_verify,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
+            forward_client=args.forward_client,
+        )
+        if args.backend_tls == "implicit" and backend["port"] == 110:
+            print(f"warning: {backend['host']}:110 with implicit TLS", file=sys.stderr)
+    return {
         "name": args.name,
         "enabled": not args.disabled,
         "policy": args.policy,
+        "auth": args.auth,
         "backends": backends,
         "login": args.login,
         "max_sessions": args.max_sessions,
     }
+
+
+def _record_from_file(args: argparse.Namespace) -> dict[str, Any]:
+    source = args.from_file
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as error:
+        raise CommandError(f"{source}: cannot read: {error.strerror}", EXIT_USAGE) from None
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as error:
+        raise CommandError(f"{source}: not valid YAML or JSON: {error}", EXIT_USAGE) from None
+    if not isinstance(data, dict):
+        raise CommandError(f"{source}: expected one tenant record (a mapping)", EXIT_USAGE)
+    if args.name:
+        if data.get("name") not in (None, args.name):
+            raise CommandError(
+                f"{source}: name {data.get('name')!r} does not match {args.name!r}", EXIT_USAGE
+            )
+        data["name"] = args.name
+    return data
+
+
+def cmd_tenant_set(args: argparse.Namespace) -> int:
+    if args.from_file:
+        if args.backend:
+            raise CommandError("--from-file and --backend do not mix", EXIT_USAGE)
+        record = _record_from_file(args)
+    else:
+        record = _record_from_flags(args)
     tenant = parse_tenant(record)
     redis_store(args).put(tenant)
     print(f"tenant {tenant.name} saved")
@@ -77,7 +151,10 @@ def cmd_tenant_set(args: argparse.Namespace) -> int:
 
 
 def _get(store: RedisStore, name: str) -> Tenant:
-    tenant = store.get(name.lower())
+    try:
+        tenant = store.get(name.lower())
+    except DirectoryUnavailable as error:
+        raise CommandError(str(error)) from None
     if tenant is None:
         raise CommandError(f"no tenant named {name!r}")
     return tenant
@@ -92,17 +169,33 @@ def cmd_tenant_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_all(store: RedisStore) -> tuple[dict[str, Tenant], list[str]]:
+    """Every stored tenant, and the names whose records are corrupt."""
+    tenants: dict[str, Tenant] = {}
+    corrupt: list[str] = []
+    for name in sorted(store.names()):
+        raw = store.raw(name)
+        if raw is None:
+            continue  # deleted meanwhile
+        try:
+            tenants[name] = parse_tenant(json.loads(raw), path=f"tenant {name}")
+        except (ValueError, RecordError):
+            corrupt.append(name)
+    return tenants, corrupt
+
+
 def cmd_tenant_list(args: argparse.Namespace) -> int:
-    store = redis_store(args)
-    tenants = [_get(store, name) for name in sorted(store.names())]
+    tenants, corrupt = _load_all(redis_store(args))
+    for name in corrupt:
+        print(f"error: tenant {name}: corrupt record (see tenant get {name})", file=sys.stderr)
     if args.json:
-        print(json.dumps([t.to_dict() for t in tenants], indent=2, sort_keys=True))
-        return EXIT_OK
-    print(f"{'NAME':<32} {'ENABLED':<8} {'POLICY':<12} BACKENDS")
-    for t in tenants:
-        backends = ",".join(b.address for b in t.backends)
-        print(f"{t.name:<32} {'yes' if t.enabled else 'no':<8} {t.policy:<12} {backends}")
-    return EXIT_OK
+        print(json.dumps([t.to_dict() for t in tenants.values()], indent=2, sort_keys=True))
+    else:
+        print(f"{'NAME':<32} {'ENABLED':<8} {'POLICY':<12} BACKENDS")
+        for t in tenants.values():
+            backends = ",".join(b.address for b in t.backends)
+            print(f"{t.name:<32} {'yes' if t.enabled else 'no':<8} {t.policy:<12} {backends}")
+    return EXIT_FAILED if corrupt else EXIT_OK
 
 
 def cmd_tenant_delete(args: argparse.Namespace) -> int:
@@ -112,10 +205,63 @@ def cmd_tenant_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
 def cmd_tenant_import(args: argparse.Namespace) -> int:
-    tenants = load_tenants_file(args.file)
+    """Make Redis hold the file's records: idempotent, with a diff."""
+    wanted = load_tenants_file(args.file)
     store = redis_store(args)
-    for tenant in tenants.values():
-        store.put(tenant)
-    print(f"imported {len(tenants)} tenant(s)")
+    current, corrupt = _load_all(store)
+    added, changed, removed = [], [], []
+    for name, tenant in wanted.items():
+        if name in corrupt:
+            changed.append(name)
+            print(f"~ {name}: replaces a corrupt record")
+        elif name not in current:
+            added.append(name)
+            print(f"+ {name}")
+        elif current[name].to_dict() != tenant.to_dict():
+            changed.append(name)
+            for line in _changes(current[name].to_dict(), tenant.to_dict()):
+                print(f"~ {name}: {line}")
+    if args.prune:
+        removed = sorted(name for name in {*current, *corrupt} if name not in wanted)
+        for name in removed:
+            print(f"- {name}")
+    unchanged = len(wanted) - len(added) - len(changed)
+    summary = (
+        f"{len(added)} added, {len(changed)} changed, {unchanged} unchanged, {len(removed)} removed"
+    )
+    if args.dry_run:
+        print(f"dry run: {summary}; nothing written")
+        return EXIT_OK
+    for name in added + changed:
+        store.put(wanted[name])
+    for name in removed:
+        store.delete(name)
+    print(f"imported {args.file}: {summary}")
     return EXIT_OK
+
+
+def cmd_tenant_export(args: argparse.Namespace) -> int:
+    tenants, corrupt = _load_all(redis_store(args))
+    for name in corrupt:
+        print(f"warning: tenant {name}: corrupt record, not exported", file=sys.stderr)
+    text = yaml.safe_dump(
+        {"tenants": [t.to_dict() for t in tenants.values()]}, sort_keys=False, width=100
+    )
+    if args.output is None:
+        print(text, end="")
+    else:
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise CommandError(f"{args.output}: cannot write: {error.strerror}") from None
+        print(f"exported {len(tenants)} tenant(s) to {args.output}", file=sys.stderr)
+    return EXIT_FAILED if corrupt else EXIT_OK

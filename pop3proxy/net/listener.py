@@ -24,11 +24,22 @@ class Listener:
 
     backlog = 1024
 
-    def __init__(self, config: ListenerConfig, handler: Handler, pool: Pool) -> None:
+    def __init__(
+        self,
+        config: ListenerConfig,
+        handler: Handler,
+        pool: Pool,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """``sock``: a listening socket to accept on (a worker's, inherited from the
+        supervisor) instead of binding ``config``'s address."""
         self.config = config
         self._handler = handler
         self.server = StreamServer(
-            (config.host, config.port), self._handle, spawn=pool, backlog=self.backlog
+            sock if sock is not None else (config.host, config.port),
+            self._handle,
+            spawn=pool,
+            backlog=None if sock is not None else self.backlog,
         )
 
     @property

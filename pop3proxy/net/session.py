@@ -74,6 +74,9 @@ class ClientSession:
         self.id = new_session_id()
         self.started = time.monotonic()
         self.traffic = Traffic()
+        self._counted = Traffic()
+        """What :meth:`flush_metrics` has already added to the counters."""
+        self._tenant_label: str | None = None
         self.session: Session | None = None
         self.user: str | None = None
         self.result = "no_login"
@@ -164,7 +167,9 @@ class ClientSession:
     def _login(self, action: core.Login) -> list[core.Action]:
         self.user = action.user
         try:
-            self.session = self.services.logins.login(action.user, action.password)
+            self.session = self.services.logins.login(
+                action.user, action.password, sni=tls.server_name(self.sock)
+            )
         except LoginFailed as failure:
             self.result = failure.result
             log.info(
@@ -183,6 +188,7 @@ class ClientSession:
     def _relay(self, pending: list[core.Action]) -> str:
         assert self.session is not None
         tenant = metrics.tenant_label(self.session.tenant.name)
+        self._tenant_label = tenant
         metrics.SESSIONS_ACTIVE.labels(tenant).inc()
         logged_in = time.monotonic()
         upstream = self.session.upstream
@@ -199,10 +205,31 @@ class ClientSession:
             upstream.sock.close()
             metrics.SESSIONS_ACTIVE.labels(tenant).dec()
             metrics.SESSION_DURATION.labels(tenant).observe(time.monotonic() - logged_in)
-            metrics.BYTES.labels(tenant, "client_to_backend").inc(self.traffic.to_backend)
-            metrics.BYTES.labels(tenant, "backend_to_client").inc(self.traffic.to_client)
-            for command, count in self.traffic.commands.items():
-                metrics.COMMANDS.labels(tenant, command).inc(count)
+            self.flush_metrics()
+            self._tenant_label = None
+
+    def flush_metrics(self) -> None:
+        """Add the bytes and commands relayed since the last call to the counters.
+
+        Called at the end of the session, and every ``metrics.flush_interval``
+        for all sessions by the app, so a long download shows in
+        ``pop3proxy_bytes_total`` while it runs, at no cost per chunk.
+        """
+        tenant = self._tenant_label
+        if tenant is None:
+            return
+        now, counted = self.traffic, self._counted
+        sent, received = now.to_backend - counted.to_backend, now.to_client - counted.to_client
+        if sent:
+            metrics.BYTES.labels(tenant, "client_to_backend").inc(sent)
+            counted.to_backend = now.to_backend
+        if received:
+            metrics.BYTES.labels(tenant, "backend_to_client").inc(received)
+            counted.to_client = now.to_client
+        for command, count in list(now.commands.items()):
+            if count != counted.commands[command]:
+                metrics.COMMANDS.labels(tenant, command).inc(count - counted.commands[command])
+                counted.commands[command] = count
 
     def _send_quietly(self, data: bytes) -> None:
         """A last word to a client that may not be listening: bounded, never raises."""

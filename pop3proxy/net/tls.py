@@ -3,17 +3,25 @@
 Contexts are built once and shared by every session (building one per
 connection costs a certificate parse each time). gevent's own handshake has
 no deadline of its own, so every handshake here runs under one.
+
+The listeners' certificates can change while the proxy runs (certificate
+rotation, see :mod:`pop3proxy.reload`): :func:`server_context` builds a whole
+new context (the default certificate plus one per SNI name), and the caller
+swaps the reference sessions read at handshake time. Sessions already past
+their handshake keep the context they started with.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import ssl
+from collections.abc import Iterator
 
 from gevent import Timeout
 
-from pop3proxy.config import TLSConfig
+from pop3proxy.config import Config, SNIEntry, TLSConfig
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -26,15 +34,142 @@ class HandshakeFailed(Exception):
         self.reason = reason
 
 
-def server_context(config: TLSConfig) -> ssl.SSLContext:
-    """The listeners' context: TLS 1.2 at least, no compression, no renegotiation."""
+class CertificateError(OSError):
+    """A certificate or key could not be loaded; says which file and why.
+
+    An ``OSError``, so that ``pop3proxy serve`` reports it as "cannot start"."""
+
+
+def _context(config: TLSConfig, cert: str | None, key: str | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[config.min_version]
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    if config.cert and config.key:
-        context.load_cert_chain(config.cert, config.key)
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "reason", None) or error.strerror or str(error)
+            raise CertificateError(f"{cert} / {key}: {reason}") from None
     return context
+
+
+def sni_entries(config: TLSConfig) -> list[SNIEntry]:
+    """``tls.sni`` plus ``<hostname>.crt``/``<hostname>.key`` pairs in ``tls.sni_dir``.
+
+    The map wins over the directory for the same name. Hidden files (the
+    ``..data`` machinery of a Kubernetes Secret volume) are skipped.
+    """
+    entries = {entry.name: entry for entry in config.sni}
+    if config.sni_dir:
+        try:
+            names = sorted(os.listdir(config.sni_dir))
+        except OSError as error:
+            raise CertificateError(f"{config.sni_dir}: {error.strerror}") from None
+        for name in names:
+            if name.startswith(".") or not name.endswith(".crt"):
+                continue
+            host = name[: -len(".crt")].lower()
+            key = os.path.join(config.sni_dir, host + ".key")
+            if host not in entries and os.path.exists(key):
+                entries[host] = SNIEntry(host, os.path.join(config.sni_dir, name), key)
+    return list(entries.values())
+
+
+def match_name(names: dict[str, object], server_name: str) -> str | None:
+    """The entry for ``server_name``: exact, else a ``*.`` wildcard for its first label."""
+    name = server_name.lower().rstrip(".")
+    if name in names:
+        return name
+    _, dot, parent = name.partition(".")
+    wildcard = "*." + parent
+    return wildcard if dot and wildcard in names else None
+
+
+def server_context(config: TLSConfig) -> ssl.SSLContext:
+    """The listeners' context: TLS 1.2 at least, no compression, no renegotiation.
+
+    With ``tls.sni``/``tls.sni_dir``, a client's server name picks its own
+    certificate; other names (or none) get ``tls.cert``. Raises
+    :class:`CertificateError` when any file does not load, so a reload never
+    half-applies.
+    """
+    context = _context(config, config.cert, config.key)
+    by_name: dict[str, ssl.SSLContext] = {}
+    loaded: dict[tuple[str, str], ssl.SSLContext] = {}
+    for entry in sni_entries(config):
+        pair = (entry.cert, entry.key)
+        if pair not in loaded:
+            loaded[pair] = _context(config, entry.cert, entry.key)
+        by_name[entry.name] = loaded[pair]
+
+    def choose(sslsock: ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
+        if not server_name:
+            return
+        sslsock.pop3proxy_server_name = server_name.lower().rstrip(".")  # type: ignore[attr-defined]
+        found = match_name(by_name, server_name)  # type: ignore[arg-type]
+        if found is not None:
+            sslsock.context = by_name[found]
+
+    context.sni_callback = choose
+    return context
+
+
+def server_name(sock: socket.socket) -> str | None:
+    """The SNI name the client sent in the handshake on ``sock``, lowercased."""
+    return getattr(sock, "pop3proxy_server_name", None)
+
+
+def sni_tenant(config: Config, name: str | None) -> str | None:
+    """The tenant a TLS server name picks (``tenancy.sni_tenant``), or ``None``.
+
+    A ``tls.sni`` entry with a ``tenant`` names it; any other name is taken as
+    the tenant name itself (``acme.example`` for a client that connects to
+    ``acme.example``).
+    """
+    if not config.tenancy.sni_tenant or not name:
+        return None
+    entries = {entry.name: entry for entry in config.tls.sni}
+    found = match_name(entries, name)  # type: ignore[arg-type]
+    if found is not None and entries[found].tenant:
+        return entries[found].tenant
+    return name
+
+
+def watched_files(config: TLSConfig) -> Iterator[str]:
+    """Every file (and the SNI directory) whose change means a new certificate."""
+    for path in (config.cert, config.key, config.sni_dir):
+        if path:
+            yield path
+    for entry in config.sni:
+        yield entry.cert
+        yield entry.key
+    if config.sni_dir:
+        try:
+            names = sorted(os.listdir(config.sni_dir))
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(".") and name.endswith((".crt", ".key")):
+                yield os.path.join(config.sni_dir, name)
+
+
+def fingerprint(config: TLSConfig) -> tuple:
+    """What the certificate files look like now, through any symlinks.
+
+    Kubernetes updates a Secret volume by pointing its ``..data`` symlink at a
+    new directory: the path stays, the file behind it changes. ``os.stat``
+    follows the links, so the inode, size and mtime here change with it.
+    """
+    seen = []
+    for path in watched_files(config):
+        try:
+            st = os.stat(path)
+        except OSError as error:
+            seen.append((path, error.errno))
+            continue
+        seen.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(seen)
 
 
 @functools.lru_cache(maxsize=64)

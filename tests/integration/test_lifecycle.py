@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 
 import pytest
+from harness.mailbox import retr_wire
 from harness.ports import port_is_open, wait_until
 from harness.proxy import TENANT
 from harness.users import USERS
@@ -20,23 +22,54 @@ def test_auth_timeout_says_why_and_closes(make_proxy):
 
 
 def test_sigterm_finishes_running_download_and_refuses_new(make_proxy, fresh_mailbox, dovecot):
-    proxy = make_proxy({"timeouts": {"drain": "20s"}})
+    """SIGTERM while a 5 MB RETR is in flight: the download completes byte for byte, a
+    client still in AUTHORIZATION is told to retry, a new connection is refused, and the
+    process exits 0 as soon as the last session ends, well within ``timeouts.drain``."""
+    drain = 20.0
+    proxy = make_proxy({"timeouts": {"drain": f"{drain:g}s"}})
     messages = fresh_mailbox("erin")
     with (
         Pop3Wire(proxy.host, proxy.ports["plain"]) as waiting,
         Pop3Wire(proxy.host, proxy.ports["plain"]) as wire,
     ):
         wire.login(f"erin@{TENANT}", USERS["erin"])
+        assert wire.command(f"RETR {len(messages)}").startswith(b"+OK")
+        first = wire.read_line()  # the download is running
+        signalled = time.monotonic()
         proxy.signal(signal.SIGTERM)
         assert waiting.read_line() == b"-ERR [SYS/TEMP] Server is restarting, please reconnect\r\n"
         wait_until(lambda: not port_is_open(proxy.host, proxy.ports["plain"]), 5)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((proxy.host, proxy.ports["plain"]), timeout=2)
         assert proxy.http_get("/readyz")[0] == 503
-        status = wire.command(f"RETR {len(messages)}")
-        assert status.startswith(b"+OK")
-        body = wire.read_multiline()
+        body = first + wire.read_multiline()
         assert len(body) > 5_000_000
+        assert body == retr_wire(messages[-1])
         assert wire.command("QUIT").startswith(b"+OK")
-    assert proxy.wait(15) == 0
+    assert proxy.wait(drain) == 0
+    assert time.monotonic() - signalled < drain
+    assert any(r["message"] == "stopped" for r in proxy.log_records())
+
+
+def test_second_signal_cuts_sessions_without_quit(make_proxy, fresh_mailbox, dovecot):
+    """A second SIGTERM (or SIGINT) ends a drain at once: the session is closed towards the
+    backend without QUIT, so the message marked for deletion is still there; exit 0."""
+    proxy = make_proxy({"timeouts": {"drain": "60s"}})
+    messages = fresh_mailbox("carol")
+    mark = dovecot.log_mark()
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+        wire.login(f"carol@{TENANT}", USERS["carol"])
+        assert wire.command("DELE 1").startswith(b"+OK")
+        proxy.signal(signal.SIGTERM)
+        wait_until(lambda: proxy.http_get("/readyz")[0] != 200, 5)
+        assert wire.command("NOOP").startswith(b"+OK")  # still relaying while draining
+        started = time.monotonic()
+        proxy.signal(signal.SIGINT)
+        assert proxy.wait(10) == 0
+        assert time.monotonic() - started < 10
+        assert wire.read_line() == b""
+    dovecot.wait_for_log(r"pop3\(carol\).*Disconnected: Connection closed.*del=0/", since=mark)
+    assert dovecot.message_count("carol") == len(messages)
 
 
 def test_health_and_readiness(proxy):

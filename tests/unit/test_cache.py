@@ -251,3 +251,45 @@ def test_interrupted_leader_does_not_turn_into_not_found_for_waiters() -> None:
     # Before the fix the follower got (None, "load"): "tenant does not exist".
     assert follower_outcome == [("tenant", Source.LOAD)]
     assert cache._flights == {}
+
+
+def test_invalidation_during_a_load_does_not_store_the_older_value():
+    """A change published while a load is in flight: the loaded value may
+    predate it, so it answers that one lookup but is not cached."""
+    clock = Clock()
+    cache = make(clock)
+
+    def loader() -> object:
+        cache.invalidate("k")  # the change arrives while Redis is answering
+        return "old"
+
+    assert cache.get_or_load("k", loader) == ("old", Source.LOAD)
+    assert cache.peek("k") is None
+    assert cache.get_or_load("k", Loader("new")) == ("new", Source.LOAD)
+    assert cache.get_or_load("k", Loader("newer")) == ("new", Source.CACHE)
+
+
+def test_expire_all_reloads_everything_but_keeps_stale_fallback():
+    clock = Clock()
+    cache = make(clock, stale_ttl=100.0)
+    cache.get_or_load("k", Loader("v1"))
+    cache.expire_all()
+    reload = Loader("v2")
+    assert cache.get_or_load("k", reload) == ("v2", Source.LOAD)
+    cache.expire_all()
+    assert cache.get_or_load("k", Loader(ConnectionError("down"))) == ("v2", Source.STALE)
+    assert cache.servable() == 1
+    clock.now += 131
+    assert cache.servable() == 0
+
+
+def test_stale_negative_keeps_not_found_through_an_outage():
+    clock = Clock()
+    users = make(clock, stale_ttl=100.0, stale_negative=True)
+    tenants = make(clock, stale_ttl=100.0)
+    for cache in (users, tenants):
+        cache.get_or_load("k", Loader(None))
+    clock.now += 6  # past negative_ttl
+    assert users.get_or_load("k", Loader(ConnectionError())) == (None, Source.STALE)
+    with pytest.raises(ConnectionError):
+        tenants.get_or_load("k", Loader(ConnectionError()))

@@ -1,0 +1,72 @@
+"""Per-user records: ``<prefix>:user:<tenant>:<local>``, JSON.
+
+Today a user record may pin the user to one backend of their tenant (legacy
+installations shard mailboxes over several servers). It is an open record
+so other per-user settings can join it (local authentication will add
+``password_hash``): writers change only the fields they own and keep the
+rest, and a record with nothing left in it is deleted.
+
+```json
+{"version": 1, "backend": "mail2.acme.internal:110"}
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pop3proxy.schema import Reader, SchemaError
+from pop3proxy.tenants import parse_backend_address
+
+USER_RECORD_VERSION = 1
+KNOWN_FIELDS = ("version", "backend", "password_hash")
+
+
+class UserRecordError(SchemaError):
+    """A user record is invalid; ``problems`` names each field."""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    tenant: str
+    local: str
+    backend: str | None = None
+    """``host:port`` of the pinned backend, one of the tenant's."""
+    raw: tuple[tuple[str, Any], ...] = ()
+    """Every stored field, for writers that must keep what they do not own."""
+
+
+def user_key_parts(tenant: str, local: str) -> tuple[str, str]:
+    """Tenant and local part as they appear in the key: both lower case."""
+    return tenant.lower(), local.lower()
+
+
+def parse_user_record(tenant: str, local: str, data: object, path: str = "") -> UserRecord:
+    problems: list[str] = []
+    r = Reader(data, path or f"user {local}@{tenant}", problems)
+    version = r.integer("version", USER_RECORD_VERSION, minimum=1)
+    if version > USER_RECORD_VERSION:
+        r.problem("version", f"record version {version} is newer than this proxy")
+    backend = r.string("backend", None)
+    if backend is not None:
+        try:
+            parse_backend_address(backend)
+        except ValueError as error:
+            r.problem("backend", str(error))
+    r.string("password_hash", None)
+    r.finish()
+    if problems:
+        raise UserRecordError(problems)
+    raw = tuple(sorted(dict(data).items())) if isinstance(data, dict) else ()
+    return UserRecord(tenant=tenant, local=local, backend=backend, raw=raw)
+
+
+def decode_user_record(tenant: str, local: str, raw: bytes) -> UserRecord:
+    """Parse stored JSON; raises :class:`UserRecordError` (also for bad JSON)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise UserRecordError([f"user {local}@{tenant}: not valid JSON: {error}"]) from None
+    return parse_user_record(tenant, local, data)
