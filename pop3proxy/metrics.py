@@ -57,6 +57,11 @@ BACKEND_ERRORS = Counter(
 BACKEND_UP = Gauge(
     "pop3proxy_backend_up", "Whether the backend answered last time", ["tenant", "backend"]
 )
+PROXY_PROTOCOL_ERRORS = Counter(
+    "pop3proxy_proxy_protocol_errors",
+    "Inbound connections closed for a missing, malformed or untrusted PROXY header",
+    ["listener", "reason"],
+)
 DIRECTORY_LOOKUPS = Counter(
     "pop3proxy_directory_lookups", "Tenant lookups by where the answer came from", ["source"]
 )
