@@ -2,55 +2,87 @@
 
 Also the process lifecycle: start, serve, and drain on SIGTERM (stop
 accepting, let sessions finish within ``timeouts.drain``, then cut the rest
-without QUIT to their backends, so nothing is deleted).
+without QUIT to their backends, so nothing is deleted); a second SIGTERM or
+SIGINT cuts them at once. SIGHUP reloads the configuration and certificates
+(:mod:`pop3proxy.reload`); SIGUSR1 and SIGUSR2 make the log more or less
+verbose. With ``workers: N`` the process is a supervisor
+(:mod:`pop3proxy.supervisor`) and each worker runs an :class:`App` on the
+supervisor's listening sockets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import socket
+from collections.abc import Mapping
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from pop3proxy import __version__, metrics
-from pop3proxy.config import Config, ListenerConfig
+from pop3proxy import __version__, logs, metrics
+from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
 from pop3proxy.login import LoginService
-from pop3proxy.net import tls
 from pop3proxy.net.listener import Listener
 from pop3proxy.net.session import ClientSession, Services, SessionEnded
+from pop3proxy.reload import CertificateWatcher, changes, live_config
 
 log = logging.getLogger("pop3proxy")
 
+WORKER_ENV = "POP3PROXY_WORKER"
+"""Set by the supervisor in a worker's environment: the worker's slot number."""
+LISTEN_FDS_ENV = "POP3PROXY_LISTEN_FDS"
+"""``name=fd,name=fd``: the listening sockets a worker inherits."""
+
 
 class App:
-    def __init__(self, config: Config, directory: Directory | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        directory: Directory | None = None,
+        *,
+        sockets: Mapping[str, socket.socket] | None = None,
+        worker: int | None = None,
+    ) -> None:
         self.config = config
+        self.worker = worker
         self.directory = directory or open_directory(config.directory)
-        needs_tls = any(listener.tls != "none" for listener in config.listeners)
+        metrics.configure(config.metrics.max_tenant_labels)
         self.services = Services(
-            config=config,
-            logins=LoginService(config, self.directory),
-            server_tls=tls.server_context(config.tls) if needs_tls else None,
+            config=config, logins=LoginService(config, self.directory), server_tls=None
         )
+        self.certificates: CertificateWatcher | None = None
+        if any(listener.tls != "none" for listener in config.listeners):
+            self.certificates = CertificateWatcher(config.tls, self._use_context)
+            self.services.server_tls = self.certificates.context
         self.pool = Pool(config.limits.max_connections)
-        self.listeners = [Listener(item, self._handle, self.pool) for item in config.listeners]
+        sockets = sockets or {}
+        self.listeners = [
+            Listener(item, self._handle, self.pool, sock=sockets.get(item.name))
+            for item in config.listeners
+        ]
         metrics.init_listener_labels(item.name for item in config.listeners)
         self.metrics_server: WSGIServer | None = None
-        if config.metrics.host is not None:
+        if config.metrics.host is not None and worker is None:
             address = (config.metrics.host, config.metrics.port)
             self.metrics_server = WSGIServer(address, metrics.wsgi_app(self.ready), log=None)
         self.sessions: dict[ClientSession, gevent.Greenlet] = {}
         self.draining = False
         self.stopping = Event()
+        self._background: list[gevent.Greenlet] = []
+
+    def _use_context(self, context: object) -> None:
+        self.services.server_tls = context  # type: ignore[assignment]
 
     def _handle(self, sock: socket.socket, peer: tuple, listener: ListenerConfig) -> None:
         session = ClientSession(sock, peer, listener, self.services)
         self.sessions[session] = gevent.getcurrent()
+        log.debug("connection", extra={"session": session.id, "listener": listener.name})
         try:
             session.run()
         finally:
@@ -74,7 +106,26 @@ class App:
                     "tls": listener.config.tls,
                 },
             )
-        log.info("started", extra={"version": __version__})
+        if self.certificates is not None:
+            self.certificates.start()
+        self._background.append(gevent.spawn(self._flush_metrics))
+        if self.worker is not None:
+            self._background.append(gevent.spawn(self._watch_parent, os.getppid()))
+        log.info("started", extra={"version": __version__, "pid": os.getpid()})
+
+    def _flush_metrics(self) -> None:
+        """Byte and command counters of running sessions move every ``flush_interval``."""
+        while True:
+            gevent.sleep(self.config.metrics.flush_interval)
+            for session in list(self.sessions):
+                session.flush_metrics()
+
+    def _watch_parent(self, parent: int) -> None:
+        """A worker whose supervisor is gone drains and exits instead of lingering."""
+        while os.getppid() == parent:
+            gevent.sleep(1.0)
+        log.warning("supervisor gone: draining", extra={"parent": parent})
+        self.stopping.set()
 
     def drain(self) -> None:
         """Stop accepting, wait for sessions up to ``timeouts.drain``, cut the rest."""
@@ -95,12 +146,25 @@ class App:
 
     def serve_forever(self) -> None:
         self.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = [signal.SIGTERM]
+        if self.worker is None:
+            signals.append(signal.SIGINT)
+        else:
+            # A terminal's Ctrl-C reaches the whole process group: the
+            # supervisor turns it into one SIGTERM per worker instead.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in signals:
             gevent.signal_handler(signum, self._on_signal, signum)
-        gevent.signal_handler(signal.SIGHUP, self.directory.reload)
+        gevent.signal_handler(signal.SIGHUP, self._spawn_reload)
+        gevent.signal_handler(signal.SIGUSR1, change_log_level, -1)
+        gevent.signal_handler(signal.SIGUSR2, change_log_level, +1)
         self.stopping.wait()
         self.drain()
+        for greenlet in self._background:
+            greenlet.kill(block=False)
         self.directory.stop()
+        if self.certificates is not None:
+            self.certificates.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop(timeout=1)
         log.info("stopped")
@@ -112,3 +176,93 @@ class App:
             raise SystemExit(0)
         log.info("signal received", extra={"signal": signal.Signals(signum).name})
         self.stopping.set()
+
+    def _spawn_reload(self) -> None:
+        gevent.spawn(self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: certificates, then what can change live in the configuration file."""
+        log.info("reload requested", extra={"signal": "SIGHUP"})
+        new = read_config(self.config)
+        if new is None:
+            if self.certificates is not None:
+                self.certificates.reload()
+            return
+        live, restart = changes(self.config, new)
+        merged = live_config(self.config, new)
+        if self.certificates is not None and not self.certificates.reload(merged.tls):
+            merged = _with_tls(merged, self.config)
+            live = [part for part in live if part != "tls"]
+        self.config = merged
+        self.services.config = merged
+        self.services.logins.config = merged
+        apply_logging(merged)
+        metrics.configure(merged.metrics.max_tenant_labels)
+        if merged.directory.store == "file" and hasattr(self.directory, "reload"):
+            self.directory.reload()  # the file store's own reload (issue 3)
+        log_reload(live, restart)
+
+
+def _with_tls(config: Config, running: Config) -> Config:
+    return dataclasses.replace(config, tls=running.tls)
+
+
+def read_config(running: Config) -> Config | None:
+    """The configuration file as it is now; ``None`` (and a logged reason) if unusable."""
+    if running.source is None:
+        log.warning("reload: no configuration file to read; certificates only")
+        return None
+    try:
+        return load_config(running.source)
+    except ConfigError as error:
+        log.error(
+            "reload failed: configuration invalid, nothing changed",
+            extra={"problems": error.problems},
+        )
+        return None
+
+
+def apply_logging(config: Config) -> None:
+    """The configured level and format; undoes SIGUSR1/SIGUSR2 steps."""
+    logs.set_level(config.logging.level)
+    logs.set_format(config.logging.format)
+
+
+def log_reload(live: list[str], restart: list[str]) -> None:
+    log.info("configuration reloaded", extra={"changed": live or None})
+    if restart:
+        log.warning(
+            "configuration changes need a restart to apply",
+            extra={"needs_restart": restart},
+        )
+
+
+def change_log_level(steps: int) -> None:
+    """SIGUSR1 (``-1``: more verbose) and SIGUSR2 (``+1``: less)."""
+    level = logs.step_level(steps)
+    # Said at warning so the change shows whatever the new level.
+    log.warning("log level changed", extra={"log_level": level})
+
+
+def inherited_sockets(value: str) -> dict[str, socket.socket]:
+    """Parse :data:`LISTEN_FDS_ENV` into listening sockets by listener name."""
+    sockets = {}
+    for item in filter(None, value.split(",")):
+        name, _, fd = item.rpartition("=")
+        sockets[name] = socket.socket(fileno=int(fd))
+    return sockets
+
+
+def serve(config: Config) -> None:
+    """``pop3proxy serve``: one process, a worker, or the supervisor of N workers."""
+    slot = os.environ.get(WORKER_ENV)
+    if slot is not None:
+        logs.setup_logging(config.logging.level, config.logging.format, {"worker": int(slot)})
+        sockets = inherited_sockets(os.environ.get(LISTEN_FDS_ENV, ""))
+        App(config, sockets=sockets, worker=int(slot)).serve_forever()
+    elif config.workers > 1:
+        from pop3proxy.supervisor import Supervisor
+
+        Supervisor(config).serve_forever()
+    else:
+        App(config).serve_forever()

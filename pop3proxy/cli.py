@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args)
-    from pop3proxy.app import App
+    from pop3proxy.app import serve
     from pop3proxy.logs import setup_logging
 
     setup_logging(config.logging.level, config.logging.format)
     try:
-        App(config).serve_forever()
+        serve(config)
     except OSError as error:
         raise CommandError(f"cannot start: {error}") from None
     return EXIT_OK

@@ -6,7 +6,6 @@ reported at once, each with its key path, by :class:`ConfigError`.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,16 @@ class ListenerConfig:
     port: int
     tls: str = "starttls"
     require_tls: bool = True
-    proxy_protocol: bool = False
-    """Expect a PROXY v1/v2 header first (behind a load balancer)."""
-    proxy_protocol_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    """Peers allowed to send it; any other peer is disconnected."""
-    proxy_protocol_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class SNIEntry:
+    """A certificate for one TLS server name (``tls.sni``), and the tenant it may pick."""
+
+    name: str
+    cert: str
+    key: str
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class TLSConfig:
     cert: str | None = None
     key: str | None = None
     min_version: str = "TLSv1.2"
+    sni: tuple[SNIEntry, ...] = ()
+    sni_dir: str | None = None
+    watch_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class DirectoryConfig:
 class TenancyConfig:
     separator: str = "@"
     default_tenant: str | None = None
+    sni_tenant: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,22 +101,11 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
-class BackendsConfig:
-    """Health and failover settings shared by every tenant's backends."""
-
-    failure_threshold: int = 3
-    failure_window: float = 30.0
-    cooldown: float = 30.0
-    health_check_interval: float = 0.0
-    """0: no active checks (passive health only)."""
-    max_attempts: int = 3
-    """Backends tried per login before giving up with -ERR [SYS/TEMP]."""
-
-
-@dataclass(frozen=True)
 class MetricsConfig:
     host: str | None = "0.0.0.0"
     port: int = 9110
+    max_tenant_labels: int = 100
+    flush_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -125,9 +122,9 @@ class Config:
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    backends: BackendsConfig = field(default_factory=BackendsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    workers: int = 1
     source: Path | None = None
 
 
@@ -169,9 +166,9 @@ def parse_config(data: object, base: Path | None = None) -> Config:
         tenancy=_tenancy(top.section("tenancy")),
         timeouts=_timeouts(top.section("timeouts")),
         limits=_limits(top.section("limits")),
-        backends=_backends(top.section("backends")),
         metrics=_metrics(top.section("metrics")),
         logging=_logging(top.section("logging")),
+        workers=_workers(top),
     )
     top.finish()
     _check_tls_files(config, problems)
@@ -193,58 +190,10 @@ def _listener(r: Reader) -> ListenerConfig:
     require_tls = r.boolean("require_tls", tls != "none")
     if tls == "none" and require_tls:
         r.problem("require_tls", "cannot be true with tls: none (no login could ever succeed)")
-    proxy_protocol = r.boolean("proxy_protocol", False)
-    trusted = _networks(r, "proxy_protocol_trusted")
-    if proxy_protocol and not trusted:
-        r.problem(
-            "proxy_protocol_trusted",
-            "required with proxy_protocol: true (the load balancers' networks, e.g. [10.0.0.0/8])",
-        )
-    header_timeout = r.duration("proxy_protocol_timeout", 5.0)
-    if header_timeout <= 0:
-        r.problem("proxy_protocol_timeout", "expected a duration greater than zero")
+    if r.boolean("proxy_protocol", False):
+        r.problem("proxy_protocol", "inbound PROXY protocol is not supported by this version yet")
     r.finish()
-    return ListenerConfig(
-        name=name,
-        host=host,
-        port=port,
-        tls=tls,
-        require_tls=require_tls,
-        proxy_protocol=proxy_protocol,
-        proxy_protocol_trusted=trusted,
-        proxy_protocol_timeout=header_timeout,
-    )
-
-
-def _networks(r: Reader, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    value = r.raw(key, [])
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        r.problem(key, f"expected a list of networks such as [10.0.0.0/8], got {value!r}")
-        return ()
-    networks = []
-    for i, item in enumerate(value):
-        try:
-            networks.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            r.problem(f"{key}[{i}]", f"expected a network such as 10.0.0.0/8, got {item!r}")
-    return tuple(networks)
-
-
-def _backends(r: Reader) -> BackendsConfig:
-    config = BackendsConfig(
-        failure_threshold=r.integer("failure_threshold", 3, minimum=1),
-        failure_window=r.duration("failure_window", 30.0),
-        cooldown=r.duration("cooldown", 30.0),
-        health_check_interval=r.duration("health_check_interval", 0.0),
-        max_attempts=r.integer("max_attempts", 3, minimum=1),
-    )
-    for key in ("failure_window", "cooldown"):
-        if getattr(config, key) <= 0:
-            r.problem(key, "expected a duration greater than zero")
-    r.finish()
-    return config
+    return ListenerConfig(name=name, host=host, port=port, tls=tls, require_tls=require_tls)
 
 
 def _check_unique_names(listeners: tuple[ListenerConfig, ...], problems: list[str]) -> None:
@@ -266,9 +215,33 @@ def _tls(r: Reader, base: Path | None) -> TLSConfig:
         cert=_resolve(r.string("cert", None), base),
         key=_resolve(r.string("key", None), base),
         min_version=r.choice("min_version", "TLSv1.2", TLS_VERSIONS),
+        sni=_sni(r.section("sni"), base),
+        sni_dir=_resolve(r.string("sni_dir", None), base),
+        watch_interval=r.duration("watch_interval", 1.0),
     )
+    if config.sni_dir is not None and not os.path.isdir(config.sni_dir):
+        r.problem("sni_dir", f"no such directory: {config.sni_dir}")
     r.finish()
     return config
+
+
+def _sni(r: Reader, base: Path | None) -> tuple[SNIEntry, ...]:
+    """``tls.sni``: ``{hostname: {cert, key, tenant}}``; ``*.example.com`` matches one label."""
+    entries = []
+    for name in r.data:
+        item = r.section(str(name))
+        cert = _resolve(item.string("cert", None, required=True), base)
+        key = _resolve(item.string("key", None, required=True), base)
+        tenant = item.string("tenant", None)
+        item.finish()
+        for label, path in (("cert", cert), ("key", key)):
+            if path is not None and not os.path.isfile(path):
+                item.problem(label, f"no such file: {path}")
+        if cert and key:
+            entries.append(
+                SNIEntry(str(name).lower(), cert, key, tenant.lower() if tenant else None)
+            )
+    return tuple(entries)
 
 
 def _check_tls_files(config: Config, problems: list[str]) -> None:
@@ -345,7 +318,9 @@ def _tenancy(r: Reader) -> TenancyConfig:
     separator = r.string("separator", "@", required=True) or "@"
     default_tenant = r.string("default_tenant", None)
     config = TenancyConfig(
-        separator=separator, default_tenant=default_tenant.lower() if default_tenant else None
+        separator=separator,
+        default_tenant=default_tenant.lower() if default_tenant else None,
+        sni_tenant=r.boolean("sni_tenant", False),
     )
     r.finish()
     return config
@@ -378,17 +353,44 @@ def _limits(r: Reader) -> LimitsConfig:
 
 def _metrics(r: Reader) -> MetricsConfig:
     value = r.raw("address", "0.0.0.0:9110")
+    max_tenant_labels = r.integer("max_tenant_labels", 100, minimum=1)
+    flush_interval = r.duration("flush_interval", 5.0)
+    if flush_interval <= 0:
+        r.problem("flush_interval", "expected a duration greater than zero")
     r.finish()
-    if value is None:
-        return MetricsConfig(host=None)
-    host, port = Reader({"address": value}, r.path, r.problems).address("address", "0.0.0.0:9110")
-    return MetricsConfig(host=host, port=port)
+    host: str | None = None
+    port = MetricsConfig.port
+    if value is not None:
+        reader = Reader({"address": value}, r.path, r.problems)
+        host, port = reader.address("address", "0.0.0.0:9110")
+    return MetricsConfig(
+        host=host, port=port, max_tenant_labels=max_tenant_labels, flush_interval=flush_interval
+    )
+
+
+def _workers(top: Reader) -> int:
+    """``workers: N`` processes (default 1); ``auto`` is one per CPU this process may use."""
+    value = top.raw("workers", 1)
+    if value == "auto":
+        return cpu_count()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        top.problem("workers", f"expected an integer 1-1024 or auto, got {value!r}")
+        return 1
+    return value
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, as a container's cpuset sets it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _logging(r: Reader) -> LoggingConfig:
     config = LoggingConfig(
         level=r.choice("level", "info", LOG_LEVELS),
-        format=r.choice("format", "json", ("json", "text")),
+        format=r.choice("format", "json", ("json", "text", "auto")),
     )
     r.finish()
     return config

@@ -4,6 +4,13 @@ Names follow Prometheus conventions (docs/metrics.md lists them). Labels are
 bounded: listener and command names come from fixed sets, tenant names are
 capped by :func:`tenant_label` (the rest fold into ``other``), and no label
 ever holds a user name or an address.
+
+With ``workers: N`` every worker process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, set up
+by :mod:`pop3proxy.supervisor` before a worker starts), and the supervisor
+serves one merged ``/metrics``: counters and histograms are summed over every
+worker that ever ran (a restarted worker does not reset them), gauges by the
+``multiprocess_mode`` given below (``livesum``: only workers alive now).
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from pop3proxy import __version__
 
@@ -28,15 +38,30 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600)
 
 CONNECTIONS = Counter("pop3proxy_connections", "Client connections accepted", ["listener"])
-CONNECTIONS_ACTIVE = Gauge("pop3proxy_connections_active", "Open client connections", ["listener"])
+CONNECTIONS_ACTIVE = Gauge(
+    "pop3proxy_connections_active",
+    "Open client connections",
+    ["listener"],
+    multiprocess_mode="livesum",
+)
 TLS_FAILURES = Counter(
     "pop3proxy_tls_handshake_failures",
     "TLS handshakes with clients that failed",
     ["listener", "reason"],
 )
 AUTH = Counter("pop3proxy_auth", "Login attempts by outcome", ["tenant", "result"])
-SESSIONS_ACTIVE = Gauge("pop3proxy_sessions_active", "Sessions relaying to a backend", ["tenant"])
-SESSIONS_LIMIT = Gauge("pop3proxy_sessions_limit", "max_sessions of the tenant", ["tenant"])
+SESSIONS_ACTIVE = Gauge(
+    "pop3proxy_sessions_active",
+    "Sessions relaying to a backend",
+    ["tenant"],
+    multiprocess_mode="livesum",
+)
+SESSIONS_LIMIT = Gauge(
+    "pop3proxy_sessions_limit",
+    "max_sessions of the tenant",
+    ["tenant"],
+    multiprocess_mode="livemax",
+)
 SESSION_DURATION = Histogram(
     "pop3proxy_session_duration_seconds",
     "Time from login to the end of the session",
@@ -55,12 +80,10 @@ BACKEND_ERRORS = Counter(
     "pop3proxy_backend_errors", "Backend connections that failed", ["tenant", "reason"]
 )
 BACKEND_UP = Gauge(
-    "pop3proxy_backend_up", "Whether the backend answered last time", ["tenant", "backend"]
-)
-PROXY_PROTOCOL_ERRORS = Counter(
-    "pop3proxy_proxy_protocol_errors",
-    "Inbound connections closed for a missing, malformed or untrusted PROXY header",
-    ["listener", "reason"],
+    "pop3proxy_backend_up",
+    "Whether the backend answered last time",
+    ["tenant", "backend"],
+    multiprocess_mode="mostrecent",
 )
 DIRECTORY_LOOKUPS = Counter(
     "pop3proxy_directory_lookups", "Tenant lookups by where the answer came from", ["source"]
@@ -73,8 +96,12 @@ DIRECTORY_REDIS_SECONDS = Histogram(
 DIRECTORY_CORRUPT = Counter(
     "pop3proxy_directory_corrupt_records", "Reads of records that failed validation", ["kind"]
 )
-REDIS_UP = Gauge("pop3proxy_redis_up", "Whether the last Redis call succeeded")
-BUILD_INFO = Gauge("pop3proxy_build_info", "Build information", ["version"])
+REDIS_UP = Gauge(
+    "pop3proxy_redis_up", "Whether the last Redis call succeeded", multiprocess_mode="mostrecent"
+)
+BUILD_INFO = Gauge(
+    "pop3proxy_build_info", "Build information", ["version"], multiprocess_mode="max"
+)
 BUILD_INFO.labels(__version__).set(1)
 
 OTHER = "other"
@@ -112,14 +139,26 @@ def init_listener_labels(names: Iterable[str]) -> None:
         CONNECTIONS_ACTIVE.labels(name)
 
 
-def wsgi_app(ready: Callable[[], bool]) -> Callable:
+def configure(max_tenant_labels: int) -> None:
+    """Apply ``metrics.max_tenant_labels``; tenants already labelled keep their label."""
+    tenant_label.limit = max_tenant_labels
+
+
+def merged_registry(directory: str) -> CollectorRegistry:
+    """A registry that reads every worker's files in ``directory`` (the supervisor's)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def wsgi_app(ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY) -> Callable:
     """``/metrics``, ``/healthz`` (the process serves) and ``/readyz``."""
 
     def app(environ: dict, start_response: Callable) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-            return [generate_latest()]
+            return [generate_latest(registry)]
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
