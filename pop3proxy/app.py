@@ -198,8 +198,7 @@ class App:
         self.services.logins.config = merged
         apply_logging(merged)
         metrics.configure(merged.metrics.max_tenant_labels)
-        if merged.directory.store == "file" and hasattr(self.directory, "reload"):
-            self.directory.reload()  # the file store's own reload (issue 3)
+        self.directory.reload()  # a tenants file is read again; Redis: the cache expires
         log_reload(live, restart)
 
 

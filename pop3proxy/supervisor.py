@@ -161,6 +161,7 @@ class Supervisor:
                 self.stopping.wait(backoff)
 
     def serve_forever(self) -> None:
+        self.directory.start()  # keeps the directory's health current for /readyz
         runners = [gevent.spawn(self._run_worker, worker) for worker in self.workers]
         if self.metrics_server is not None:
             self.metrics_server.start()
@@ -186,6 +187,7 @@ class Supervisor:
             gevent.joinall(runners, timeout=5)
         if self.metrics_server is not None:
             self.metrics_server.stop(timeout=1)
+        self.directory.stop()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("stopped")
 

@@ -1,1 +1,0 @@
-"""Hand-written backends for faults a real Dovecot cannot be made to show."""
