@@ -92,8 +92,12 @@ def raise_fd_limit(want: int) -> int:
     """Raise RLIMIT_NOFILE for us and every server we start (they inherit it)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < want and os.geteuid() == 0:
-        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
-        hard = min(want, nr_open)
+        limit = min(want, int(Path("/proc/sys/fs/nr_open").read_text()))
+        try:  # needs CAP_SYS_RESOURCE, which a container may not grant even to root
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            return limit
+        except (ValueError, OSError):
+            log(f"cannot raise the hard fd limit above {hard} (no CAP_SYS_RESOURCE)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 
@@ -108,7 +112,13 @@ def machine() -> dict[str, Any]:
 
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     dovecot = subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return {
+        "pop3proxy_commit": commit,
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "kernel": platform.release(),
@@ -402,36 +412,47 @@ class Bench:
                 )
 
     def profile(self, seconds: int) -> dict[str, Any]:
-        """py-spy on pop3proxy during TLS sessions at c=16 (flame graph + raw stacks)."""
+        """py-spy on pop3proxy during sessions at c=16, plaintext and TLS.
+
+        Writes bench/results/profile-{mode}.svg (flame graph), profile-{mode}.txt
+        (collapsed stacks) and profile-top-{mode}.txt (shares per function).
+        """
         py_spy = Path(sys.executable).with_name("py-spy")
         if not py_spy.exists():
             log("py-spy not installed in the venv: pip install py-spy; profile skipped")
             return {}
         target, pids = self.targets()["pop3proxy"]
-        outputs = {"flamegraph": RESULTS / "profile.svg", "raw": RESULTS / "profile.txt"}
-        for fmt, path in outputs.items():
-            argv = [str(py_spy), "record", "--pid", str(pids[0]), "--duration", str(seconds)]
-            argv += ["--rate", "200", "--format", fmt, "-o", str(path), "--nonblocking"]
-            spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(1.0)
-            load.run_sessions(
-                target.pop3s,
-                True,
-                self.certs.ca_file,
-                self.users,
-                16,
-                seconds - 1,
-                10**6,
-            )
-            _, err = spy.communicate(timeout=seconds + 60)
-            if spy.returncode != 0:
-                log(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
-                return {}
-        summary = summarize_profile(outputs["raw"])
-        (RESULTS / "profile-top.txt").write_text(format_profile(summary))
-        log(f"profile: {outputs['flamegraph']}, {RESULTS / 'profile-top.txt'}")
-        print(format_profile(summary))
-        return summary
+        summaries = {}
+        for mode in report.MODES:
+            outputs = {
+                "flamegraph": RESULTS / f"profile-{mode}.svg",
+                "raw": RESULTS / f"profile-{mode}.txt",
+            }
+            for fmt, path in outputs.items():
+                argv = [str(py_spy), "record", "--pid", str(pids[0]), "--duration", str(seconds)]
+                argv += ["--rate", "200", "--format", fmt, "-o", str(path), "--nonblocking"]
+                spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(1.0)
+                load.run_sessions(
+                    target.port(mode == "tls"),
+                    mode == "tls",
+                    self.certs.ca_file,
+                    self.users,
+                    16,
+                    seconds - 1,
+                    10**6,
+                )
+                _, err = spy.communicate(timeout=seconds + 60)
+                if spy.returncode != 0:
+                    log(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+                    return summaries
+            summary = summarize_profile(outputs["raw"])
+            top = RESULTS / f"profile-top-{mode}.txt"
+            top.write_text(format_profile(summary))
+            log(f"profile {mode}: {outputs['flamegraph']}, {top}")
+            print(format_profile(summary))
+            summaries[mode] = summary
+        return summaries
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -455,10 +476,33 @@ def _short(frame: str) -> str:
     return f"{match['func']} ({path})"
 
 
+AREAS = (
+    ("gevent/threadpool", "gevent thread pool (DNS resolver)"),
+    ("gevent/_threading", "gevent thread pool (DNS resolver)"),
+    ("gevent/resolver", "gevent thread pool (DNS resolver)"),
+    ("gevent/ssl", "TLS (gevent ssl + OpenSSL)"),
+    ("gevent/_socket", "socket I/O (gevent wrappers + syscalls)"),
+    ("gevent/socket", "socket I/O (gevent wrappers + syscalls)"),
+    ("gevent/hub", "gevent hub / event loop"),
+    ("gevent/", "gevent other (timeouts, greenlets, pool)"),
+    ("prometheus_client", "prometheus_client (metrics)"),
+    ("logging", "logging"),
+    ("pop3proxy/", "pop3proxy code"),
+)
+
+
+def _area(frame: str) -> str:
+    for marker, area in AREAS:
+        if marker in frame:
+            return area
+    return "other (stdlib, dataclasses, ...)"
+
+
 def summarize_profile(raw: Path) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
+    area_counts: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -470,17 +514,21 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
         total += count
         if frames:
             self_counts[frames[-1]] += count
+            area_counts[_area(frames[-1])] += count
         for frame in set(frames):
             total_counts[frame] += count
     return {
         "samples": total,
+        "areas": [(a, c / total) for a, c in area_counts.most_common()] if total else [],
         "self": [(f, c / total) for f, c in self_counts.most_common(25)] if total else [],
         "inclusive": [(f, c / total) for f, c in total_counts.most_common(40)] if total else [],
     }
 
 
 def format_profile(summary: dict[str, Any]) -> str:
-    lines = [f"py-spy samples (non-idle): {summary.get('samples', 0)}", "", "self (leaf) share:"]
+    lines = [f"py-spy samples (non-idle): {summary.get('samples', 0)}", "", "by area (leaf):"]
+    lines += [f"  {share * 100:5.1f}%  {area}" for area, share in summary.get("areas", [])]
+    lines += ["", "self (leaf) share:"]
     lines += [f"  {share * 100:5.1f}%  {frame}" for frame, share in summary.get("self", [])]
     lines += ["", "inclusive share:"]
     lines += [f"  {share * 100:5.1f}%  {frame}" for frame, share in summary.get("inclusive", [])]
@@ -503,7 +551,8 @@ def write_doc(results: dict[str, Any], command: str) -> None:
         "",
         f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), Linux {meta['kernel']}, "
         f"Python {meta['python']}, gevent {meta['gevent']}, {meta['openssl']}, "
-        f"nginx {meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}.",
+        f"nginx {meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}; "
+        f"pop3proxy at commit `{meta['pop3proxy_commit']}`.",
         "",
         report.markdown_table(results),
         "",
@@ -543,7 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     peers.ensure_debian_packages()
     nofile = raise_fd_limit(4 * settings["idle"] + 10000)
     if nofile < 2 * settings["idle"] + 1000:
-        log(f"fd limit {nofile} is too low for {settings['idle']} idle sessions")
+        # A proxy holds two descriptors per session (client and backend).
+        capped = (nofile - 1000) // 2 // 250 * 250
+        log(
+            f"fd limit {nofile} is too low for {settings['idle']} idle sessions"
+            f" through a proxy: measuring {capped}"
+        )
+        settings = {**settings, "idle": capped, "idle_capped_by_fd_limit": nofile}
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pop3proxy-bench-"))
     work.chmod(0o755)

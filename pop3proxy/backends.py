@@ -1,9 +1,17 @@
-"""Choose a tenant's backend, connect to it, and log in.
+"""Choose a tenant's backend, connect to it, tell it who the client is, log in.
 
-Before the backend has accepted the login, a backend that cannot be reached
-or answers garbage is skipped for the next one (``failover`` order, bounded
-by the list). After the login, nothing switches silently: the relay ends
-the session instead.
+:class:`Upstreams` is the per-process front: routing (:mod:`pop3proxy.routing`)
+gives the order, health (:mod:`pop3proxy.health`) skips backends whose breaker
+is open, and up to ``backends.max_attempts`` backends are tried. Before the
+backend has accepted the login, a backend that cannot be reached, is slow,
+or answers garbage is skipped for the next one. After the login nothing
+switches silently: the relay ends the session instead.
+
+Connecting to one backend: TCP with the backend's connect timeout, then the
+PROXY header if ``forward_client`` is ``proxy_v1``/``proxy_v2`` (before
+anything else, TLS included, as HAProxy does), then TLS for ``implicit``;
+the login machine (:mod:`pop3proxy.protocol.backend`) does greeting, STLS,
+XCLIENT, USER and PASS.
 """
 
 from __future__ import annotations
@@ -12,19 +20,37 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import gevent
 
 from pop3proxy import metrics
+from pop3proxy.config import BackendsConfig
+from pop3proxy.health import Health
 from pop3proxy.net import tls
 from pop3proxy.protocol import backend as machine
+from pop3proxy.protocol import proxyproto
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
+from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
 log = logging.getLogger("pop3proxy.backends")
 
 RECV_SIZE = 65536
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ClientAddress:
+    """Who the client is (``source``) and what it connected to (``destination``).
+
+    Behind a load balancer speaking PROXY protocol, both come from its header.
+    """
+
+    source: Address
+    destination: Address | None = None
 
 
 @dataclass
@@ -61,47 +87,233 @@ def set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def open_upstream(
-    tenant: Tenant, login_name: str, password: bytes, *, connect_timeout: float
-) -> Upstream:
-    """Log in to the first usable backend of ``tenant`` (failover order).
+class Upstreams:
+    """Backend selection, health and active checks for this process."""
 
-    Raises :class:`LoginRefused` when a backend refused the credentials (no
-    other backend is tried: it would judge the same password), and
-    :class:`BackendUnavailable` when none could be used.
-    """
-    tenant_label = metrics.tenant_label(tenant.name)
-    reasons = []
-    for backend in tenant.backends:
-        started = time.perf_counter()
-        try:
-            upstream = _login(backend, login_name, password, connect_timeout)
-        except BackendUnavailable as error:
-            metrics.BACKEND_ERRORS.labels(tenant_label, error.reason).inc()
-            metrics.BACKEND_UP.labels(tenant_label, backend.address).set(0)
+    def __init__(self, settings: BackendsConfig, connect_timeout: float) -> None:
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        self.health = Health(settings.failure_threshold, settings.failure_window, settings.cooldown)
+        self.rotation = Rotation()
+        self._known: dict[str, tuple[Backend, set[str]]] = {}
+        """Backends seen in logins, with their tenant labels: what active checks visit."""
+        self._checker: gevent.Greenlet | None = None
+
+    def timeout(self, backend: Backend) -> float:
+        return backend.connect_timeout or self.connect_timeout
+
+    def open(
+        self,
+        tenant: Tenant,
+        login_name: str,
+        password: bytes,
+        *,
+        user: str,
+        client: ClientAddress | None = None,
+        pinned: str | None = None,
+    ) -> Upstream:
+        """Log in to the best usable backend of ``tenant`` for ``user``.
+
+        Raises :class:`LoginRefused` when a backend refused the credentials (no
+        other backend is tried: it would judge the same password), and
+        :class:`BackendUnavailable` when none could be used.
+        """
+        self._start_checks()
+        label = metrics.tenant_label(tenant.name)
+        reasons: list[str] = []
+        attempts = 0
+        for backend in candidates(tenant, user, self.rotation, pinned):
+            self._remember(backend, label)
+            if attempts >= self.settings.max_attempts:
+                break
+            address = backend.address
+            if not self.health.allow(address):
+                reasons.append("circuit_open")
+                continue
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                upstream = self._login(backend, login_name, password, client)
+            except BackendUnavailable as error:
+                self._failed(backend, [label], tenant.name, error.reason)
+                reasons.append(error.reason)
+                continue
+            except LoginRefused:
+                self._succeeded(backend)
+                raise
+            except BaseException:
+                self.health.release(address)
+                raise
+            self._succeeded(backend)
+            metrics.BACKEND_CONNECT.labels(label).observe(time.perf_counter() - started)
+            return upstream
+        reason = _summary(reasons)
+        if reason == "circuit_open":
+            metrics.BACKEND_ERRORS.labels(label, reason).inc()
+        raise BackendUnavailable(reason)
+
+    def _remember(self, backend: Backend, label: str) -> None:
+        entry = self._known.get(backend.address)
+        if entry is None or entry[0] != backend:
+            labels = entry[1] if entry else set()
+            self._known[backend.address] = entry = (backend, labels)
+        entry[1].add(label)
+
+    def _succeeded(self, backend: Backend) -> None:
+        if self.health.succeeded(backend.address):
+            log.info("backend recovered", extra={"backend": backend.address})
+        self._set_up(backend.address, 1)
+
+    def _failed(
+        self, backend: Backend, labels: Iterable[str], tenant: str | None, reason: str
+    ) -> None:
+        for label in labels:
+            metrics.BACKEND_ERRORS.labels(label, reason).inc()
+        log.warning(
+            "backend unavailable",
+            extra={"tenant": tenant, "backend": backend.address, "error": reason},
+        )
+        if self.health.failed(backend.address):
             log.warning(
-                "backend unavailable",
-                extra={"tenant": tenant.name, "backend": backend.address, "error": error.reason},
+                "backend circuit open",
+                extra={"backend": backend.address, "cooldown": self.settings.cooldown},
             )
-            reasons.append(error.reason)
-            continue
-        metrics.BACKEND_UP.labels(tenant_label, backend.address).set(1)
-        metrics.BACKEND_CONNECT.labels(tenant_label).observe(time.perf_counter() - started)
-        return upstream
-    raise BackendUnavailable(reasons[-1] if reasons else "no_backends")
+        self._set_up(backend.address, 0)
+
+    def _set_up(self, address: str, value: int) -> None:
+        entry = self._known.get(address)
+        for label in entry[1] if entry else ():
+            metrics.BACKEND_UP.labels(label, address).set(value)
+
+    # -- active checks -------------------------------------------------------
+
+    def _start_checks(self) -> None:
+        if self.settings.health_check_interval > 0 and self._checker is None:
+            self._checker = gevent.spawn(self._check_forever)
+
+    def _check_forever(self) -> None:
+        while True:
+            gevent.sleep(self.settings.health_check_interval)
+            for backend, _labels in list(self._known.values()):
+                self.check(backend)
+
+    def check(self, backend: Backend) -> bool:
+        """Connect and read the greeting (an active check); updates health and metrics."""
+        try:
+            sock = _connect(backend, self.timeout(backend), None)
+            try:
+                with gevent.Timeout(self.timeout(backend), BackendUnavailable("login_timeout")):
+                    greeting = _read_line(sock, LineReader(machine.MAX_STATUS_LINE))
+            finally:
+                sock.close()
+            if not greeting.startswith(b"+OK"):
+                raise BackendUnavailable("bad_greeting")
+        except BackendUnavailable as error:
+            labels = self._known.get(backend.address, (backend, set()))[1]
+            self._failed(backend, labels, None, f"check_{error.reason}")
+            return False
+        self._succeeded(backend)
+        return True
+
+    def close(self) -> None:
+        if self._checker is not None:
+            self._checker.kill(block=False)
+
+    # -- one backend ---------------------------------------------------------
+
+    def _login(
+        self, backend: Backend, login_name: str, password: bytes, client: ClientAddress | None
+    ) -> Upstream:
+        timeout = self.timeout(backend)
+        sock = _connect(backend, timeout, client)
+        forward = backend.forward_client == "xclient" and client is not None
+        login = machine.BackendLogin(
+            login_name,
+            password,
+            starttls=backend.tls == "starttls",
+            xclient=client.source if forward and client else None,
+        )
+        reader = LineReader(machine.MAX_STATUS_LINE)
+        try:
+            with gevent.Timeout(timeout, BackendUnavailable("login_timeout")):
+                while True:
+                    line = _read_line(sock, reader)
+                    for action in login.receive_line(line):
+                        sock = _execute(action, sock, backend, login, reader, timeout)
+                    if login.done:
+                        break
+        except OSError:
+            sock.close()
+            raise BackendUnavailable("connection_lost") from None
+        except BaseException:
+            sock.close()
+            raise
+        if login.xclient_result not in (None, "sent"):
+            log.warning(
+                "client address not forwarded",
+                extra={"backend": backend.address, "xclient": login.xclient_result},
+            )
+        sock.settimeout(None)
+        return Upstream(sock, backend, reader.take())
 
 
-def _connect(backend: Backend, timeout: float) -> socket.socket:
+def _summary(reasons: list[str]) -> str:
+    """The reason a login found no backend: the last real failure, if any."""
+    real = [reason for reason in reasons if reason != "circuit_open"]
+    if real:
+        return real[-1]
+    return reasons[-1] if reasons else "no_backends"
+
+
+def _read_line(sock: socket.socket, reader: LineReader) -> bytes:
+    while True:
+        line = reader.next_line()
+        if line is LINE_TOO_LONG:
+            raise BackendUnavailable("garbage")
+        if line is not None:
+            assert isinstance(line, bytes)
+            return line
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            raise BackendUnavailable("closed_during_login")
+        reader.feed(data)
+
+
+def _connect(backend: Backend, timeout: float, client: ClientAddress | None) -> socket.socket:
     try:
         sock = socket.create_connection((backend.host, backend.port), timeout=timeout)
     except TimeoutError:
         raise BackendUnavailable("connect_timeout") from None
+    except ConnectionRefusedError:
+        raise BackendUnavailable("connect_refused") from None
     except OSError:
         raise BackendUnavailable("connect_failed") from None
     set_nodelay(sock)
+    try:
+        header = _proxy_header(backend, sock, client)
+        if header:
+            sock.sendall(header)
+    except OSError:
+        sock.close()
+        raise BackendUnavailable("connect_failed") from None
     if backend.tls == "implicit":
         sock = _wrap(sock, backend, timeout)
     return sock
+
+
+def _proxy_header(backend: Backend, sock: socket.socket, client: ClientAddress | None) -> bytes:
+    """The PROXY header for ``forward_client: proxy_v1|proxy_v2``, else nothing.
+
+    Without a client (an active check) it is the LOCAL/UNKNOWN form: the
+    connection is the proxy's own.
+    """
+    if backend.forward_client not in ("proxy_v1", "proxy_v2"):
+        return b""
+    build = proxyproto.build_v1 if backend.forward_client == "proxy_v1" else proxyproto.build_v2
+    if client is None:
+        return build(None, None)
+    destination = client.destination or sock.getpeername()[:2]
+    return build(client.source, destination)
 
 
 def _wrap(sock: socket.socket, backend: Backend, timeout: float) -> socket.socket:
@@ -111,33 +323,6 @@ def _wrap(sock: socket.socket, backend: Backend, timeout: float) -> socket.socke
     except tls.HandshakeFailed as error:
         sock.close()
         raise BackendUnavailable(f"tls_{error.reason}") from None
-
-
-def _login(backend: Backend, login_name: str, password: bytes, timeout: float) -> Upstream:
-    sock = _connect(backend, timeout)
-    login = machine.BackendLogin(login_name, password, starttls=backend.tls == "starttls")
-    reader = LineReader(machine.MAX_STATUS_LINE)
-    try:
-        with gevent.Timeout(timeout, BackendUnavailable("login_timeout")):
-            while True:
-                line = reader.next_line()
-                if line is None:
-                    data = sock.recv(RECV_SIZE)
-                    if not data:
-                        raise BackendUnavailable("closed_during_login")
-                    reader.feed(data)
-                    continue
-                if line is LINE_TOO_LONG:
-                    raise BackendUnavailable("garbage")
-                for action in login.receive_line(line):
-                    sock = _execute(action, sock, backend, login, reader, timeout)
-                if login.done:
-                    leftover = reader.take()
-                    sock.settimeout(None)
-                    return Upstream(sock, backend, leftover)
-    except BaseException:
-        sock.close()
-        raise
 
 
 def _execute(

@@ -19,7 +19,7 @@ from pop3proxy.schema import Reader, SchemaError
 RECORD_VERSION = 1
 POLICIES = ("failover", "round_robin", "hash")
 AUTH_MODES = ("passthrough",)
-FORWARD_CLIENT = ("none",)
+FORWARD_CLIENT = ("none", "xclient", "proxy_v1", "proxy_v2")
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_NAMES = ("user", "local", "domain")
@@ -38,6 +38,8 @@ class Backend:
     ca_file: str | None = None
     server_name: str | None = None
     forward_client: str = "none"
+    connect_timeout: float | None = None
+    """Seconds to connect (and for each login step); ``None``: ``timeouts.backend_connect``."""
 
     @property
     def address(self) -> str:
@@ -57,12 +59,21 @@ class Tenant:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["backends"] = [asdict(b) for b in self.backends]
+        data["backends"] = [_backend_dict(b) for b in self.backends]
         return data
 
     def backend_login(self, name: UserName) -> str:
         """The user name the backend sees, from the ``login`` template."""
         return self.login.format(user=name.full, local=name.local, domain=name.tenant or self.name)
+
+
+def _backend_dict(backend: Backend) -> dict[str, Any]:
+    data = asdict(backend)
+    if data["connect_timeout"] is None:
+        # Left out when unset, so records stay readable by proxies that
+        # predate the field (they refuse unknown keys) during an upgrade.
+        del data["connect_timeout"]
+    return data
 
 
 @dataclass(frozen=True)
@@ -144,9 +155,22 @@ def _backend(r: Reader) -> Backend:
         ca_file=r.string("ca_file", None),
         server_name=r.string("server_name", None),
         forward_client=r.choice("forward_client", "none", FORWARD_CLIENT),
+        connect_timeout=_optional_timeout(r, "connect_timeout"),
     )
     r.finish()
     return backend
+
+
+def _optional_timeout(r: Reader, key: str) -> float | None:
+    if r.raw(key) is None:
+        return None
+    before = len(r.problems)
+    seconds = r.duration(key, 0.0)
+    if seconds <= 0:
+        if len(r.problems) == before:
+            r.problem(key, "expected a duration greater than zero")
+        return None
+    return seconds
 
 
 def parse_backend_address(text: str) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from gevent import Timeout
 
 from pop3proxy import metrics
-from pop3proxy.backends import set_nodelay
+from pop3proxy.backends import ClientAddress, set_nodelay
 from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
+from pop3proxy.net.listener import ProxyHeaderRefused, read_proxy_header
 from pop3proxy.net.relay import Relay, Traffic, shutdown
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import replies
@@ -72,6 +73,8 @@ class ClientSession:
         self.listener = listener
         self.services = services
         self.id = new_session_id()
+        self.local: tuple[str, int] | None = None
+        """The address the client connected to, when a PROXY header said so."""
         self.started = time.monotonic()
         self.traffic = Traffic()
         self._counted = Traffic()
@@ -110,6 +113,8 @@ class ClientSession:
     def _run(self) -> str:
         set_nodelay(self.sock)
         timeouts = self.services.config.timeouts
+        if self.listener.proxy_protocol:
+            self._proxy_header()
         if self.listener.tls == "implicit":
             self._start_tls()
         self.sock.settimeout(timeouts.idle)
@@ -164,11 +169,38 @@ class ClientSession:
             metrics.TLS_FAILURES.labels(self.listener.name, error.reason).inc()
             raise SessionEnded("tls_failed") from None
 
+    def _proxy_header(self) -> None:
+        """Behind a load balancer: the client's address comes from its PROXY header,
+        and from then on is the session's ``peer`` (logs, limits, forwarding)."""
+        try:
+            header = read_proxy_header(self.sock, self.peer, self.listener)
+        except ProxyHeaderRefused:
+            raise SessionEnded("proxy_protocol_error") from None
+        if header is None:
+            raise SessionEnded("client_closed")
+        if header.source is not None:
+            self.peer = header.source
+            self.local = header.destination
+
+    def _client_address(self) -> ClientAddress | None:
+        if not self.peer:
+            return None
+        local = self.local
+        if local is None:
+            try:
+                local = self.sock.getsockname()[:2]
+            except OSError:
+                local = None
+        return ClientAddress(tuple(self.peer[:2]), local)
+
     def _login(self, action: core.Login) -> list[core.Action]:
         self.user = action.user
         try:
             self.session = self.services.logins.login(
-                action.user, action.password, sni=tls.server_name(self.sock)
+                action.user,
+                action.password,
+                sni=tls.server_name(self.sock),
+                client=self._client_address(),
             )
         except LoginFailed as failure:
             self.result = failure.result

@@ -1,9 +1,18 @@
-"""The backend login, sans-IO: greeting, optional STLS, USER, PASS.
+"""The backend login, sans-IO: greeting, optional STLS, optional XCLIENT, USER, PASS.
 
 The proxy logs in to the upstream server with the rewritten user name and
 the client's password (passthrough). Each step waits for the previous reply:
 legacy servers do not all support pipelining (RFC 2449 section 6.6 makes it
 optional), and a server that refuses STLS must never see the password.
+
+XCLIENT (``forward_client: xclient``) tells the backend the client's address
+and port before the login, as Dovecot's pop3-login accepts it from
+``login_trusted_networks``. Dovecot announces it in the greeting's response
+code (``+OK [XCLIENT] Dovecot ready.``, only to trusted peers) and not in
+CAPA; other servers may list it in CAPA instead, so without the greeting
+code the machine asks CAPA once. A backend that offers neither, or refuses
+the command, gets the login anyway (the client's address is lost, not the
+session); ``xclient_result`` says which for the log.
 
 The shell feeds one status line at a time (``receive_line``) and executes
 the returned actions. The outcome is :class:`LoggedIn` or :class:`Failed`.
@@ -60,6 +69,9 @@ class _Step(Enum):
     GREETING = auto()
     STLS = auto()
     TLS_PENDING = auto()
+    CAPA = auto()
+    CAPA_BODY = auto()
+    XCLIENT = auto()
     USER = auto()
     PASS = auto()
     DONE = auto()
@@ -81,11 +93,22 @@ the user exists, which the proxy never reveals."""
 class BackendLogin:
     """Drives one login to a backend POP3 server."""
 
-    def __init__(self, login_name: str, password: bytes, *, starttls: bool) -> None:
+    def __init__(
+        self,
+        login_name: str,
+        password: bytes,
+        *,
+        starttls: bool,
+        xclient: tuple[str, int] | None = None,
+    ) -> None:
         self._user = login_name.encode("utf-8")
         self._password = password
         self._starttls = starttls
+        self._xclient = xclient
+        self._xclient_offered = False
         self._step = _Step.GREETING
+        self.xclient_result: str | None = None
+        """``sent``, ``not_offered`` or ``refused`` when XCLIENT was asked for."""
 
     @property
     def done(self) -> bool:
@@ -95,6 +118,8 @@ class BackendLogin:
         """Feed one status line from the backend, without its CRLF."""
         if self._step is _Step.DONE or self._step is _Step.TLS_PENDING:
             return self._unavailable("unexpected_data")
+        if self._step is _Step.CAPA_BODY:
+            return self._capability(line)
         positive = line.startswith(b"+OK")
         if not positive and not line.startswith(b"-ERR"):
             return self._unavailable("garbage")
@@ -102,15 +127,25 @@ class BackendLogin:
         if step is _Step.GREETING:
             if not positive:
                 return self._unavailable("bad_greeting")
+            self._xclient_offered = replies.response_code(line) == "XCLIENT"
             if self._starttls:
                 self._step = _Step.STLS
                 return [SendToBackend(b"STLS\r\n")]
-            return self._send_user()
+            return self._before_user()
         if step is _Step.STLS:
             if not positive:
                 return self._unavailable("stls_refused")
             self._step = _Step.TLS_PENDING
             return [StartBackendTLS()]
+        if step is _Step.CAPA:
+            if not positive:
+                self.xclient_result = "not_offered"
+                return self._send_user()
+            self._step = _Step.CAPA_BODY
+            return []
+        if step is _Step.XCLIENT:
+            self.xclient_result = "sent" if positive else "refused"
+            return self._send_user()
         if step is _Step.USER:
             if not positive:
                 return self._auth_failed(line)
@@ -122,8 +157,33 @@ class BackendLogin:
         return [LoggedIn()]
 
     def tls_established(self) -> list[BackendAction]:
-        """After STLS the server's capabilities may change; we only need USER."""
+        """After STLS: XCLIENT if asked for, then USER."""
+        return self._before_user()
+
+    def _before_user(self) -> list[BackendAction]:
+        if self._xclient is None:
+            return self._send_user()
+        if self._xclient_offered:
+            return self._send_xclient()
+        self._step = _Step.CAPA
+        return [SendToBackend(b"CAPA\r\n")]
+
+    def _capability(self, line: bytes) -> list[BackendAction]:
+        """One line of the CAPA body; at its end, XCLIENT if it was listed."""
+        if line != b".":
+            if line.split(b" ", 1)[0].upper() == b"XCLIENT":
+                self._xclient_offered = True
+            return []
+        if self._xclient_offered:
+            return self._send_xclient()
+        self.xclient_result = "not_offered"
         return self._send_user()
+
+    def _send_xclient(self) -> list[BackendAction]:
+        assert self._xclient is not None
+        host, port = self._xclient
+        self._step = _Step.XCLIENT
+        return [SendToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode("ascii"))]
 
     def _send_user(self) -> list[BackendAction]:
         self._step = _Step.USER

@@ -67,7 +67,7 @@ def test_round_trip_through_to_dict() -> None:
         ({"backends": [{"host": "h", "tls": "ssl"}]}, "backends[0].tls: expected one of"),
         ({"backends": [{"host": "h", "verify": "no"}]}, "backends[0].verify: expected true"),
         (
-            {"backends": [{"host": "h"}, {"host": "h2", "forward_client": "xclient"}]},
+            {"backends": [{"host": "h"}, {"host": "h2", "forward_client": "smtp"}]},
             "backends[1].forward_client: expected one of",
         ),
         ({"backends": [{"host": "h", "colour": 1}]}, "backends[0].colour: unknown key"),

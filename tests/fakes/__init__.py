@@ -1,0 +1,1 @@
+"""Hand-written backends for faults a real Dovecot cannot be made to show."""
