@@ -551,7 +551,7 @@ def write_doc(results: dict[str, Any], command: str) -> None:
         "",
         f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), Linux {meta['kernel']}, "
         f"Python {meta['python']}, gevent {meta['gevent']}, {meta['openssl']}, "
-        f"nginx {meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}; "
+        f"{meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}; "
         f"pop3proxy at commit `{meta['pop3proxy_commit']}`.",
         "",
         report.markdown_table(results),
