@@ -76,7 +76,7 @@ NGINX_CONF = """\
 load_module {module};
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -131,7 +131,9 @@ mail {{
 class Nginx:
     """A private nginx (1 worker) with a POP3 and a POP3S mail listener."""
 
-    def __init__(self, certs: Certs, backend_port: int, idle_port: int, nofile: int) -> None:
+    def __init__(
+        self, certs: Certs, backend_port: int, idle_port: int, nofile: int, workers: int = 1
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="pop3proxy-bench-nginx-"))
         self.root.chmod(0o755)
         self.ports = {"plain": free_port(), "pop3s": free_port()}
@@ -140,6 +142,7 @@ class Nginx:
         self.conf.write_text(
             NGINX_CONF.format(
                 module=NGINX_MODULE,
+                workers=workers,
                 nofile=nofile,
                 connections=max(1024, nofile - 1000),
                 root=self.root,
@@ -177,11 +180,7 @@ class Nginx:
         return all(port_is_open(LOOPBACK, port) for port in ports) and bool(self.worker_pids())
 
     def worker_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        try:
-            return [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return []
+        return children(self.pid)
 
     def pids(self) -> list[int]:
         """Master and workers: the CPU and memory nginx spends."""
@@ -194,11 +193,25 @@ class Nginx:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (nginx workers, pop3proxy workers)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in path.read_text().split()]
+    except OSError:
+        return []
+
+
 # -- pop3proxy ---------------------------------------------------------------
 
 
 def start_pop3proxy(
-    workdir: Path, certs: Certs, backend_port: int, idle_port: int, max_connections: int
+    workdir: Path,
+    certs: Certs,
+    backend_port: int,
+    idle_port: int,
+    max_connections: int,
+    workers: int = 1,
 ) -> ProxyProcess:
     """pop3proxy with a file directory; logging at ``warning`` keeps logs out of the figures."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +236,18 @@ def start_pop3proxy(
         "logging": {"level": "warning", "format": "json"},
         "limits": {"max_connections": max_connections},
     }
-    return ProxyProcess(workdir, certs, overrides).start()
+    if workers > 1:
+        overrides["workers"] = workers
+    proxy = ProxyProcess(workdir, certs, overrides).start()
+    if workers > 1:
+        wait_until(lambda: len(children(proxy.proc.pid)) >= workers, 15, message="workers")
+    return proxy
+
+
+def proxy_pids(proxy: ProxyProcess) -> list[int]:
+    """The proxy process and, with ``workers: N``, its worker processes."""
+    assert proxy.proc is not None
+    return [proxy.proc.pid, *children(proxy.proc.pid)]
 
 
 # -- idle backend --------------------------------------------------------------

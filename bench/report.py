@@ -124,12 +124,17 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADER = ["figure", "direct Dovecot", "nginx (1 worker)", "pop3proxy", "ours/nginx", "ours/direct"]
+def header(results: dict[str, Any]) -> list[str]:
+    workers = results.get("settings", {}).get("workers", 1)
+    nginx = f"nginx ({workers} worker{'s' if workers > 1 else ''})"
+    ours = f"pop3proxy ({workers} workers)" if workers > 1 else "pop3proxy"
+    return ["figure", "direct Dovecot", nginx, ours, "ours/nginx", "ours/direct"]
 
 
 def text_table(results: dict[str, Any]) -> str:
-    rows = [HEADER, *table_rows(results)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    head = header(results)
+    rows = [head, *table_rows(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = []
     for index, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [
@@ -143,7 +148,8 @@ def text_table(results: dict[str, Any]) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     rows = table_rows(results)
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    head = header(results)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -159,6 +159,7 @@ class Bench:
         self.nginx: peers.Nginx | None = None
         self.proxy = None
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.workers = settings.get("workers", 1)
         self._serial = 0
 
     # -- servers ---------------------------------------------------------------
@@ -182,7 +183,7 @@ class Bench:
     def new_nginx(self) -> peers.Nginx:
         assert self.dovecot and self.idle_backend
         return peers.Nginx(
-            self.certs, self.dovecot.port, self.idle_backend.port, self.nofile
+            self.certs, self.dovecot.port, self.idle_backend.port, self.nofile, self.workers
         ).start()
 
     def new_proxy(self):
@@ -194,6 +195,7 @@ class Bench:
             self.dovecot.port,
             self.idle_backend.port,
             max_connections=2 * self.s["idle"] + 1000,
+            workers=self.workers,
         )
 
     def start_proxies(self) -> None:
@@ -228,7 +230,7 @@ class Bench:
             ),
             "pop3proxy": (
                 load.Target("pop3proxy", self.proxy.ports["plain"], self.proxy.ports["pop3s"]),
-                [self.proxy.proc.pid],
+                peers.proxy_pids(self.proxy),
             ),
         }
 
@@ -369,7 +371,7 @@ class Bench:
                     ports, pids_of = server.ports, server.pids
                 else:
                     server = self.new_proxy()
-                    ports, pids_of = server.ports, lambda s=server: [s.proc.pid]
+                    ports, pids_of = server.ports, lambda s=server: peers.proxy_pids(s)
                 try:
                     port = ports["pop3s" if mode == "tls" else "plain"]
                     context = (
@@ -421,7 +423,7 @@ class Bench:
         if not py_spy.exists():
             log("py-spy not installed in the venv: pip install py-spy; profile skipped")
             return {}
-        target, pids = self.targets()["pop3proxy"]
+        target, pids = self.targets()["pop3proxy"]  # with workers: the last worker
         summaries = {}
         for mode in report.MODES:
             outputs = {
@@ -429,7 +431,7 @@ class Bench:
                 "raw": RESULTS / f"profile-{mode}.txt",
             }
             for fmt, path in outputs.items():
-                argv = [str(py_spy), "record", "--pid", str(pids[0]), "--duration", str(seconds)]
+                argv = [str(py_spy), "record", "--pid", str(pids[-1]), "--duration", str(seconds)]
                 argv += ["--rate", "200", "--format", fmt, "-o", str(path), "--nonblocking"]
                 spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 time.sleep(1.0)
@@ -538,13 +540,19 @@ def format_profile(summary: dict[str, Any]) -> str:
 # -- output ----------------------------------------------------------------------------
 
 
-def write_doc(results: dict[str, Any], command: str) -> None:
-    message = report.chart(results, CHART)
+def write_doc(results: dict[str, Any], command: str, workers: int) -> None:
+    suffix = f"-workers{workers}" if workers > 1 else ""
+    begin, end = (
+        BEGIN.replace("bench:", f"bench{suffix}:"),
+        END.replace("bench:", f"bench{suffix}:"),
+    )
+    chart_path = CHART.with_name(f"performance{suffix}.png")
+    message = report.chart(results, chart_path)
     if message:
         log(message)
     meta = results["machine"]
     block = [
-        BEGIN,
+        begin,
         "",
         f"Run: {results['started']} ({results['mode']} mode, {results['seconds']:.0f} s), "
         f"command `{command}`.",
@@ -562,18 +570,18 @@ def write_doc(results: dict[str, Any], command: str) -> None:
         "",
     ]
     if not message:
-        block += ["![pop3proxy beside nginx and direct Dovecot](performance.png)", ""]
-    block.append(END)
+        block += [f"![pop3proxy beside nginx and direct Dovecot]({chart_path.name})", ""]
+    block.append(end)
     generated = "\n".join(block)
-    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{begin}\n{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + generated + tail
     else:
         text += "\n" + generated + "\n"
     DOC.write_text(text)
-    log(f"wrote {DOC}" + ("" if message else f" and {CHART}"))
+    log(f"wrote {DOC}" + ("" if message else f" and {chart_path}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,11 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-doc", action="store_true", help="update docs/performance.md")
     parser.add_argument("--profile", action="store_true", help="py-spy pop3proxy (TLS, c=16)")
     parser.add_argument("--skip-idle", action="store_true", help="leave out scenario (d)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pop3proxy workers and nginx worker_processes (default 1, for a fair single core)",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    settings = PROFILES[mode]
+    settings = {**PROFILES[mode], "workers": args.workers}
     command = "python bench/run.py" + "".join(
-        f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v
+        f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in vars(args).items()
+        if v and not (k == "workers" and v == 1)
     )
 
     peers.ensure_debian_packages()
@@ -651,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     stamp = datetime.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"bench-{mode}-{stamp}.json"
+    suffix = f"-workers{args.workers}" if args.workers > 1 else ""
+    out = RESULTS / f"bench-{mode}{suffix}-{stamp}.json"
     text = json.dumps(results, indent=2)
     out.write_text(text)
     (RESULTS / "latest.json").write_text(text)
@@ -662,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report.floor_lines(results)))
     print(f"\n{mode} run took {results['seconds']:.0f} s; results in {out}")
     if args.write_doc:
-        write_doc(results, command)
+        write_doc(results, command, args.workers)
     return 0
 
 
