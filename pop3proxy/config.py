@@ -6,6 +6,7 @@ reported at once, each with its key path, by :class:`ConfigError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ class ListenerConfig:
     port: int
     tls: str = "starttls"
     require_tls: bool = True
+    proxy_protocol: bool = False
+    """Expect a PROXY v1/v2 header first (behind a load balancer)."""
+    proxy_protocol_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Peers allowed to send it; any other peer is disconnected."""
+    proxy_protocol_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,19 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class BackendsConfig:
+    """Health and failover settings shared by every tenant's backends."""
+
+    failure_threshold: int = 3
+    failure_window: float = 30.0
+    cooldown: float = 30.0
+    health_check_interval: float = 0.0
+    """0: no active checks (passive health only)."""
+    max_attempts: int = 3
+    """Backends tried per login before giving up with -ERR [SYS/TEMP]."""
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     host: str | None = "0.0.0.0"
     port: int = 9110
@@ -122,6 +141,7 @@ class Config:
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     workers: int = 1
@@ -166,6 +186,7 @@ def parse_config(data: object, base: Path | None = None) -> Config:
         tenancy=_tenancy(top.section("tenancy")),
         timeouts=_timeouts(top.section("timeouts")),
         limits=_limits(top.section("limits")),
+        backends=_backends(top.section("backends")),
         metrics=_metrics(top.section("metrics")),
         logging=_logging(top.section("logging")),
         workers=_workers(top),
@@ -190,10 +211,58 @@ def _listener(r: Reader) -> ListenerConfig:
     require_tls = r.boolean("require_tls", tls != "none")
     if tls == "none" and require_tls:
         r.problem("require_tls", "cannot be true with tls: none (no login could ever succeed)")
-    if r.boolean("proxy_protocol", False):
-        r.problem("proxy_protocol", "inbound PROXY protocol is not supported by this version yet")
+    proxy_protocol = r.boolean("proxy_protocol", False)
+    trusted = _networks(r, "proxy_protocol_trusted")
+    if proxy_protocol and not trusted:
+        r.problem(
+            "proxy_protocol_trusted",
+            "required with proxy_protocol: true (the load balancers' networks, e.g. [10.0.0.0/8])",
+        )
+    header_timeout = r.duration("proxy_protocol_timeout", 5.0)
+    if header_timeout <= 0:
+        r.problem("proxy_protocol_timeout", "expected a duration greater than zero")
     r.finish()
-    return ListenerConfig(name=name, host=host, port=port, tls=tls, require_tls=require_tls)
+    return ListenerConfig(
+        name=name,
+        host=host,
+        port=port,
+        tls=tls,
+        require_tls=require_tls,
+        proxy_protocol=proxy_protocol,
+        proxy_protocol_trusted=trusted,
+        proxy_protocol_timeout=header_timeout,
+    )
+
+
+def _networks(r: Reader, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    value = r.raw(key, [])
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        r.problem(key, f"expected a list of networks such as [10.0.0.0/8], got {value!r}")
+        return ()
+    networks = []
+    for i, item in enumerate(value):
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            r.problem(f"{key}[{i}]", f"expected a network such as 10.0.0.0/8, got {item!r}")
+    return tuple(networks)
+
+
+def _backends(r: Reader) -> BackendsConfig:
+    config = BackendsConfig(
+        failure_threshold=r.integer("failure_threshold", 3, minimum=1),
+        failure_window=r.duration("failure_window", 30.0),
+        cooldown=r.duration("cooldown", 30.0),
+        health_check_interval=r.duration("health_check_interval", 0.0),
+        max_attempts=r.integer("max_attempts", 3, minimum=1),
+    )
+    for key in ("failure_window", "cooldown"):
+        if getattr(config, key) <= 0:
+            r.problem(key, "expected a duration greater than zero")
+    r.finish()
+    return config
 
 
 def _check_unique_names(listeners: tuple[ListenerConfig, ...], problems: list[str]) -> None:

@@ -12,9 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pop3proxy import metrics
-from pop3proxy.backends import BackendUnavailable, LoginRefused, Upstream, open_upstream
+from pop3proxy.backends import (
+    BackendUnavailable,
+    ClientAddress,
+    LoginRefused,
+    Upstream,
+    Upstreams,
+)
 from pop3proxy.config import Config
-from pop3proxy.directory import Directory, DirectoryUnavailable, pinned_first
+from pop3proxy.directory import Directory, DirectoryUnavailable
 from pop3proxy.net import tls
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
 from pop3proxy.tenants import Tenant, split_user
@@ -43,15 +49,24 @@ class LoginService:
     def __init__(self, config: Config, directory: Directory) -> None:
         self.config = config
         self.directory = directory
+        self.upstreams = Upstreams(config.backends, config.timeouts.backend_connect)
 
-    def login(self, user: str, password: bytes, *, sni: str | None = None) -> Session:
+    def login(
+        self,
+        user: str,
+        password: bytes,
+        *,
+        sni: str | None = None,
+        client: ClientAddress | None = None,
+    ) -> Session:
         """Log ``user`` in; raises :class:`LoginFailed` with the client's reply.
 
         ``sni`` is the TLS server name the client asked for, if any: with
         ``tenancy.sni_tenant`` it picks the tenant of a user name without one.
+        ``client`` is the client's address, for ``forward_client``.
         """
         try:
-            session = self._login(user, password, sni)
+            session = self._login(user, password, sni, client)
         except LoginFailed as failure:
             label = metrics.tenant_label(failure.tenant)
             metrics.AUTH.labels(label, failure.result).inc()
@@ -61,7 +76,13 @@ class LoginService:
         metrics.SESSIONS_LIMIT.labels(label).set(session.tenant.max_sessions)
         return session
 
-    def _login(self, user: str, password: bytes, sni: str | None = None) -> Session:
+    def _login(
+        self,
+        user: str,
+        password: bytes,
+        sni: str | None = None,
+        client: ClientAddress | None = None,
+    ) -> Session:
         tenancy = self.config.tenancy
         default = tls.sni_tenant(self.config, sni) or tenancy.default_tenant
         name = split_user(user, tenancy.separator, default)
@@ -76,12 +97,11 @@ class LoginService:
         if not tenant.enabled:
             raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
         pin = self.directory.pinned_backend(tenant, name.local)
-        if pin is not None:
-            tenant = pinned_first(tenant, pin)  # until backends.open_upstream takes pinned=
         login_name = tenant.backend_login(name)
-        timeout = self.config.timeouts.backend_connect
         try:
-            upstream = open_upstream(tenant, login_name, password, connect_timeout=timeout)
+            upstream = self.upstreams.open(
+                tenant, login_name, password, user=name.full, client=client, pinned=pin
+            )
         except LoginRefused as refused:
             result = "bad_credentials" if refused.reply == AUTH_FAILURE else "backend_refused"
             raise LoginFailed(refused.reply, result, tenant.name) from None

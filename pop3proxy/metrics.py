@@ -85,6 +85,11 @@ BACKEND_UP = Gauge(
     ["tenant", "backend"],
     multiprocess_mode="mostrecent",
 )
+PROXY_PROTOCOL_ERRORS = Counter(
+    "pop3proxy_proxy_protocol_errors",
+    "Inbound connections closed for a missing, malformed or untrusted PROXY header",
+    ["listener", "reason"],
+)
 DIRECTORY_LOOKUPS = Counter(
     "pop3proxy_directory_lookups", "Tenant lookups by where the answer came from", ["source"]
 )
