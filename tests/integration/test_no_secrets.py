@@ -1,0 +1,121 @@
+"""Rule 2: no password reaches a log line, a metric or a reply.
+
+One test logs in every way a client can (USER/PASS, AUTH PLAIN with an initial
+response and with a continuation, plain, STLS and POP3S, right and wrong,
+refused by the proxy and by Dovecot, pipelined, mangled) with known passwords,
+keeps every byte the proxy sent back, and then greps all of it, the proxy's
+log and metrics, and every proxy log the test run has written so far.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+
+from harness.proxy import TENANT
+from harness.users import MASTER_USERS, USERS
+from harness.wire import Pop3Wire
+
+CANARY = "Canary-Pw-5d2e"
+"""A wrong password that appears nowhere else; any hit is a leak."""
+
+
+class Recorder(Pop3Wire):
+    """A Pop3Wire that keeps every byte it read."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.transcript = bytearray()
+        super().__init__(*args, **kwargs)
+
+    def read_line(self) -> bytes:
+        line = super().read_line()
+        self.transcript += line
+        return line
+
+
+def _plain(user: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{user}\0{password}".encode())
+
+
+def _sessions(proxy, certs, transcripts: list[bytes]) -> None:
+    login = f"alice@{TENANT}"
+    good = USERS["alice"]
+    contexts = {
+        "plain": None,
+        "pop3s": certs.ssl_client_context(),
+        "pop3": "stls",
+    }
+    for listener, context in contexts.items():
+        wire = Recorder(
+            proxy.host,
+            proxy.ports[listener],
+            context=context if context != "stls" else None,
+        )
+        try:
+            if context == "stls":
+                assert wire.command("STLS").startswith(b"+OK")
+                wire.sock = certs.ssl_client_context().wrap_socket(
+                    wire.sock, server_hostname="localhost"
+                )
+                wire._stream = wire.sock.makefile("rb")
+            for password in (CANARY, good):
+                wire.command(f"USER {login}")
+                wire.command(f"PASS {password}")
+                if password == good:
+                    wire.command("QUIT")
+        finally:
+            transcripts.append(bytes(wire.transcript))
+            wire.drop()
+
+    cases = [
+        [f"AUTH PLAIN {_plain(login, CANARY).decode()}"],
+        ["AUTH PLAIN", _plain(login, CANARY).decode()],
+        [f"AUTH PLAIN {_plain(login, CANARY).decode()}x"],  # bad base64
+        [f"AUTH PLAIN {base64.b64encode(CANARY.encode()).decode()}"],  # no NULs
+        [f"USER nobody@{TENANT}", f"PASS {CANARY}"],
+        ["USER alice@unknown.example", f"PASS {CANARY}"],
+        ["USER alice@down.example", f"PASS {CANARY}"],
+        ["USER alice@off.example", f"PASS {CANARY}"],
+        [f"PASS {CANARY}"],  # PASS before USER
+        [f"USER {login}", f"PASS {CANARY} " + "x" * 5000],  # overlong
+        [f"USER {login}", f"PASS {CANARY}\0tail"],  # NUL
+        [f"APOP {login} {CANARY}"],
+        [f"USER alice*proxymaster@{TENANT}", f"PASS {MASTER_USERS['proxymaster']}"],
+    ]
+    for lines in cases:
+        with Recorder(proxy.host, proxy.ports["plain"]) as wire:
+            for line in lines:
+                wire.command(line)
+            wire.command("QUIT")
+            transcripts.append(bytes(wire.transcript))
+    # Pipelined: the wrong password and the right one in one packet, then the
+    # password again inside TRANSACTION (it goes to Dovecot, not to our logs).
+    with Recorder(proxy.host, proxy.ports["plain"]) as wire:
+        wire.send(
+            f"USER {login}\r\nPASS {CANARY}\r\nUSER {login}\r\nPASS {good}\r\n"
+            f"NOOP {CANARY}\r\nQUIT\r\n".encode()
+        )
+        with contextlib.suppress(OSError):
+            while wire.read_line():
+                pass
+        transcripts.append(bytes(wire.transcript))
+
+
+def test_no_password_in_any_reply_log_or_metric(proxy, certs, fresh_mailbox, tmp_path_factory):
+    fresh_mailbox("alice")
+    transcripts: list[bytes] = []
+    _sessions(proxy, certs, transcripts)
+    assert any(b"+OK Logged in." in t for t in transcripts), "the good logins must work"
+    secrets = [CANARY, *USERS.values(), *MASTER_USERS.values()]
+    replies = b"".join(transcripts).decode("utf-8", "replace")
+    own = proxy.read_log() + proxy.metrics()
+    # Every proxy log of this test run so far (other tests' proxies included).
+    others = "".join(
+        path.read_text(errors="replace")
+        for path in tmp_path_factory.getbasetemp().rglob("proxy.log")
+    )
+    for secret in secrets:
+        for where, text in (("reply", replies), ("own log or metrics", own), ("logs", others)):
+            assert secret not in text, f"{secret!r} leaked into a {where}"
+        encoded = base64.b64encode(secret.encode()).decode()
+        assert encoded not in own + others, f"{secret!r} leaked base64-encoded"
