@@ -24,6 +24,23 @@ from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, 
 
 CHUNK = 65536
 CLIENT_RECV = 16384
+FLOOD = 4096
+"""A client read this large is a pipeline flood, not a person typing: the
+reader lets the loop run other sessions before it goes on."""
+CHUNKS_BETWEEN_TURNS = 16
+"""A bulk download yields to other sessions after this many chunks (1 MiB)."""
+
+
+def share_the_loop(received: int) -> None:
+    """Let other sessions run after a large read.
+
+    A gevent socket does not switch while data is ready, so a client that
+    keeps its socket readable would hold the loop for as long as it sends.
+    ``gevent.idle`` waits until the loop has polled I/O and run everyone
+    ready; ordinary clients never read this much at once and never pay.
+    """
+    if received >= FLOOD:
+        gevent.idle()
 
 
 @dataclass
@@ -80,11 +97,15 @@ class Relay:
     def _backend_to_client(self, leftover: bytes) -> None:
         try:
             data = leftover
+            chunks = 0
             while True:
                 if data:
                     self.client.sendall(data)
                     self.traffic.to_client += len(data)
                     self.last_activity = time.monotonic()
+                    chunks += 1
+                    if chunks % CHUNKS_BETWEEN_TURNS == 0:
+                        gevent.idle()
                 data = self.backend.recv(CHUNK)
                 if not data:
                     self._ended("quit" if self.conn.client_sent_quit else "backend_closed")
@@ -110,18 +131,23 @@ class Relay:
             ended = self._execute(self.conn.receive_data(data))
             if ended:
                 return ended
+            share_the_loop(len(data))
 
     def _execute(self, actions: list[Action]) -> str | None:
+        """Forward the commands in one write per batch (pipelining costs one syscall)."""
+        batch = bytearray()
         for action in actions:
             if isinstance(action, Forward):
-                try:
-                    self.backend.sendall(action.data)
-                except OSError:
-                    return "connection_error"
-                self.traffic.to_backend += len(action.data)
+                batch += action.data
                 self.traffic.commands[action.command] += 1
             elif isinstance(action, Send):
                 self.client.sendall(action.data)
             elif isinstance(action, Close):
                 return action.reason
+        if batch:
+            try:
+                self.backend.sendall(batch)
+            except OSError:
+                return "connection_error"
+            self.traffic.to_backend += len(batch)
         return None

@@ -9,12 +9,14 @@ the other sessions go on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import socket
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from gevent import Timeout
@@ -25,7 +27,7 @@ from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
 from pop3proxy.net.listener import ProxyHeaderRefused, read_proxy_header
-from pop3proxy.net.relay import Relay, Traffic, shutdown
+from pop3proxy.net.relay import Relay, Traffic, share_the_loop, shutdown
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import replies
 
@@ -45,6 +47,10 @@ _FAREWELLS = {
     "draining": replies.err("Server is restarting, please reconnect", replies.Code.SYS_TEMP),
 }
 """What a client still in AUTHORIZATION hears when the proxy ends its session."""
+
+
+_LINGER_ON = frozenset({"quit", "too_many_errors"})
+"""Ends where the proxy spoke last in AUTHORIZATION and the client may still be sending."""
 
 
 class SessionEnded(Exception):
@@ -132,24 +138,40 @@ class ClientSession:
         """AUTHORIZATION at the proxy; returns actions queued for TRANSACTION."""
         actions = self.conn.greeting()
         while True:
-            for index, action in enumerate(actions):
-                outcome = self._execute(action)
-                if outcome is not None:
-                    if self.session is not None:
-                        return outcome + actions[index + 1 :]
-                    actions = outcome + actions[index + 1 :]
-                    break
-            else:
-                data = self.sock.recv(4096)
-                if not data:
-                    raise SessionEnded("client_closed")
-                actions = self.conn.receive_data(data)
+            pending = self._run_actions(actions)
+            if pending is not None:
+                return pending
+            data = self.sock.recv(4096)
+            if not data:
+                raise SessionEnded("client_closed")
+            actions = self.conn.receive_data(data)
+            share_the_loop(len(data))
+
+    def _run_actions(self, actions: list[core.Action]) -> list[core.Action] | None:
+        """Execute in order, replies batched into one write; once logged in,
+        returns what is left for TRANSACTION."""
+        queue = deque(actions)
+        replies = bytearray()
+        while queue:
+            action = queue.popleft()
+            if isinstance(action, core.Send):
+                replies += action.data
+                continue
+            if replies:
+                self.sock.sendall(replies)
+                replies.clear()
+            follow_up = self._execute(action)
+            if follow_up is not None:
+                if self.session is not None:
+                    return follow_up + list(queue)
+                queue.extendleft(reversed(follow_up))
+        if replies:
+            self.sock.sendall(replies)
+        return None
 
     def _execute(self, action: core.Action) -> list[core.Action] | None:
-        """Run one action; returns follow-up actions when the core produced some."""
-        if isinstance(action, core.Send):
-            self.sock.sendall(action.data)
-        elif isinstance(action, core.StartTLS):
+        """Run one action other than Send; returns the core's follow-up actions."""
+        if isinstance(action, core.StartTLS):
             self._start_tls()
             return self.conn.tls_established()
         elif isinstance(action, core.Login):
@@ -263,6 +285,24 @@ class ClientSession:
                 metrics.COMMANDS.labels(tenant, command).inc(count - counted.commands[command])
                 counted.commands[command] = count
 
+    def _linger(self) -> None:
+        """Close our side, then read and drop what the client still sends, briefly.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy our last reply (the "too many errors" line) before
+        the client reads it. Bounded: one second and 64 KiB at most.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(0.2)
+            deadline = time.monotonic() + 1.0
+            drained = 0
+            while drained < 65536 and time.monotonic() < deadline:
+                data = self.sock.recv(4096)
+                if not data:
+                    break
+                drained += len(data)
+
     def _send_quietly(self, data: bytes) -> None:
         """A last word to a client that may not be listening: bounded, never raises."""
         try:
@@ -272,6 +312,8 @@ class ClientSession:
             pass
 
     def _close(self, reason: str) -> None:
+        if reason in _LINGER_ON:
+            self._linger()
         shutdown(self.sock)
         self.sock.close()
         tenant = self.session.tenant.name if self.session else None

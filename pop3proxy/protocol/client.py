@@ -51,7 +51,8 @@ class Login:
 class Forward:
     """Send one command line (CRLF included) to the backend."""
 
-    data: bytes
+    data: bytes = field(repr=False)
+    """May hold a password: a client can pipeline a second PASS after login."""
     command: str
 
 

@@ -176,19 +176,9 @@ def _pipeline(wire: Pop3Wire, payload: bytes, lines: int) -> list[bytes]:
     return reader.result(60)
 
 
-STARVATION = (
-    "bug: a session whose client keeps its socket readable never yields to the gevent "
-    "hub (ClientSession._authorize / Relay._client_to_backend loop recv->sendall without "
-    "blocking), so other sessions wait ~2 s; fix: gevent.idle() after each recv batch "
-    "and one sendall per batch"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STARVATION)
 def test_megabyte_of_pipelined_commands_before_login(proxy):
     """174763 NOOPs in one go get as many +OK, in order; then a login works. A
-    normal session meanwhile must finish within a second: it does not (known
-    bug, see STARVATION)."""
+    normal session meanwhile must finish within a second."""
     count = MEGABYTE // len(b"NOOP\r\n") + 1
     with connect(proxy) as wire:
         reader = Background(lambda: _pipeline(wire, b"NOOP\r\n" * count, count))
@@ -199,10 +189,9 @@ def test_megabyte_of_pipelined_commands_before_login(proxy):
     assert elapsed < NORMAL_SESSION_BUDGET
 
 
-@pytest.mark.xfail(strict=True, reason=STARVATION)
 def test_megabyte_of_pipelined_commands_after_login(proxy):
     """A megabyte of pipelined STATs after login all reach Dovecot, in order; a
-    normal session meanwhile takes ~2 s instead of under one (known bug)."""
+    normal session meanwhile finishes within a second."""
     count = MEGABYTE // len(b"STAT\r\n") + 1
     with logged_in(proxy) as wire:
         reader = Background(lambda: _pipeline(wire, b"STAT\r\n" * count, count))
@@ -373,7 +362,13 @@ def test_500_connections_dropped_mid_command(proxy):
 
 
 def _proxy_protocol_supported() -> bool:
-    listener = {"name": "lb", "address": "127.0.0.1:1", "tls": "none", "proxy_protocol": True}
+    listener = {
+        "name": "lb",
+        "address": "127.0.0.1:1",
+        "tls": "none",
+        "proxy_protocol": True,
+        "proxy_protocol_trusted": ["127.0.0.0/8"],
+    }
     try:
         parse_config({"listeners": [listener], "metrics": {"address": None}})
     except ConfigError:
@@ -399,6 +394,7 @@ def test_malformed_proxy_header_is_closed(tmp_path, certs, dovecot, header):
     is malformed: closed, no greeting; a well-formed header still works."""
     server = file_proxy(tmp_path, certs, {TENANT: f"{dovecot.host}:{dovecot.port}"})
     server.config["listeners"][2]["proxy_protocol"] = True
+    server.config["listeners"][2]["proxy_protocol_trusted"] = ["127.0.0.0/8"]
     server.config_path.write_text(yaml.safe_dump(server.config))
     with server:
         with socket.create_connection((server.host, server.ports["plain"]), timeout=10) as sock:
