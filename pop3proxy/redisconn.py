@@ -33,7 +33,8 @@ from pop3proxy.config import DirectoryConfig
 log = logging.getLogger("pop3proxy.directory")
 
 ENV_USERNAME = "POP3PROXY_REDIS_USERNAME"
-ENV_PASSWORD = "POP3PROXY_REDIS_PASSWORD"  # noqa: S105 (the variable's name, not a secret)
+# The environment variable's name, not a secret.
+ENV_PASSWORD = "POP3PROXY_REDIS_PASSWORD"  # noqa: S105  # nosec B105
 
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -129,7 +130,8 @@ class Backoff:
     def next(self) -> float:
         delay = self._current
         self._current = min(self._current * 2, self.maximum)
-        return delay * random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not a secret)
+        # Jitter for retries, not a secret.
+        return delay * random.uniform(0.8, 1.2)  # noqa: S311  # nosec B311
 
     def reset(self) -> None:
         self._current = self.minimum

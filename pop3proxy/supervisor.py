@@ -33,7 +33,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404
 import sys
 import tempfile
 import time
@@ -130,7 +130,7 @@ class Supervisor:
         )
         argv = [sys.executable, "-m", "pop3proxy", "serve", "--config", str(self.config.source)]
         fds = [sock.fileno() for sock in self.sockets.values()]
-        return subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)  # nosec B603
 
     def _run_worker(self, worker: Worker) -> None:
         """Keep ``worker``'s slot filled until the supervisor stops."""
