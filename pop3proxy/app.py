@@ -93,6 +93,7 @@ class App:
 
     def start(self) -> None:
         self.directory.start()  # change subscription (Redis) or file watcher
+        self.services.logins.start()  # lease renewal
         if self.metrics_server is not None:
             self.metrics_server.start()
         for listener in self.listeners:
@@ -163,6 +164,7 @@ class App:
         for greenlet in self._background:
             greenlet.kill(block=False)
         self.directory.stop()
+        self.services.logins.stop()
         if self.certificates is not None:
             self.certificates.stop()
         if self.metrics_server is not None:

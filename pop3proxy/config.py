@@ -104,6 +104,33 @@ class LimitsConfig:
     max_connections: int = 10000
     max_line_length: int = 2048
     max_errors: int = 10
+    max_connections_per_address: int = 100
+    """Open connections from one client address, all replicas together; 0: no limit."""
+    max_sessions_per_user: int = 1
+    """Logged-in sessions of one user at once (a maildrop is exclusive); 0: no limit."""
+    lease_ttl: float = 60.0
+    """How soon a crashed replica's connection and session slots come back."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Failed-login budgets (shared through Redis) and local password hashing."""
+
+    failure_delay: float = 1.0
+    """Every refusal waits at least this long after PASS, so that which
+    check failed (tenant, user, password) cannot be told by timing."""
+    failure_window: float = 900.0
+    delay_after: int = 3
+    block_after: int = 10
+    block_after_per_address: int = 50
+    max_delay: float = 8.0
+    allow: tuple[Network, ...] = ()
+    argon2_time_cost: int = 3
+    argon2_memory_cost: int = 65536
+    argon2_parallelism: int = 1
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,7 @@ class Config:
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -186,6 +214,7 @@ def parse_config(data: object, base: Path | None = None) -> Config:
         tenancy=_tenancy(top.section("tenancy")),
         timeouts=_timeouts(top.section("timeouts")),
         limits=_limits(top.section("limits")),
+        auth=_auth(top.section("auth")),
         backends=_backends(top.section("backends")),
         metrics=_metrics(top.section("metrics")),
         logging=_logging(top.section("logging")),
@@ -415,7 +444,31 @@ def _limits(r: Reader) -> LimitsConfig:
         max_connections=r.integer("max_connections", 10000, minimum=1),
         max_line_length=r.integer("max_line_length", 2048, minimum=255, maximum=65536),
         max_errors=r.integer("max_errors", 10, minimum=1),
+        max_connections_per_address=r.integer("max_connections_per_address", 100),
+        max_sessions_per_user=r.integer("max_sessions_per_user", 1),
+        lease_ttl=r.duration("lease_ttl", 60.0),
     )
+    if config.lease_ttl < 3:
+        r.problem("lease_ttl", "expected at least 3s (leases are renewed every third of it)")
+    r.finish()
+    return config
+
+
+def _auth(r: Reader) -> AuthConfig:
+    config = AuthConfig(
+        failure_delay=r.duration("failure_delay", 1.0),
+        failure_window=r.duration("failure_window", 900.0),
+        delay_after=r.integer("delay_after", 3, minimum=1),
+        block_after=r.integer("block_after", 10, minimum=1),
+        block_after_per_address=r.integer("block_after_per_address", 50, minimum=1),
+        max_delay=r.duration("max_delay", 8.0),
+        allow=_networks(r, "allow"),
+        argon2_time_cost=r.integer("argon2_time_cost", 3, minimum=1),
+        argon2_memory_cost=r.integer("argon2_memory_cost", 65536, minimum=8),
+        argon2_parallelism=r.integer("argon2_parallelism", 1, minimum=1),
+    )
+    if config.failure_window < 1:
+        r.problem("failure_window", "expected at least 1s")
     r.finish()
     return config
 

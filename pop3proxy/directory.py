@@ -12,7 +12,6 @@ invalidation over pub/sub lives in :mod:`pop3proxy.invalidation`.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -351,14 +350,28 @@ class Directory:
         routed by the tenant's policy instead of failing. A tenant with one
         backend has nothing to choose, so no record is read for it.
         """
-        if isinstance(self.store, FileStore):
-            return None
-        key = ":".join(user_key_parts(tenant_name, local))
         try:
-            record, _ = self.users.get_or_load(key, lambda: self.store.get_user(tenant_name, local))
+            record = self.user_record(tenant_name, local)
         except DirectoryUnavailable:
             return None
         return record.backend if record is not None else None
+
+    def user_record(self, tenant_name: str, local: str) -> UserRecord | None:
+        """The user's record (pin, password hash), cached like tenants.
+
+        Raises :class:`DirectoryUnavailable` when it cannot be read and
+        nothing is cached; a file store has no user records.
+        """
+        if isinstance(self.store, FileStore):
+            return None
+        key = ":".join(user_key_parts(tenant_name, local))
+        record, _ = self.users.get_or_load(key, lambda: self.store.get_user(tenant_name, local))
+        return record
+
+    @property
+    def redis(self) -> Any:
+        """The Redis client shared with the limits, or ``None`` for a file store."""
+        return self.store.client if isinstance(self.store, RedisStore) else None
 
     def pinned_backend(self, tenant: Tenant, local: str) -> str | None:
         """The pin if it names one of ``tenant``'s backends; a stale pin (the
@@ -431,13 +444,6 @@ class Directory:
                 self.store.health.ok()
             return bool(self.store.health.up) or self.cache.servable() > 0
         return True
-
-
-def pinned_first(tenant: Tenant, pin: str) -> Tenant:
-    """``tenant`` with the pinned backend moved to the front of its list."""
-    first = [b for b in tenant.backends if b.address == pin]
-    rest = [b for b in tenant.backends if b.address != pin]
-    return dataclasses.replace(tenant, backends=tuple(first + rest))
 
 
 def open_directory(config: DirectoryConfig) -> Directory:

@@ -164,7 +164,12 @@ class FailureLimiter:
         try:
             if self.client is None:
                 raise redis.ConnectionError("no redis")
-            values = [int(v or 0) for v in self.client.mget(keys)]
+            # GETs in a pipeline, not MGET: in a Redis Cluster the two keys
+            # live in different slots, and MGET across slots is refused.
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+            values = [int(v or 0) for v in pipe.execute()]
         except redis.RedisError:
             values = [self._local.get(key) for key in keys]
         return values[0], values[1] if len(values) > 1 else 0

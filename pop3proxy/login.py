@@ -1,17 +1,30 @@
-"""From credentials to a logged-in backend: tenant, record, upstream.
+"""From credentials to a logged-in backend: limits, tenant, password, upstream.
 
-Every way a login can fail ends in one of two replies. Unknown tenant,
-disabled tenant and a wrong password all get the same ``-ERR [AUTH]`` line,
-so a client cannot tell which tenants or users exist. A failure on our side
-(directory or backend unavailable) gets ``-ERR [SYS/TEMP]`` so that clients
-retry. The ``result`` label tells operators which case it was.
+Every way a login can fail ends in one of a few replies. Unknown tenant,
+disabled tenant, unknown user and a wrong password all get the same
+``-ERR [AUTH]`` line, after the same minimum time, so a client can tell
+neither by the words nor by the clock which tenants or users exist. A
+failure on our side gets ``-ERR [SYS/TEMP]`` so that clients retry. The
+``result`` label tells operators which case it was.
+
+A name past its failed-login budget is refused with ``-ERR [LOGIN-DELAY]``
+before anything is asked of the backend. RFC 2449 defines LOGIN-DELAY as
+"the user may not log in now, try later": a client that sees it waits
+instead of asking its user for a new password (as ``[AUTH]`` would make it
+do), which is what a legitimate user locked out by someone else's guessing
+needs. It is sent for unknown names too, so it reveals nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
+import gevent
+
 from pop3proxy import metrics
+from pop3proxy.auth import HashParameters, Passwords
 from pop3proxy.backends import (
     BackendUnavailable,
     ClientAddress,
@@ -21,9 +34,22 @@ from pop3proxy.backends import (
 )
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.limits import AllowList, FailureLimiter, FailurePolicy, Lease, LeaseLimiter, Slot
 from pop3proxy.net import tls
+from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
-from pop3proxy.tenants import Tenant, split_user
+from pop3proxy.protocol.replies import Code
+from pop3proxy.tenants import MasterPasswordMissing, Tenant, UserName, split_user
+
+log = logging.getLogger("pop3proxy.login")
+
+LOCKED_OUT = replies.err("Too many failed logins, try again later", Code.LOGIN_DELAY)
+IN_USE = replies.err("Mailbox is in use by another session", Code.IN_USE)
+TENANT_FULL = replies.err("Too many sessions for this domain, try again later", Code.SYS_TEMP)
+
+REFUSALS = frozenset({"bad_credentials", "unknown_tenant", "unknown_user", "disabled"})
+"""Results that mean "wrong credentials" to the client: counted against the
+budgets and held back to the same minimum time."""
 
 
 class LoginFailed(Exception):
@@ -41,15 +67,89 @@ class LoginFailed(Exception):
 class Session:
     tenant: Tenant
     upstream: Upstream
+    lease: Lease | None = None
+
+
+class RefusalClock:
+    """How long a refusal must take so that all refusals look alike.
+
+    The floor is ``auth.failure_delay``; when the backends take longer to
+    refuse a wrong password (Dovecot waits 2 s by default), refusals the proxy
+    decides alone are held as long as the backends' recent typical refusal.
+    """
+
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
+        self.backend_refusal = 0.0
+
+    def observe_backend_refusal(self, seconds: float) -> None:
+        self.backend_refusal = 0.8 * self.backend_refusal + 0.2 * seconds
+
+    def minimum(self) -> float:
+        return max(self.floor, self.backend_refusal)
 
 
 class LoginService:
-    """Resolves the tenant and opens the backend session (passthrough auth)."""
+    """Runs a login: budgets, tenant, password (passthrough or local), leases."""
 
     def __init__(self, config: Config, directory: Directory) -> None:
-        self.config = config
         self.directory = directory
         self.upstreams = Upstreams(config.backends, config.timeouts.backend_connect)
+        prefix = config.directory.key_prefix
+        self.leases = LeaseLimiter(directory.redis, prefix, config.limits.lease_ttl)
+        self._renewer: gevent.Greenlet | None = None
+        self.config = config
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Applied at start and on SIGHUP: budgets and hashing follow the file."""
+        self._config = config
+        auth = config.auth
+        policy = FailurePolicy(
+            window=auth.failure_window,
+            delay_after=auth.delay_after,
+            block_after=auth.block_after,
+            block_after_per_address=auth.block_after_per_address,
+            max_delay=auth.max_delay,
+        )
+        prefix = config.directory.key_prefix
+        self.failures = FailureLimiter(self.directory.redis, prefix, policy, AllowList(auth.allow))
+        self.passwords = Passwords(
+            HashParameters(auth.argon2_time_cost, auth.argon2_memory_cost, auth.argon2_parallelism)
+        )
+        self.refusal_clock = RefusalClock(auth.failure_delay)
+
+    def start(self) -> None:
+        """Renew this process's leases, so only a dead process's slots expire."""
+        if self._renewer is None:
+            self._renewer = gevent.spawn(self._renew_forever)
+
+    def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.kill(block=False)
+
+    def _renew_forever(self) -> None:
+        while True:
+            gevent.sleep(self.leases.lease_ttl / 3)
+            self.leases.renew()
+
+    def admit(self, session_id: str, address: str | None) -> Lease | None:
+        """A connection slot for ``address``; ``None`` when it has too many open."""
+        limit = self.config.limits.max_connections_per_address
+        if not limit or not address:
+            return Lease(session_id)
+        lease, full = self.leases.acquire(session_id, [Slot("address", address, limit)])
+        if full is not None:
+            metrics.LIMIT_REJECTIONS.labels("address").inc()
+        return lease
+
+    def release(self, lease: Lease | None) -> None:
+        if lease is not None:
+            self.leases.release(lease)
 
     def login(
         self,
@@ -58,34 +158,71 @@ class LoginService:
         *,
         sni: str | None = None,
         client: ClientAddress | None = None,
+        session_id: str = "",
     ) -> Session:
         """Log ``user`` in; raises :class:`LoginFailed` with the client's reply.
 
         ``sni`` is the TLS server name the client asked for, if any: with
         ``tenancy.sni_tenant`` it picks the tenant of a user name without one.
-        ``client`` is the client's address, for ``forward_client``.
+        ``client`` is the client's address, for budgets and ``forward_client``.
         """
+        started = time.monotonic()
+        address = client.source[0] if client else None
         try:
-            session = self._login(user, password, sni, client)
+            session = self._login(user, password, sni, client, session_id)
         except LoginFailed as failure:
-            label = metrics.tenant_label(failure.tenant)
-            metrics.AUTH.labels(label, failure.result).inc()
+            metrics.AUTH.labels(metrics.tenant_label(failure.tenant), failure.result).inc()
+            self._hold_back(failure, user, address, started)
             raise
+        self.failures.succeeded(user)
         label = metrics.tenant_label(session.tenant.name)
         metrics.AUTH.labels(label, "ok").inc()
         metrics.SESSIONS_LIMIT.labels(label).set(session.tenant.max_sessions)
         return session
 
+    def _hold_back(self, failure: LoginFailed, user: str, address: str | None, started: float):
+        """Wait before the refusal: the same minimum for every refusal, plus the
+        growing back-off once a name or address has failed often."""
+        if failure.result == "bad_credentials" and failure.detail == "backend":
+            self.refusal_clock.observe_backend_refusal(time.monotonic() - started)
+        if failure.result not in REFUSALS and failure.result != "limited":
+            return
+        backoff = self.failures.failed(user, address) if failure.result in REFUSALS else 0.0
+        remaining = self.refusal_clock.minimum() - (time.monotonic() - started)
+        delay = max(remaining, 0.0) + backoff
+        if delay > 0:
+            metrics.LOGIN_DELAYS.inc(delay)
+            gevent.sleep(delay)
+
     def _login(
         self,
         user: str,
         password: bytes,
-        sni: str | None = None,
-        client: ClientAddress | None = None,
+        sni: str | None,
+        client: ClientAddress | None,
+        session_id: str,
     ) -> Session:
         tenancy = self.config.tenancy
         default = tls.sni_tenant(self.config, sni) or tenancy.default_tenant
         name = split_user(user, tenancy.separator, default)
+        verdict = self.failures.check(user, client.source[0] if client else None)
+        if verdict.blocked:
+            metrics.LIMIT_REJECTIONS.labels(f"failures_{verdict.scope}").inc()
+            raise LoginFailed(LOCKED_OUT, "limited")
+        tenant = self._tenant(name)
+        backend_password = password
+        if tenant.auth == "local":
+            self._check_local_password(tenant, name, password)
+            backend_password = self._master_password(tenant)
+        upstream = self._open(tenant, name, backend_password, client)
+        try:
+            lease = self._take_slots(tenant, name, session_id)
+        except LoginFailed:
+            upstream.sock.close()  # no QUIT: the backend never enters UPDATE
+            raise
+        return Session(tenant, upstream, lease)
+
+    def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:
             raise LoginFailed(AUTH_FAILURE, "unknown_tenant")
         try:
@@ -96,17 +233,75 @@ class LoginService:
             raise LoginFailed(AUTH_FAILURE, "unknown_tenant")
         if not tenant.enabled:
             raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
+        return tenant
+
+    def _check_local_password(self, tenant: Tenant, name: UserName, password: bytes) -> None:
+        """argon2id against the user record, off the event loop (argon2 releases
+        the GIL, so checks run in parallel on the hub's thread pool)."""
+        try:
+            record = self.directory.user_record(tenant.name, name.local)
+        except DirectoryUnavailable as error:
+            raise LoginFailed(
+                TEMPORARY_FAILURE, "directory_error", tenant.name, str(error)
+            ) from None
+        stored = record.password_hash if record is not None else None
+        threadpool = gevent.get_hub().threadpool
+        if not threadpool.apply(self.passwords.verify, (stored, password)):
+            result = "bad_credentials" if stored else "unknown_user"
+            raise LoginFailed(AUTH_FAILURE, result, tenant.name)
+        assert stored is not None
+        if self.passwords.needs_rehash(stored):
+            gevent.spawn(self._rehash, tenant.name, name.local, password)
+
+    def _rehash(self, tenant: str, local: str, password: bytes) -> None:
+        """The hash parameters changed since this password was set: store a new hash."""
+        store = self.directory.store
+        try:
+            fresh = gevent.get_hub().threadpool.apply(self.passwords.hash, (password,))
+            store.put_user_fields(tenant, local, {"password_hash": fresh})  # type: ignore[attr-defined]
+        except Exception as error:
+            log.warning("password rehash failed", extra={"tenant": tenant, "error": str(error)})
+
+    def _master_password(self, tenant: Tenant) -> bytes:
+        try:
+            return tenant.master_password()
+        except MasterPasswordMissing as error:
+            log.error(
+                "master password unavailable", extra={"tenant": tenant.name, "error": str(error)}
+            )
+            raise LoginFailed(TEMPORARY_FAILURE, "backend_error", tenant.name, str(error)) from None
+
+    def _open(
+        self, tenant: Tenant, name: UserName, password: bytes, client: ClientAddress | None
+    ) -> Upstream:
         pin = self.directory.pinned_backend(tenant, name.local)
         login_name = tenant.backend_login(name)
         try:
-            upstream = self.upstreams.open(
+            return self.upstreams.open(
                 tenant, login_name, password, user=name.full, client=client, pinned=pin
             )
         except LoginRefused as refused:
-            result = "bad_credentials" if refused.reply == AUTH_FAILURE else "backend_refused"
-            raise LoginFailed(refused.reply, result, tenant.name) from None
+            if refused.reply != AUTH_FAILURE:
+                raise LoginFailed(refused.reply, "backend_refused", tenant.name) from None
+            raise LoginFailed(AUTH_FAILURE, "bad_credentials", tenant.name, "backend") from None
         except BackendUnavailable as error:
             raise LoginFailed(
                 TEMPORARY_FAILURE, "backend_error", tenant.name, error.reason
             ) from None
-        return Session(tenant, upstream)
+
+    def _take_slots(self, tenant: Tenant, name: UserName, session_id: str) -> Lease:
+        """Sessions per tenant and per user, taken only after the credentials
+        were accepted: taken before, ``[IN-USE]`` would tell a guesser that
+        the user exists and is reading mail right now."""
+        slots = [Slot("tenant", tenant.name, tenant.max_sessions)]
+        per_user = self.config.limits.max_sessions_per_user
+        if per_user:
+            slots.append(Slot("user", f"{name.local}@{tenant.name}", per_user))
+        lease, full = self.leases.acquire(session_id, slots)
+        if full is None:
+            assert lease is not None
+            return lease
+        metrics.LIMIT_REJECTIONS.labels(full.scope).inc()
+        if full.scope == "user":
+            raise LoginFailed(IN_USE, "in_use", tenant.name)
+        raise LoginFailed(TENANT_FULL, "tenant_full", tenant.name)

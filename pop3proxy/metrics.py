@@ -50,6 +50,15 @@ TLS_FAILURES = Counter(
     ["listener", "reason"],
 )
 AUTH = Counter("pop3proxy_auth", "Login attempts by outcome", ["tenant", "result"])
+LIMIT_REJECTIONS = Counter(
+    "pop3proxy_limit_rejections",
+    "Connections and logins refused by a limit, by what was full",
+    ["scope"],
+)
+LOGIN_DELAYS = Counter(
+    "pop3proxy_login_delay_seconds",
+    "Seconds refusals were held back (timing equalisation and failure back-off)",
+)
 SESSIONS_ACTIVE = Gauge(
     "pop3proxy_sessions_active",
     "Sessions relaying to a backend",

@@ -9,6 +9,7 @@ records newer than it understands instead of misreading them.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from pop3proxy.schema import Reader, SchemaError
 
 RECORD_VERSION = 1
 POLICIES = ("failover", "round_robin", "hash")
-AUTH_MODES = ("passthrough",)
+AUTH_MODES = ("passthrough", "local")
 FORWARD_CLIENT = ("none", "xclient", "proxy_v1", "proxy_v2")
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
@@ -27,6 +28,11 @@ TEMPLATE_NAMES = ("user", "local", "domain")
 
 class RecordError(SchemaError):
     """A tenant record is invalid; ``problems`` names each field."""
+
+
+DEFAULT_MASTER_LOGIN = "{login}*{master}"
+_MASTER_FIELDS = ("master_user", "master_login", "master_password_env", "master_password_file")
+MASTER_TEMPLATE_NAMES = (*TEMPLATE_NAMES, "login", "master")
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,63 @@ class Tenant:
     login: str = "{local}"
     max_sessions: int = 200
     version: int = RECORD_VERSION
+    master_user: str | None = None
+    """``auth: local``: the backend's master user the proxy logs in as."""
+    master_login: str = DEFAULT_MASTER_LOGIN
+    """``auth: local``: the backend user name, Dovecot style ``user*master``."""
+    master_password_env: str | None = None
+    """``auth: local``: the environment variable holding the master password."""
+    master_password_file: str | None = None
+    """``auth: local``: or the file holding it (a mounted Secret)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["backends"] = [_backend_dict(b) for b in self.backends]
+        if self.auth != "local":
+            # Left out for passthrough, so records stay readable by proxies
+            # that predate local authentication (they refuse unknown keys).
+            for key in _MASTER_FIELDS:
+                del data[key]
         return data
 
     def backend_login(self, name: UserName) -> str:
-        """The user name the backend sees, from the ``login`` template."""
-        return self.login.format(user=name.full, local=name.local, domain=name.tenant or self.name)
+        """The user name the backend sees: the ``login`` template, or with
+        ``auth: local`` the ``master_login`` template around it."""
+        login = self.login.format(user=name.full, local=name.local, domain=name.tenant or self.name)
+        if self.auth != "local":
+            return login
+        return self.master_login.format(
+            user=name.full,
+            local=name.local,
+            domain=name.tenant or self.name,
+            login=login,
+            master=self.master_user,
+        )
+
+    def master_password(self) -> bytes:
+        """Read where the record says, at each login (so a rotated Secret applies).
+
+        Raises :class:`MasterPasswordMissing` without saying more than where
+        it looked: the value itself never reaches an error message.
+        """
+        if self.master_password_env:
+            value = os.environ.get(self.master_password_env)
+            if value:
+                return value.encode()
+            raise MasterPasswordMissing(f"${self.master_password_env} is not set")
+        if self.master_password_file:
+            try:
+                with open(self.master_password_file, "rb") as file:
+                    return file.read().rstrip(b"\r\n")
+            except OSError as error:
+                raise MasterPasswordMissing(
+                    f"{self.master_password_file}: {error.strerror}"
+                ) from None
+        raise MasterPasswordMissing("no master_password_env or master_password_file")
+
+
+class MasterPasswordMissing(Exception):
+    """``auth: local`` cannot log in to the backend: its master password is unreadable."""
 
 
 def _backend_dict(backend: Backend) -> dict[str, Any]:
@@ -137,11 +191,37 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
         login=login,
         max_sessions=r.integer("max_sessions", 200, minimum=1),
         version=version,
+        **_master_fields(r),
     )
+    if tenant.auth == "local":
+        if not tenant.master_user:
+            r.problem("master_user", "is required with auth: local")
+        if not (tenant.master_password_env or tenant.master_password_file):
+            r.problem(
+                "master_password_env",
+                "auth: local needs master_password_env or master_password_file",
+            )
     r.finish()
     if problems:
         raise RecordError(problems)
     return tenant
+
+
+def _master_fields(r: Reader) -> dict[str, Any]:
+    template = r.string("master_login", DEFAULT_MASTER_LOGIN) or DEFAULT_MASTER_LOGIN
+    for used in _TEMPLATE_FIELDS.findall(template):
+        if used not in MASTER_TEMPLATE_NAMES:
+            r.problem("master_login", f"unknown placeholder {{{used}}}")
+    try:
+        template.format(user="u", local="l", domain="d", login="x", master="m")
+    except (ValueError, KeyError, IndexError, AttributeError):
+        r.problem("master_login", f"not a valid template: {template!r}")
+    return {
+        "master_user": r.string("master_user", None),
+        "master_login": template,
+        "master_password_env": r.string("master_password_env", None),
+        "master_password_file": r.string("master_password_file", None),
+    }
 
 
 def _backend(r: Reader) -> Backend:

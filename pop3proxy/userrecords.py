@@ -14,7 +14,7 @@ rest, and a record with nothing left in it is deleted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pop3proxy.schema import Reader, SchemaError
@@ -34,6 +34,8 @@ class UserRecord:
     local: str
     backend: str | None = None
     """``host:port`` of the pinned backend, one of the tenant's."""
+    password_hash: str | None = field(default=None, repr=False)
+    """argon2id hash for tenants with ``auth: local``."""
     raw: tuple[tuple[str, Any], ...] = ()
     """Every stored field, for writers that must keep what they do not own."""
 
@@ -55,12 +57,14 @@ def parse_user_record(tenant: str, local: str, data: object, path: str = "") -> 
             parse_backend_address(backend)
         except ValueError as error:
             r.problem("backend", str(error))
-    r.string("password_hash", None)
+    password_hash = r.string("password_hash", None)
     r.finish()
     if problems:
         raise UserRecordError(problems)
     raw = tuple(sorted(dict(data).items())) if isinstance(data, dict) else ()
-    return UserRecord(tenant=tenant, local=local, backend=backend, raw=raw)
+    return UserRecord(
+        tenant=tenant, local=local, backend=backend, password_hash=password_hash, raw=raw
+    )
 
 
 def decode_user_record(tenant: str, local: str, raw: bytes) -> UserRecord:

@@ -24,6 +24,7 @@ from gevent import Timeout
 from pop3proxy import metrics
 from pop3proxy.backends import ClientAddress, set_nodelay
 from pop3proxy.config import Config, ListenerConfig
+from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
 from pop3proxy.net.listener import ProxyHeaderRefused, read_proxy_header
@@ -48,6 +49,10 @@ _FAREWELLS = {
 }
 """What a client still in AUTHORIZATION hears when the proxy ends its session."""
 
+
+TOO_MANY_CONNECTIONS = replies.err(
+    "Too many connections from your address, try again later", replies.Code.SYS_TEMP
+)
 
 _LINGER_ON = frozenset({"quit", "too_many_errors"})
 """Ends where the proxy spoke last in AUTHORIZATION and the client may still be sending."""
@@ -89,6 +94,7 @@ class ClientSession:
         self.session: Session | None = None
         self.user: str | None = None
         self.result = "no_login"
+        self.connection_lease: Lease | None = None
         settings = core.Settings(
             tls_active=listener.tls == "implicit",
             stls_offered=listener.tls == "starttls",
@@ -121,6 +127,7 @@ class ClientSession:
         timeouts = self.services.config.timeouts
         if self.listener.proxy_protocol:
             self._proxy_header()
+        self._admit()
         if self.listener.tls == "implicit":
             self._start_tls()
         self.sock.settimeout(timeouts.idle)
@@ -204,6 +211,15 @@ class ClientSession:
             self.peer = header.source
             self.local = header.destination
 
+    def _admit(self) -> None:
+        """One more connection from this address, within its limit?"""
+        address = self.peer[0] if self.peer else None
+        self.connection_lease = self.services.logins.admit(self.id, address)
+        if self.connection_lease is None:
+            if self.listener.tls != "implicit":  # a TLS client could not read it
+                self._send_quietly(TOO_MANY_CONNECTIONS)
+            raise SessionEnded("too_many_connections")
+
     def _client_address(self) -> ClientAddress | None:
         if not self.peer:
             return None
@@ -223,6 +239,7 @@ class ClientSession:
                 action.password,
                 sni=tls.server_name(self.sock),
                 client=self._client_address(),
+                session_id=self.id,
             )
         except LoginFailed as failure:
             self.result = failure.result
@@ -257,6 +274,7 @@ class ClientSession:
             return relay.run(pending, upstream.leftover)
         finally:
             upstream.sock.close()
+            self.services.logins.release(self.session.lease)
             metrics.SESSIONS_ACTIVE.labels(tenant).dec()
             metrics.SESSION_DURATION.labels(tenant).observe(time.monotonic() - logged_in)
             self.flush_metrics()
@@ -312,6 +330,7 @@ class ClientSession:
             pass
 
     def _close(self, reason: str) -> None:
+        self.services.logins.release(self.connection_lease)
         if reason in _LINGER_ON:
             self._linger()
         shutdown(self.sock)

@@ -75,6 +75,11 @@ class ProxyProcess:
             "tls": {"cert": str(certs.cert_file), "key": str(certs.key_file)},
             "metrics": {"address": f"{LOOPBACK}:{self.metrics_port}"},
             "logging": {"level": "info", "format": "json"},
+            # Abuse control off by default: the suite logs in from one address
+            # hundreds of times, wrongly on purpose. Tests of the limits turn
+            # it back on (tests/integration/test_abuse.py).
+            "auth": {"allow": ["127.0.0.0/8"], "failure_delay": "0s"},
+            "limits": {"max_connections_per_address": 0, "max_sessions_per_user": 0},
         }
         self.config = _merge(base, dict(overrides))
         self.config_path = workdir / "pop3proxy.yaml"
