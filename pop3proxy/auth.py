@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from pop3proxy.config import AuthConfig
+
 
 @dataclass(frozen=True)
 class HashParameters:
@@ -46,6 +48,12 @@ class Passwords:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
         return matched and stored is not None
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> Passwords:
+        return cls(
+            HashParameters(auth.argon2_time_cost, auth.argon2_memory_cost, auth.argon2_parallelism)
+        )
 
     def needs_rehash(self, stored: str) -> bool:
         """After a good login: were these parameters changed since it was hashed?"""

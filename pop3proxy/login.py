@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import gevent
 
 from pop3proxy import metrics
-from pop3proxy.auth import HashParameters, Passwords
+from pop3proxy.auth import Passwords
 from pop3proxy.backends import (
     BackendUnavailable,
     ClientAddress,
@@ -83,7 +83,10 @@ class RefusalClock:
         self.backend_refusal = 0.0
 
     def observe_backend_refusal(self, seconds: float) -> None:
-        self.backend_refusal = 0.8 * self.backend_refusal + 0.2 * seconds
+        if not self.backend_refusal:
+            self.backend_refusal = seconds
+        else:
+            self.backend_refusal = 0.8 * self.backend_refusal + 0.2 * seconds
 
     def minimum(self) -> float:
         return max(self.floor, self.backend_refusal)
@@ -118,9 +121,7 @@ class LoginService:
         )
         prefix = config.directory.key_prefix
         self.failures = FailureLimiter(self.directory.redis, prefix, policy, AllowList(auth.allow))
-        self.passwords = Passwords(
-            HashParameters(auth.argon2_time_cost, auth.argon2_memory_cost, auth.argon2_parallelism)
-        )
+        self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
 
     def start(self) -> None:

@@ -1,19 +1,30 @@
-"""``pop3proxy user ...``: per-user records in Redis (today: backend pins).
+"""``pop3proxy user ...``: per-user records in Redis: backend pins, passwords.
 
 ``user pin alice@acme.example --backend mail2.acme.internal:110`` routes that
 user to that backend of the tenant, whatever the tenant's policy. The
-backend must be one of the tenant's. Changes are announced on
-``<prefix>:changes`` like tenant changes.
+backend must be one of the tenant's.
+
+``user set-password alice@acme.example`` stores an argon2id hash for tenants
+with ``auth: local``. The password is read from a prompt, or from the first
+line of standard input when that is not a terminal: never from the command
+line, where ``ps`` and shell history would keep it.
+
+Changes are announced on ``<prefix>:changes`` like tenant changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import sys
 
+from pop3proxy import invalidation
+from pop3proxy.auth import Passwords
 from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, load, redis_store, usage
 from pop3proxy.directory import DirectoryUnavailable, RedisStore
 from pop3proxy.tenants import Tenant, UserName, parse_backend_address, split_user
+from pop3proxy.userrecords import user_key_parts
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -32,6 +43,18 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     show = user_commands.add_parser("show", parents=[common], help="show a user's record")
     show.add_argument("user")
     show.set_defaults(handler=cmd_user_show)
+    password = user_commands.add_parser(
+        "set-password", parents=[common], help="set a local-auth password (prompt or stdin)"
+    )
+    password.add_argument("user")
+    password.set_defaults(handler=cmd_user_set_password)
+    delete = user_commands.add_parser("delete", parents=[common], help="delete a user's record")
+    delete.add_argument("user")
+    delete.set_defaults(handler=cmd_user_delete)
+    listing = user_commands.add_parser("list", parents=[common], help="list a tenant's users")
+    listing.add_argument("--tenant", required=True)
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(handler=cmd_user_list)
 
 
 def _name(args: argparse.Namespace) -> UserName:
@@ -99,4 +122,76 @@ def cmd_user_show(args: argparse.Namespace) -> int:
         # Never print the hash: a marker that one is set.
         data["password_hash"] = "(set)"  # noqa: S105  # nosec B105
     print(json.dumps({"user": f"{name.local}@{name.tenant}", "record": data or None}, indent=2))
+    return EXIT_OK
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != first:
+            raise CommandError("the passwords do not match", EXIT_USAGE)
+        password = first
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("empty password", EXIT_USAGE)
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise CommandError(f"password longer than {MAX_PASSWORD_LENGTH} characters", EXIT_USAGE)
+    return password
+
+
+MAX_PASSWORD_LENGTH = 1024
+
+
+def cmd_user_set_password(args: argparse.Namespace) -> int:
+    name = _name(args)
+    config = load(args)
+    store = redis_store(args)
+    tenant = _tenant(store, name.tenant or "")
+    if tenant.auth != "local":
+        print(
+            f"warning: tenant {tenant.name} uses auth: {tenant.auth}; the password is "
+            "stored but not used until it switches to auth: local",
+            file=sys.stderr,
+        )
+    stored = Passwords.from_config(config.auth).hash(_read_password())
+    store.put_user_fields(tenant.name, name.local, {"password_hash": stored})
+    print(f"password set for {name.local}@{tenant.name}")
+    return EXIT_OK
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    name = _name(args)
+    store = redis_store(args)
+    key = store.user_key(name.tenant or "", name.local)
+    if not store.client.delete(key):
+        raise CommandError(f"no record for {name.local}@{name.tenant}")
+    store.publish(invalidation.user_message(*user_key_parts(name.tenant or "", name.local)))
+    print(f"user {name.local}@{name.tenant} deleted")
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    store = redis_store(args)
+    tenant = args.tenant.lower()
+    prefix = store.user_key(tenant, "")
+    users = []
+    for key in store.client.scan_iter(match=prefix + "*", count=500):
+        local = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+        record = store.get_user(tenant, local)
+        users.append(
+            {
+                "user": f"{local}@{tenant}",
+                "password": bool(record and record.password_hash),
+                "backend": record.backend if record else None,
+            }
+        )
+    users.sort(key=lambda entry: entry["user"])
+    if args.json:
+        print(json.dumps(users, indent=2))
+        return EXIT_OK
+    print(f"{'USER':<40} {'PASSWORD':<9} BACKEND")
+    for entry in users:
+        password = "set" if entry["password"] else "-"
+        print(f"{entry['user']:<40} {password:<9} {entry['backend'] or '-'}")
     return EXIT_OK
