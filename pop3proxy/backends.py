@@ -16,7 +16,6 @@ XCLIENT, USER and PASS.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import time
@@ -29,6 +28,7 @@ from pop3proxy import metrics
 from pop3proxy.config import BackendsConfig
 from pop3proxy.health import Health
 from pop3proxy.net import tls
+from pop3proxy.net.sockets import connect, send_all, set_nodelay
 from pop3proxy.protocol import backend as machine
 from pop3proxy.protocol import proxyproto
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
@@ -78,13 +78,6 @@ class BackendUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """Disable Nagle: POP3 is request/response, and Nagle plus delayed ACKs
-    stalls every exchange by 40 ms or more."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Upstreams:
@@ -281,7 +274,7 @@ def _read_line(sock: socket.socket, reader: LineReader) -> bytes:
 
 def _connect(backend: Backend, timeout: float, client: ClientAddress | None) -> socket.socket:
     try:
-        sock = socket.create_connection((backend.host, backend.port), timeout=timeout)
+        sock = connect(backend.host, backend.port, timeout)
     except TimeoutError:
         raise BackendUnavailable("connect_timeout") from None
     except ConnectionRefusedError:
@@ -292,7 +285,7 @@ def _connect(backend: Backend, timeout: float, client: ClientAddress | None) -> 
     try:
         header = _proxy_header(backend, sock, client)
         if header:
-            sock.sendall(header)
+            send_all(sock, header)
     except OSError:
         sock.close()
         raise BackendUnavailable("connect_failed") from None
@@ -334,7 +327,7 @@ def _execute(
     timeout: float,
 ) -> socket.socket:
     if isinstance(action, machine.SendToBackend):
-        sock.sendall(action.data)
+        send_all(sock, action.data)
     elif isinstance(action, machine.StartBackendTLS):
         if reader.discard():
             raise BackendUnavailable("data_before_tls")

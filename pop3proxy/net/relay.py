@@ -12,7 +12,6 @@ is closed without a word, and the backend never enters UPDATE.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 
 import gevent
 
+from pop3proxy.net.sockets import send_all, shutdown
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
 
 CHUNK = 65536
@@ -50,12 +50,6 @@ class Traffic:
     to_backend: int = 0
     to_client: int = 0
     commands: Counter[str] = field(default_factory=Counter)
-
-
-def shutdown(sock: socket.socket) -> None:
-    """Wake any greenlet blocked on ``sock`` and end the connection, no goodbye."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Relay:
@@ -100,7 +94,7 @@ class Relay:
             chunks = 0
             while True:
                 if data:
-                    self.client.sendall(data)
+                    send_all(self.client, data)
                     self.traffic.to_client += len(data)
                     self.last_activity = time.monotonic()
                     chunks += 1
@@ -141,12 +135,12 @@ class Relay:
                 batch += action.data
                 self.traffic.commands[action.command] += 1
             elif isinstance(action, Send):
-                self.client.sendall(action.data)
+                send_all(self.client, action.data)
             elif isinstance(action, Close):
                 return action.reason
         if batch:
             try:
-                self.backend.sendall(batch)
+                send_all(self.backend, batch)
             except OSError:
                 return "connection_error"
             self.traffic.to_backend += len(batch)

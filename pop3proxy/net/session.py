@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from gevent import Timeout
 
 from pop3proxy import metrics
-from pop3proxy.backends import ClientAddress, set_nodelay
+from pop3proxy.backends import ClientAddress
 from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
 from pop3proxy.net.listener import ProxyHeaderRefused, read_proxy_header
-from pop3proxy.net.relay import Relay, Traffic, share_the_loop, shutdown
+from pop3proxy.net.relay import Relay, Traffic, share_the_loop
+from pop3proxy.net.sockets import send_all, set_nodelay, shutdown
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import replies
 
@@ -165,7 +166,7 @@ class ClientSession:
                 replies += action.data
                 continue
             if replies:
-                self.sock.sendall(replies)
+                send_all(self.sock, replies)
                 replies.clear()
             follow_up = self._execute(action)
             if follow_up is not None:
@@ -173,7 +174,7 @@ class ClientSession:
                     return follow_up + list(queue)
                 queue.extendleft(reversed(follow_up))
         if replies:
-            self.sock.sendall(replies)
+            send_all(self.sock, replies)
         return None
 
     def _execute(self, action: core.Action) -> list[core.Action] | None:
