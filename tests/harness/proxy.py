@@ -20,6 +20,7 @@ import yaml
 from . import process
 from .certs import Certs
 from .ports import LOOPBACK, free_port, port_is_open, wait_until
+from .wire import Pop3Wire
 
 START_TIMEOUT = 15.0
 
@@ -146,6 +147,18 @@ class ProxyProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def attempt_login(proxy: ProxyProcess, user: str, password: str) -> bytes:
+    """USER and PASS on the plain listener; returns the PASS reply. A session
+    that got in checks STAT and QUITs (so its slot frees at once)."""
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+        assert wire.command(f"USER {user}").startswith(b"+OK")
+        reply = wire.command(f"PASS {password}")
+        if reply.startswith(b"+OK"):
+            assert wire.command("STAT").startswith(b"+OK")
+            wire.command("QUIT")
+        return reply
 
 
 def run_cli(config_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

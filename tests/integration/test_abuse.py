@@ -14,18 +14,13 @@ import time
 import pytest
 from harness.ports import wait_until
 from harness.proxy import TENANT, ProxyProcess, run_cli
+from harness.proxy import attempt_login as attempt
 from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
 
 LOCKED_OUT = b"-ERR [LOGIN-DELAY]"
 MASTER_ENV = "POP3PROXY_TEST_MASTER_PASSWORD"
 CHEAP_HASH = {"argon2_time_cost": 1, "argon2_memory_cost": 1024}
-
-
-def attempt(proxy: ProxyProcess, user: str, password: str) -> bytes:
-    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
-        wire.command(f"USER {user}")
-        return wire.command(f"PASS {password}")
 
 
 def replicas(make_proxy, prefix: str, count: int = 2, **sections) -> list[ProxyProcess]:

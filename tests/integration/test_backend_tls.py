@@ -9,9 +9,8 @@ from __future__ import annotations
 import yaml
 from harness.certs import make_other_ca_certs
 from harness.dovecot import Dovecot
-from harness.proxy import ProxyProcess, run_cli
+from harness.proxy import ProxyProcess, attempt_login, run_cli
 from harness.users import USERS
-from harness.wire import Pop3Wire
 
 TENANT = "secure.example"
 TEMPORARY = b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
@@ -23,13 +22,7 @@ def store(proxy: ProxyProcess, backend: str, *options: str) -> None:
 
 
 def attempt(proxy: ProxyProcess, user: str = "alice") -> bytes:
-    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
-        wire.command(f"USER {user}@{TENANT}")
-        reply = wire.command(f"PASS {USERS[user]}")
-        if reply.startswith(b"+OK"):
-            assert wire.command("STAT").startswith(b"+OK")
-            wire.command("QUIT")
-        return reply
+    return attempt_login(proxy, f"{user}@{TENANT}", USERS[user])
 
 
 def started(make_proxy, backend: str, *options: str) -> ProxyProcess:

@@ -11,17 +11,12 @@ import socket
 import ssl
 
 import pytest
-from harness.proxy import TENANT, ProxyProcess
+from harness.proxy import TENANT
+from harness.proxy import attempt_login as attempt
 from harness.users import USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
 
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed\r\n"
-
-
-def attempt(proxy: ProxyProcess, user: str, password: str) -> bytes:
-    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
-        assert wire.command(f"USER {user}").startswith(b"+OK")
-        return wire.command(f"PASS {password}")
 
 
 @pytest.mark.parametrize(

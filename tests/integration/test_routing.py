@@ -10,9 +10,8 @@ import yaml
 from fakes.backend import FakeBackend
 from harness.dovecot import Dovecot
 from harness.ports import wait_until
-from harness.proxy import ProxyProcess, run_cli
+from harness.proxy import ProxyProcess, attempt_login, run_cli
 from harness.users import USERS
-from harness.wire import Pop3Wire
 
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import parse_tenant
@@ -56,13 +55,7 @@ def import_tenant(proxy: ProxyProcess, record: dict) -> None:
 
 def login(proxy: ProxyProcess, user: str = "alice") -> bytes:
     """Log in through the proxy, QUIT; returns the PASS reply."""
-    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
-        wire.command(f"USER {user}@{POOL}")
-        reply = wire.command(f"PASS {USERS[user]}")
-        if reply.startswith(b"+OK"):
-            assert wire.command("STAT").startswith(b"+OK")
-            wire.command("QUIT")
-    return reply
+    return attempt_login(proxy, f"{user}@{POOL}", USERS[user])
 
 
 def pool_sessions(proxy: ProxyProcess) -> list[dict]:
