@@ -30,7 +30,8 @@ from pop3proxy.commands import (  # noqa: E402
     user,
 )
 from pop3proxy.config import ConfigError  # noqa: E402
-from pop3proxy.directory import DirectoryUnavailable, load_tenants_file  # noqa: E402
+from pop3proxy.directory import DirectoryUnavailable  # noqa: E402
+from pop3proxy.filestore import load_tenants_file  # noqa: E402
 from pop3proxy.tenants import RecordError  # noqa: E402
 
 

@@ -15,19 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import gevent
 import redis
-import yaml
 
 from pop3proxy import invalidation, metrics
 from pop3proxy.cache import Source, TTLCache
 from pop3proxy.config import DirectoryConfig
+from pop3proxy.filestore import FileStore
 from pop3proxy.redisconn import RedisHealth, connect, describe
 from pop3proxy.tenants import RecordError, Tenant, parse_tenant
 from pop3proxy.userrecords import (
@@ -38,8 +36,6 @@ from pop3proxy.userrecords import (
 )
 
 log = logging.getLogger("pop3proxy.directory")
-
-FILE_POLL_INTERVAL = 1.0
 
 
 class DirectoryUnavailable(Exception):
@@ -195,113 +191,6 @@ class RedisStore:
             return bool(self.client.ping())
         except (redis.RedisError, OSError):
             return False
-
-
-class FileStore:
-    """Tenant records from a YAML file (``tenants:`` list).
-
-    Validated at start (a bad file stops the start); reloaded on SIGHUP and
-    when the file changes (mtime, size or inode, through symlinks, so a
-    Kubernetes ConfigMap swap counts). A bad new file keeps the old records
-    and logs why.
-    """
-
-    source_label = "file"
-
-    def __init__(self, tenants: dict[str, Tenant], path: Path | None = None) -> None:
-        self.tenants = tenants
-        self.path = path
-        self._signature = _file_signature(path) if path is not None else None
-        self._watcher: gevent.Greenlet | None = None
-        self.reloads = 0
-
-    @classmethod
-    def load(cls, path: Path) -> FileStore:
-        signature = _file_signature(path)
-        store = cls(load_tenants_file(path), path)
-        store._signature = signature
-        return store
-
-    def get(self, name: str) -> Tenant | None:
-        return self.tenants.get(name)
-
-    def get_user(self, tenant: str, local: str) -> UserRecord | None:
-        return None  # user records live in Redis only
-
-    def reload(self, reason: str) -> bool:
-        """Read the file again; on any problem keep the current records."""
-        if self.path is None:
-            return False
-        self._signature = _file_signature(self.path)
-        try:
-            tenants = load_tenants_file(self.path)
-        except RecordError as error:
-            log.error(
-                "tenants file rejected: keeping the previous records",
-                extra={"file": str(self.path), "reason": reason, "problems": error.problems[:20]},
-            )
-            return False
-        self.tenants = tenants
-        self.reloads += 1
-        log.info(
-            "tenants file reloaded",
-            extra={"file": str(self.path), "reason": reason, "tenants": len(tenants)},
-        )
-        return True
-
-    def watch(self, interval: float = FILE_POLL_INTERVAL) -> None:
-        self._watcher = gevent.spawn(self._watch, interval)
-
-    def _watch(self, interval: float) -> None:
-        while True:
-            gevent.sleep(interval)
-            assert self.path is not None
-            signature = _file_signature(self.path)
-            if signature != self._signature:
-                self.reload("file changed")
-
-    def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.kill(block=False)
-
-
-def _file_signature(path: Path) -> tuple | None:
-    """What changes when the file does: the target's identity and content
-    stamps, and the link itself (a symlink swap may keep the mtime)."""
-    try:
-        target = os.stat(path)
-        link = os.lstat(path)
-    except OSError:
-        return None
-    return (target.st_dev, target.st_ino, target.st_mtime_ns, target.st_size, link.st_ino)
-
-
-def load_tenants_file(path: Path) -> dict[str, Tenant]:
-    """Read and validate a tenants file; raises RecordError naming each problem."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise RecordError([f"{path}: cannot read: {error.strerror}"]) from None
-    except yaml.YAMLError as error:
-        raise RecordError([f"{path}: not valid YAML: {error}"]) from None
-    if not isinstance(data, dict) or not isinstance(data.get("tenants"), list):
-        raise RecordError([f"{path}: expected a mapping with a 'tenants' list"])
-    problems: list[str] = []
-    tenants: dict[str, Tenant] = {}
-    for i, item in enumerate(data["tenants"]):
-        try:
-            tenant = parse_tenant(item, path=f"tenants[{i}]")
-        except RecordError as error:
-            problems += error.problems
-            continue
-        if tenant.name in tenants:
-            problems.append(f"tenants[{i}].name: duplicate tenant {tenant.name!r}")
-        tenants[tenant.name] = tenant
-    if set(data) - {"tenants"}:
-        problems += [f"{key}: unknown key" for key in sorted(set(data) - {"tenants"})]
-    if problems:
-        raise RecordError(problems)
-    return tenants
 
 
 class Directory:

@@ -17,7 +17,8 @@ import yaml
 
 from pop3proxy.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, redis_store, usage
 from pop3proxy.config import TLS_MODES
-from pop3proxy.directory import DirectoryUnavailable, RedisStore, load_tenants_file
+from pop3proxy.directory import DirectoryUnavailable, RedisStore
+from pop3proxy.filestore import load_tenants_file
 from pop3proxy.tenants import (
     AUTH_MODES,
     FORWARD_CLIENT,

@@ -10,7 +10,8 @@ import logging
 import pytest
 
 from pop3proxy.config import DirectoryConfig, parse_config
-from pop3proxy.directory import Directory, FileStore, RedisStore
+from pop3proxy.directory import Directory, RedisStore
+from pop3proxy.filestore import FileStore
 from pop3proxy.redisconn import Backoff, RedisHealth, connection_options
 from pop3proxy.tenants import parse_tenant
 
