@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import statistics
 import time
 
 import pytest
@@ -205,12 +204,12 @@ def test_refusals_take_the_same_time_whatever_failed(local_tenant, fresh_mailbox
         "unknown user (local)": ("nobody@local.example", WRONG_PASSWORD),
         "wrong password (local)": ("alice@local.example", WRONG_PASSWORD),
     }
-    medians = {}
+    fastest = {}
     for label, (user, password) in cases.items():
         timings = []
         for _ in range(2):
             started = time.monotonic()
             assert attempt(local_tenant, user, password).startswith(b"-ERR [AUTH]")
             timings.append(time.monotonic() - started)
-        medians[label] = statistics.median(timings)
-    assert max(medians.values()) < 1.35 * min(medians.values()), medians
+        fastest[label] = min(timings)  # the least disturbed by other processes
+    assert max(fastest.values()) < 1.35 * min(fastest.values()), fastest

@@ -22,15 +22,21 @@ def test_hash_and_verify():
 def test_unknown_user_is_never_accepted_and_costs_a_hash():
     passwords = Passwords(HashParameters(time_cost=2, memory_cost=8192))
     stored = passwords.hash("pw")
-    started = time.perf_counter()
-    for _ in range(5):
-        passwords.verify(stored, "wrong")
-    known = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(5):
-        assert not passwords.verify(None, "pop3proxy dummy password for unknown users")
-    unknown = time.perf_counter() - started
-    assert 0.5 < unknown / known < 2.0
+    assert not passwords.verify(None, "pop3proxy dummy password for unknown users")
+    known = fastest(lambda: passwords.verify(stored, "wrong"))
+    unknown = fastest(lambda: passwords.verify(None, "wrong"))
+    assert 0.5 < unknown / known < 2.0, (unknown, known)
+
+
+def fastest(check, rounds: int = 7) -> float:
+    """The quickest of several runs: what the work costs, without the noise
+    other processes on a busy machine add to some of them."""
+    timings = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        check()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
 
 
 def test_changed_parameters_ask_for_a_rehash():
