@@ -45,6 +45,13 @@ def _context(config: TLSConfig, cert: str | None, key: str | None) -> ssl.SSLCon
     context.minimum_version = _VERSIONS[config.min_version]
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # Resumption, deliberately: mail clients poll, reconnecting every few
+    # minutes, and a resumed handshake skips the key exchange and signature.
+    # One TLS 1.3 ticket per handshake is enough for a client that connects
+    # serially (OpenSSL's default sends two). Ticket keys live in the context:
+    # they rotate whenever the certificate reloads, and a worker process
+    # cannot resume another's tickets (that client does a full handshake).
+    context.num_tickets = 1
     if cert and key:
         try:
             context.load_cert_chain(cert, key)

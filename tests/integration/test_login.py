@@ -116,3 +116,16 @@ def test_garbage_instead_of_tls_hello_is_closed_and_others_go_on(proxy, certs, f
     with Pop3Wire(proxy.host, proxy.ports["pop3s"], context=certs.ssl_client_context()) as wire:
         wire.login(f"carol@{TENANT}", USERS["carol"])
         assert wire.command("STAT").startswith(b"+OK")
+
+
+def test_tls_sessions_resume(proxy, certs):
+    """A polling mail client reconnects every few minutes: the second
+    handshake resumes the first session instead of a full key exchange."""
+    context = certs.ssl_client_context()
+    with Pop3Wire(proxy.host, proxy.ports["pop3s"], context=context) as first:
+        first.command("NOOP")  # TLS 1.3 tickets arrive after the handshake
+        session = first.sock.session
+    raw = socket.create_connection((proxy.host, proxy.ports["pop3s"]), timeout=10)
+    with context.wrap_socket(raw, server_hostname="localhost", session=session) as second:
+        assert second.recv(100).startswith(b"+OK")
+        assert second.session_reused
