@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import grp
 import itertools
+import contextlib
 import os
 import pwd
 import re
@@ -374,7 +375,10 @@ class Dovecot:
         if recursive:
             for parent, dirs, files in os.walk(path):
                 for name in dirs + files:
-                    os.chown(os.path.join(parent, name), uid, gid)
+                    # A session of the previous test may still be ending and
+                    # remove its dovecot-uidlist.lock between walk and chown.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chown(os.path.join(parent, name), uid, gid)
 
 
 def _listener(name: str, port: int, *, ssl: bool = False, haproxy: bool = False) -> list[str]:
