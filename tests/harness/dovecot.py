@@ -22,9 +22,9 @@ As a normal user every service runs as that user, without chroot.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import itertools
-import contextlib
 import os
 import pwd
 import re
