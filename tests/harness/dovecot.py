@@ -355,9 +355,22 @@ class Dovecot:
         return paths
 
     def reset_mailbox(self, user: str, messages: Iterable[bytes]) -> list[Path]:
-        """Wipe ``user``'s Maildir (messages, indexes, UID list) and deliver ``messages``."""
+        """Wipe ``user``'s Maildir (messages, indexes, UID list) and deliver ``messages``.
+
+        Waits (briefly) for the user's sessions of earlier tests to end first:
+        one still closing would write its UID list into the fresh Maildir.
+        """
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: self.open_sessions(user) <= 0, 5.0, message="sessions end")
         shutil.rmtree(self.maildir(user), ignore_errors=True)
         return self.deliver(user, messages)
+
+    def open_sessions(self, user: str) -> int:
+        """Sessions of ``user`` that logged in and have not ended, from the log."""
+        log = self.read_log()
+        logins = log.count(f"Login: user=<{user}>")
+        ended = len(re.findall(rf"pop3\({re.escape(user)}\)<[^>]*><[^>]*>: \w+: Disconnected", log))
+        return logins - ended
 
     def message_files(self, user: str) -> list[Path]:
         """Message files in ``new/`` and ``cur/`` (Dovecot moves read ones to cur)."""
