@@ -125,16 +125,6 @@ class ClientConnection:
         self.client_sent_quit = False
         self.errors = 0
         self._reader = LineReader(settings.max_line)
-        self._handlers: dict[str, Callable[[bytes], list[Action]]] = {
-            "CAPA": self._cmd_capa,
-            "STLS": self._cmd_stls,
-            "USER": self._cmd_user,
-            "PASS": self._cmd_pass,
-            "AUTH": self._cmd_auth,
-            "APOP": self._cmd_apop,
-            "NOOP": self._cmd_noop,
-            "QUIT": self._cmd_quit,
-        }
 
     # -- inputs from the shell -------------------------------------------
 
@@ -198,9 +188,9 @@ class ClientConnection:
         name = keyword.decode("ascii", "replace").upper()
         if b"\x00" in line or b"\r" in line:
             return self._error(replies.err("NUL and CR are not allowed in a command"))
-        handler = self._handlers.get(name)
+        handler = _AUTHORIZATION_COMMANDS.get(name)
         if handler is not None:
-            return handler(argument)
+            return handler(self, argument)
         if name in TRANSACTION_COMMANDS:
             return self._error(replies.err(f"{name} is not allowed before login"))
         return self._error(replies.err("Unknown command"))
@@ -338,3 +328,17 @@ class ClientConnection:
         self.state = State.CLOSED
         self.client_sent_quit = True
         return [Send(replies.ok("Bye")), Close("quit")]
+
+
+_AUTHORIZATION_COMMANDS: dict[str, Callable[[ClientConnection, bytes], list[Action]]] = {
+    "CAPA": ClientConnection._cmd_capa,
+    "STLS": ClientConnection._cmd_stls,
+    "USER": ClientConnection._cmd_user,
+    "PASS": ClientConnection._cmd_pass,
+    "AUTH": ClientConnection._cmd_auth,
+    "APOP": ClientConnection._cmd_apop,
+    "NOOP": ClientConnection._cmd_noop,
+    "QUIT": ClientConnection._cmd_quit,
+}
+"""The commands the proxy answers itself before login, built once for every
+connection (a table per connection costs a dict of bound methods each)."""
