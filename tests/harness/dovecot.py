@@ -38,7 +38,6 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from . import process
 from .certs import Certs
@@ -92,7 +91,7 @@ def _passwd_lines(users: Mapping[str, str]) -> str:
     return "".join(f"{name}:{{PLAIN}}{password}::::::\n" for name, password in users.items())
 
 
-class Dovecot:
+class Dovecot(process.ServerProcess):
     """One Dovecot instance serving POP3 (and POP3S/STLS when given certificates).
 
     Args:
@@ -143,15 +142,6 @@ class Dovecot:
 
     # -- lifecycle -----------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The master's pid, which is also the process group of every Dovecot process."""
-        return self._proc.pid if self._proc is not None else None
-
     def start(self) -> None:
         """Write the configuration, start Dovecot, return once it greets ``+OK``."""
         if self.running:
@@ -175,33 +165,7 @@ class Dovecot:
             )
         return greeting(self.host, self.port).startswith(b"+OK")
 
-    def stop(self) -> None:
-        """SIGTERM every Dovecot process and wait until all are gone."""
-        if self._proc is not None:
-            process.stop(self._proc)
-            self._proc = None
-
-    def close(self) -> None:
-        """Stop and delete the instance directory (mail, config, log)."""
-        self.stop()
-        self._remove_files()
-
-    def __enter__(self) -> Dovecot:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- logs ----------------------------------------------------------------
-
-    def read_log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_mark(self) -> int:
         """The log's current length: pass it as ``since`` to see only newer lines."""

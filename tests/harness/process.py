@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Self
 
 from .ports import wait_until
 
@@ -105,3 +106,56 @@ def _reap_group(pgid: int, timeout: float) -> None:
             timeout / 2,
             message=f"process group {pgid} to exit after SIGKILL",
         )
+
+
+class ServerProcess:
+    """What every test server shares: one child process, its log, its directory.
+
+    A subclass sets ``_proc`` in ``start()``, ``log_path``, and
+    ``_remove_files`` (a ``weakref.finalize`` that deletes its directory).
+    """
+
+    _proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _remove_files(self) -> None:
+        """Nothing to delete unless the subclass made a directory."""
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The leader's pid, which is also the process group of all its children."""
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group and wait: a clean shutdown."""
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the group: the server vanishes mid-flight, as in a crash."""
+        if self._proc is not None:
+            kill(self._proc)
+            self._proc = None
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        """Stop and delete the instance directory."""
+        self.stop()
+        self._remove_files()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
@@ -22,7 +21,7 @@ from .ports import LOOPBACK, free_port, wait_until
 START_TIMEOUT = 10.0
 
 
-class RedisServer:
+class RedisServer(process.ServerProcess):
     """One ``redis-server`` child process (not daemonized, so we own its pid)."""
 
     def __init__(self, port: int | None = None, binary: str = "redis-server") -> None:
@@ -39,14 +38,6 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A redis-py client for this server (short timeouts: tests must not hang)."""
@@ -91,39 +82,7 @@ class RedisServer:
         finally:
             client.close()
 
-    def stop(self) -> None:
-        """SIGTERM and wait: a clean shutdown, as a rolling restart does."""
-        if self._proc is not None:
-            process.stop(self._proc)
-            self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: Redis vanishes mid-flight, as in a crash."""
-        if self._proc is not None:
-            process.kill(self._proc)
-            self._proc = None
-
     def restart(self) -> None:
         """Stop and start again on the same port (data is not kept)."""
         self.stop()
         self.start()
-
-    def read_log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def close(self) -> None:
-        """Stop the server and remove its directory."""
-        self.stop()
-        self._remove_files()
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

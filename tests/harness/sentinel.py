@@ -26,7 +26,7 @@ START_TIMEOUT = 10.0
 FAILOVER_TIMEOUT = 30.0
 
 
-class RedisNode:
+class RedisNode(process.ServerProcess):
     """``redis-server CONFIG`` with ``settings`` (lines of redis.conf) appended.
 
     ``client_kwargs`` is what a client needs to talk to it (TLS, ACL user).
@@ -58,10 +58,6 @@ class RedisNode:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def client(self, **kwargs: object) -> redis.Redis:
         options: dict[str, object] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
@@ -110,23 +106,6 @@ class RedisNode:
             return False
         finally:
             client.close()
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            process.stop(self._proc)
-            self._proc = None
-
-    def kill(self) -> None:
-        if self._proc is not None:
-            process.kill(self._proc)
-            self._proc = None
-
-    def read_log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def close(self) -> None:
-        self.stop()
-        self._remove_files()
 
 
 class SentinelSet:
