@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from pop3proxy.config import AuthConfig
+
 log = logging.getLogger("pop3proxy.limits")
 
 Clock = Callable[[], float]
@@ -55,22 +57,15 @@ class AllowList:
         return any(ip in network for network in self.networks)
 
 
-@dataclass(frozen=True)
-class FailurePolicy:
-    window: float = 900.0
-    delay_after: int = 3
-    """From this failure on, each refusal is delayed."""
-    block_after: int = 10
-    """From this failure per user name on, logins are refused outright."""
-    block_after_per_address: int = 50
-    base_delay: float = 1.0
-    max_delay: float = 8.0
+BASE_DELAY = 1.0
+"""Seconds of the first back-off delay; each further failure doubles it."""
 
-    def delay(self, failures: int) -> float:
-        """Seconds to wait before sending the refusal after ``failures`` failures."""
-        if failures < self.delay_after:
-            return 0.0
-        return min(self.base_delay * 2 ** (failures - self.delay_after), self.max_delay)
+
+def backoff(policy: AuthConfig, failures: int) -> float:
+    """Seconds to wait before sending the refusal after ``failures`` failures."""
+    if failures < policy.delay_after:
+        return 0.0
+    return min(BASE_DELAY * 2 ** (failures - policy.delay_after), policy.max_delay)
 
 
 @dataclass(frozen=True)
@@ -114,7 +109,7 @@ class FailureLimiter:
         self,
         client: redis.Redis | None,
         prefix: str,
-        policy: FailurePolicy,
+        policy: AuthConfig,
         allow: AllowList | None = None,
         clock: Clock = time.time,
     ) -> None:
@@ -148,7 +143,7 @@ class FailureLimiter:
         user_key, address_key = self._keys(user, address)
         keys = [k for k in (user_key, address_key) if k]
         counts = self._incr(keys)
-        return self.policy.delay(counts[0])
+        return backoff(self.policy, counts[0])
 
     def succeeded(self, user: str) -> None:
         """A good login clears the user's budget (not the address's)."""
@@ -175,7 +170,7 @@ class FailureLimiter:
         return values[0], values[1] if len(values) > 1 else 0
 
     def _incr(self, keys: list[str]) -> list[int]:
-        window = int(self.policy.window)
+        window = int(self.policy.failure_window)
         try:
             if self.client is None:
                 raise redis.ConnectionError("no redis")
@@ -186,7 +181,7 @@ class FailureLimiter:
             results = pipe.execute()
             return [int(results[i * 2]) for i in range(len(keys))]
         except redis.RedisError:
-            return [self._local.incr(key, self.policy.window) for key in keys]
+            return [self._local.incr(key, self.policy.failure_window) for key in keys]
 
 
 _ACQUIRE = """

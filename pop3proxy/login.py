@@ -34,7 +34,7 @@ from pop3proxy.backends import (
 )
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
-from pop3proxy.limits import AllowList, FailureLimiter, FailurePolicy, Lease, LeaseLimiter, Slot
+from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot
 from pop3proxy.net import tls
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
@@ -112,15 +112,8 @@ class LoginService:
         """Applied at start and on SIGHUP: budgets and hashing follow the file."""
         self._config = config
         auth = config.auth
-        policy = FailurePolicy(
-            window=auth.failure_window,
-            delay_after=auth.delay_after,
-            block_after=auth.block_after,
-            block_after_per_address=auth.block_after_per_address,
-            max_delay=auth.max_delay,
-        )
         prefix = config.directory.key_prefix
-        self.failures = FailureLimiter(self.directory.redis, prefix, policy, AllowList(auth.allow))
+        self.failures = FailureLimiter(self.directory.redis, prefix, auth, AllowList(auth.allow))
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
 

@@ -9,7 +9,8 @@ from harness.redis import RedisServer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pop3proxy.limits import FailureLimiter, FailurePolicy, LeaseLimiter, Slot
+from pop3proxy.config import AuthConfig
+from pop3proxy.limits import FailureLimiter, LeaseLimiter, Slot
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def client(redis_server: RedisServer, request):
 
 
 def test_two_limiters_share_one_budget(client, request):
-    policy = FailurePolicy(block_after=10)
+    policy = AuthConfig(block_after=10)
     replicas = [FailureLimiter(client, request.node.name, policy) for _ in range(2)]
     for i in range(10):
         replicas[i % 2].failed("alice@acme.example", f"192.0.2.{i}")
@@ -64,7 +65,7 @@ def test_redis_down_falls_back_to_local_counting():
     dead.start()
     client = dead.client(retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
     dead.stop()
-    limiter = FailureLimiter(client, "down", FailurePolicy(block_after=3))
+    limiter = FailureLimiter(client, "down", AuthConfig(block_after=3))
     for _ in range(3):
         limiter.failed("alice@acme.example", "192.0.2.1")
     assert limiter.check("alice@acme.example", "192.0.2.1").blocked

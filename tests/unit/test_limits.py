@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from pop3proxy.config import AuthConfig
 from pop3proxy.limits import (
     AllowList,
     FailureLimiter,
-    FailurePolicy,
     LeaseLimiter,
     Slot,
+    backoff,
 )
 
 
@@ -22,13 +23,13 @@ class Clock:
 
 
 def test_delay_grows_from_the_soft_threshold_and_is_capped():
-    policy = FailurePolicy(delay_after=3, base_delay=1, max_delay=8)
-    assert [policy.delay(n) for n in range(1, 9)] == [0, 0, 1, 2, 4, 8, 8, 8]
+    policy = AuthConfig(delay_after=3, max_delay=8)
+    assert [backoff(policy, n) for n in range(1, 9)] == [0, 0, 1, 2, 4, 8, 8, 8]
 
 
 def test_user_is_blocked_from_the_hard_threshold_until_the_window_ends():
     clock = Clock()
-    limiter = FailureLimiter(None, "t", FailurePolicy(window=900, block_after=10), clock=clock)
+    limiter = FailureLimiter(None, "t", AuthConfig(failure_window=900, block_after=10), clock=clock)
     for _ in range(9):
         limiter.failed("alice@acme.example", "192.0.2.1")
         assert not limiter.check("alice@acme.example", "192.0.2.1").blocked
@@ -41,7 +42,7 @@ def test_user_is_blocked_from_the_hard_threshold_until_the_window_ends():
 
 
 def test_address_budget_is_separate_and_larger():
-    limiter = FailureLimiter(None, "t", FailurePolicy(block_after_per_address=50), clock=Clock())
+    limiter = FailureLimiter(None, "t", AuthConfig(block_after_per_address=50), clock=Clock())
     for i in range(50):
         limiter.failed(f"user{i}@acme.example", "192.0.2.7")
     verdict = limiter.check("fresh@acme.example", "192.0.2.7")
@@ -50,7 +51,7 @@ def test_address_budget_is_separate_and_larger():
 
 
 def test_success_clears_the_user_budget():
-    limiter = FailureLimiter(None, "t", FailurePolicy(block_after=3), clock=Clock())
+    limiter = FailureLimiter(None, "t", AuthConfig(block_after=3), clock=Clock())
     for _ in range(2):
         limiter.failed("alice@acme.example", "192.0.2.1")
     limiter.succeeded("alice@acme.example")
@@ -61,7 +62,7 @@ def test_success_clears_the_user_budget():
 
 def test_allow_listed_networks_are_never_counted():
     allow = AllowList(["10.0.0.0/8", "2001:db8::/32"])
-    limiter = FailureLimiter(None, "t", FailurePolicy(block_after=1), allow, clock=Clock())
+    limiter = FailureLimiter(None, "t", AuthConfig(block_after=1), allow, clock=Clock())
     assert limiter.failed("alice@acme.example", "10.1.2.3") == 0
     assert not limiter.check("alice@acme.example", "10.1.2.3").blocked
     assert "2001:db8::1" in allow and "192.0.2.1" not in allow and "garbage" not in allow
