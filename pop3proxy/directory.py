@@ -147,6 +147,12 @@ class RedisStore:
         self.publish(invalidation.tenant_message(name))
         return deleted
 
+    def delete_user(self, tenant: str, local: str) -> bool:
+        """Remove the whole user record (pin, password), announced like any change."""
+        deleted = bool(self.client.delete(self.user_key(tenant, local)))
+        self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
+        return deleted
+
     def put_user_fields(self, tenant: str, local: str, fields: dict[str, Any]) -> dict | None:
         """Merge ``fields`` into the user record (``None`` removes a field),
         keeping fields other writers own; an empty record is deleted.

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from pop3proxy.config import Config, default_config_path, load_config
-from pop3proxy.directory import RedisStore
+from pop3proxy.directory import DirectoryUnavailable, RedisStore
 from pop3proxy.redisconn import CredentialsError
+from pop3proxy.tenants import Tenant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,6 +38,17 @@ def usage(parser: argparse.ArgumentParser) -> int:
 
 def load(args: argparse.Namespace) -> Config:
     return load_config(args.config or default_config_path())
+
+
+def existing_tenant(store: RedisStore, name: str) -> Tenant:
+    """The stored record of tenant ``name``, or a one-line error."""
+    try:
+        tenant = store.get(name.lower())
+    except DirectoryUnavailable as error:
+        raise CommandError(str(error)) from None
+    if tenant is None:
+        raise CommandError(f"no tenant named {name!r}")
+    return tenant
 
 
 def redis_store(args: argparse.Namespace) -> RedisStore:

@@ -15,9 +15,17 @@ from typing import Any
 
 import yaml
 
-from pop3proxy.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, redis_store, usage
+from pop3proxy.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    existing_tenant,
+    redis_store,
+    usage,
+)
 from pop3proxy.config import TLS_MODES
-from pop3proxy.directory import DirectoryUnavailable, RedisStore
+from pop3proxy.directory import RedisStore
 from pop3proxy.filestore import load_tenants_file
 from pop3proxy.tenants import (
     AUTH_MODES,
@@ -151,18 +159,8 @@ def cmd_tenant_set(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _get(store: RedisStore, name: str) -> Tenant:
-    try:
-        tenant = store.get(name.lower())
-    except DirectoryUnavailable as error:
-        raise CommandError(str(error)) from None
-    if tenant is None:
-        raise CommandError(f"no tenant named {name!r}")
-    return tenant
-
-
 def cmd_tenant_get(args: argparse.Namespace) -> int:
-    data = _get(redis_store(args), args.name).to_dict()
+    data = existing_tenant(redis_store(args), args.name).to_dict()
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True))
     else:

@@ -19,12 +19,18 @@ import getpass
 import json
 import sys
 
-from pop3proxy import invalidation
 from pop3proxy.auth import Passwords
-from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, load, redis_store, usage
-from pop3proxy.directory import DirectoryUnavailable, RedisStore
-from pop3proxy.tenants import Tenant, UserName, parse_backend_address, split_user
-from pop3proxy.userrecords import user_key_parts
+from pop3proxy.commands import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    existing_tenant,
+    load,
+    redis_store,
+    usage,
+)
+from pop3proxy.directory import DirectoryUnavailable
+from pop3proxy.tenants import UserName, parse_backend_address, split_user
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -67,16 +73,6 @@ def _name(args: argparse.Namespace) -> UserName:
     return name
 
 
-def _tenant(store: RedisStore, name: str) -> Tenant:
-    try:
-        tenant = store.get(name)
-    except DirectoryUnavailable as error:
-        raise CommandError(str(error)) from None
-    if tenant is None:
-        raise CommandError(f"no tenant named {name!r}")
-    return tenant
-
-
 def cmd_user_pin(args: argparse.Namespace) -> int:
     name = _name(args)
     try:
@@ -85,7 +81,7 @@ def cmd_user_pin(args: argparse.Namespace) -> int:
         raise CommandError(f"--backend: {error}", EXIT_USAGE) from None
     store = redis_store(args)
     assert name.tenant is not None
-    tenant = _tenant(store, name.tenant)
+    tenant = existing_tenant(store, name.tenant)
     wanted = f"{target['host']}:{target['port']}"
     addresses = [backend.address for backend in tenant.backends]
     match = next((a for a in addresses if a.replace("[", "").replace("]", "") == wanted), None)
@@ -147,7 +143,7 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
     name = _name(args)
     config = load(args)
     store = redis_store(args)
-    tenant = _tenant(store, name.tenant or "")
+    tenant = existing_tenant(store, name.tenant or "")
     if tenant.auth != "local":
         print(
             f"warning: tenant {tenant.name} uses auth: {tenant.auth}; the password is "
@@ -163,10 +159,8 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
 def cmd_user_delete(args: argparse.Namespace) -> int:
     name = _name(args)
     store = redis_store(args)
-    key = store.user_key(name.tenant or "", name.local)
-    if not store.client.delete(key):
+    if not store.delete_user(name.tenant or "", name.local):
         raise CommandError(f"no record for {name.local}@{name.tenant}")
-    store.publish(invalidation.user_message(*user_key_parts(name.tenant or "", name.local)))
     print(f"user {name.local}@{name.tenant} deleted")
     return EXIT_OK
 
