@@ -1,9 +1,17 @@
 """TRANSACTION relay: client commands parsed and counted, backend replies streamed.
 
-Two directions, two greenlets. Backend to client is a byte splice in large
-chunks with no per-line work, so a big RETR costs a few syscalls per 64 KiB.
-Client to backend goes through the protocol core, which bounds line length
-and notes whether the client sent QUIT.
+The relay runs on the event loop itself, as callbacks of I/O watchers: no
+greenlet wakes up, no timeout object is made and no exception is raised for
+a read that would block. The session's greenlet sleeps once until the relay
+ends. This is where a session spends most of its wake-ups, so it is where a
+Python proxy pays most per session and per idle connection (docs/performance.md).
+
+Backend to client is a byte splice in large chunks with no per-line work, so
+a big RETR costs a few syscalls per 64 KiB. Client to backend goes through the
+protocol core, which bounds line length and notes whether the client sent
+QUIT. Each direction stops reading while the other side cannot take more
+(back-pressure), and one callback moves at most one chunk, so a busy session
+never holds the loop.
 
 Rule 1 lives here: the backend only ever sees QUIT if the client sent it.
 When the client vanishes, times out or the proxy stops, the backend socket
@@ -12,27 +20,34 @@ is closed without a word, and the backend never enters UPDATE.
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gevent
+from gevent.hub import Waiter, get_hub
 
-from pop3proxy.net.sockets import send_all, shutdown
+from pop3proxy.net.sockets import shutdown
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
+
+log = logging.getLogger("pop3proxy.relay")
 
 CHUNK = 65536
 CLIENT_RECV = 16384
 FLOOD = 4096
 """A client read this large is a pipeline flood, not a person typing: the
 reader lets the loop run other sessions before it goes on."""
-CHUNKS_BETWEEN_TURNS = 16
-"""A bulk download yields to other sessions after this many chunks (1 MiB)."""
+
+READ, WRITE = 1, 2
+"""libev event masks."""
 
 
 def share_the_loop(received: int) -> None:
-    """Let other sessions run after a large read.
+    """Let other sessions run after a large read (greenlet code only).
 
     A gevent socket does not switch while data is ready, so a client that
     keeps its socket readable would hold the loop for as long as it sends.
@@ -52,6 +67,67 @@ class Traffic:
     commands: Counter[str] = field(default_factory=Counter)
 
 
+class Endpoint:
+    """Non-blocking reads and writes on a gevent socket, plain or TLS, for loop callbacks.
+
+    gevent keeps the kernel socket non-blocking underneath; this talks to it
+    (or to its OpenSSL connection) directly. ``None`` means "would block".
+    """
+
+    __slots__ = ("_offset", "_raw", "_tls", "fd", "outbox")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._raw = sock._sock  # type: ignore[attr-defined]
+        self._tls = getattr(sock, "_sslobj", None)
+        self.fd = sock.fileno()
+        self.outbox: deque[bytes] = deque()
+        """Bytes the peer could not take yet, in order."""
+        self._offset = 0
+
+    def recv(self, size: int) -> bytes | None:
+        if self._tls is None:
+            try:
+                return self._raw.recv(size)
+            except BlockingIOError:
+                return None
+        try:
+            return self._tls.read(size)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+
+    def buffered(self) -> bool:
+        """Decrypted bytes wait inside OpenSSL, where the socket's watcher cannot see them."""
+        return self._tls is not None and self._tls.pending() > 0
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data`` and write what the kernel takes; True when nothing is left over."""
+        self.outbox.append(data)
+        return self.flush()
+
+    def flush(self) -> bool:
+        outbox = self.outbox
+        while outbox:
+            head = outbox[0]
+            if self._tls is not None:
+                try:  # OpenSSL resumes a retried write itself; same bytes again
+                    self._tls.write(head)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    return False
+            else:
+                try:
+                    sent = self._raw.send(memoryview(head)[self._offset :])
+                except BlockingIOError:
+                    return False
+                self._offset += sent
+                if self._offset < len(head):
+                    return False
+                self._offset = 0
+            outbox.popleft()
+        return True
+
+
 class Relay:
     """Runs one session's TRANSACTION phase until either side is done."""
 
@@ -63,71 +139,119 @@ class Relay:
         idle_timeout: float,
         traffic: Traffic,
     ) -> None:
-        self.client = client
-        self.backend = backend
+        self.client_sock = client
+        self.backend_sock = backend
+        self.client = Endpoint(client)
+        self.backend = Endpoint(backend)
         self.conn = conn
         self.idle_timeout = idle_timeout
         self.traffic = traffic
         self.last_activity = time.monotonic()
         self.end_reason: str | None = None
         """Whichever side ended first says why; the other only follows."""
-
-    def _ended(self, reason: str) -> None:
-        if self.end_reason is None:
-            self.end_reason = reason
+        self._backend_done = False
+        self._loop = get_hub().loop
+        self._waiter: Waiter | None = None
+        self._watchers: dict[str, object] = {}
 
     def run(self, pending: list[Action], leftover: bytes) -> str:
         """Relay until the session ends; returns why it ended."""
-        pump = gevent.spawn(self._backend_to_client, leftover)
+        self._waiter = Waiter()
+        loop = self._loop
+        watchers = self._watchers
+        watchers["client_read"] = loop.io(self.client.fd, READ)
+        watchers["client_write"] = loop.io(self.client.fd, WRITE)
+        watchers["backend_read"] = loop.io(self.backend.fd, READ)
+        watchers["backend_write"] = loop.io(self.backend.fd, WRITE)
         try:
-            self.client.settimeout(self.idle_timeout)
-            self._ended(self._execute(pending) or self._client_to_backend())
+            self._guarded(self._begin, pending, leftover)
+            return self._waiter.get()
         finally:
-            shutdown(self.backend)
-            pump.join(timeout=5)
-            pump.kill(block=False)
-        return self.end_reason or "error"
+            for watcher in watchers.values():
+                watcher.stop()  # type: ignore[attr-defined]
+            watchers.clear()
+            shutdown(self.backend_sock)
 
-    def _backend_to_client(self, leftover: bytes) -> None:
+    def _begin(self, pending: list[Action], leftover: bytes) -> None:
+        self._arm_idle_timer(self.idle_timeout)
+        self._execute(pending)
+        if leftover and self.end_reason is None:
+            self._to_client(leftover)
+        if self.end_reason is None:
+            self._resume_client_reads()
+            self._resume_backend_reads()
+
+    # -- the loop's side -----------------------------------------------------
+
+    def _guarded(self, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback``; whatever it raises ends this session only."""
         try:
-            data = leftover
-            chunks = 0
-            while True:
-                if data:
-                    send_all(self.client, data)
-                    self.traffic.to_client += len(data)
-                    self.last_activity = time.monotonic()
-                    chunks += 1
-                    if chunks % CHUNKS_BETWEEN_TURNS == 0:
-                        gevent.idle()
-                data = self.backend.recv(CHUNK)
-                if not data:
-                    self._ended("quit" if self.conn.client_sent_quit else "backend_closed")
-                    break
+            callback(*args)
         except OSError:
-            self._ended("connection_error")
-        finally:
-            shutdown(self.client)
+            self._finish("connection_error")
+        except Exception:
+            log.exception("relay failed")
+            self._finish("internal_error")
 
-    def _client_to_backend(self) -> str:
-        while True:
-            try:
-                data = self.client.recv(CLIENT_RECV)
-            except TimeoutError:
-                if time.monotonic() - self.last_activity >= self.idle_timeout:
-                    return "idle_timeout"
-                continue
-            except OSError:
-                return "connection_error"
+    def _start(self, name: str, callback: Callable[[], None]) -> None:
+        watcher = self._watchers.get(name)
+        if watcher is not None and not watcher.active:  # type: ignore[attr-defined]
+            watcher.start(self._guarded, callback)  # type: ignore[attr-defined]
+
+    def _stop(self, name: str) -> None:
+        watcher = self._watchers.get(name)
+        if watcher is not None:
+            watcher.stop()  # type: ignore[attr-defined]
+
+    def _finish(self, reason: str) -> None:
+        """End the relay: stop every watcher and wake the session greenlet, once."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        for watcher in self._watchers.values():
+            watcher.stop()  # type: ignore[attr-defined]
+        timer = self._watchers.pop("idle", None)
+        if timer is not None:
+            timer.close()  # type: ignore[attr-defined]
+        # Deferred, so that no callback is left half-run when the greenlet resumes.
+        self._loop.run_callback(self._waiter.switch, reason)  # type: ignore[union-attr]
+
+    # -- idle timeout ----------------------------------------------------------
+
+    def _arm_idle_timer(self, after: float) -> None:
+        timer = self._loop.timer(max(after, 0.001))
+        self._watchers["idle"] = timer
+        timer.start(self._guarded, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._watchers.pop("idle").close()  # type: ignore[attr-defined]
+        remaining = self.idle_timeout - (time.monotonic() - self.last_activity)
+        if remaining <= 0:
+            self._finish("idle_timeout")
+        else:
+            self._arm_idle_timer(remaining)
+
+    # -- client to backend -----------------------------------------------------
+
+    def _resume_client_reads(self) -> None:
+        self._start("client_read", self._on_client_readable)
+        if self.client.buffered():
+            self._on_client_readable()
+
+    def _on_client_readable(self) -> None:
+        while self.end_reason is None:
+            data = self.client.recv(CLIENT_RECV)
+            if data is None:
+                return
             if not data:
-                return "client_closed"
+                self._finish("client_closed")
+                return
             self.last_activity = time.monotonic()
-            ended = self._execute(self.conn.receive_data(data))
-            if ended:
-                return ended
-            share_the_loop(len(data))
+            self._execute(self.conn.receive_data(data))
+            if not self.client.buffered() or self._watchers["backend_write"].active:  # type: ignore[attr-defined]
+                return
 
-    def _execute(self, actions: list[Action]) -> str | None:
+    def _execute(self, actions: list[Action]) -> None:
         """Forward the commands in one write per batch (pipelining costs one syscall)."""
         batch = bytearray()
         for action in actions:
@@ -135,13 +259,55 @@ class Relay:
                 batch += action.data
                 self.traffic.commands[action.command] += 1
             elif isinstance(action, Send):
-                send_all(self.client, action.data)
+                self._to_client(action.data)
             elif isinstance(action, Close):
-                return action.reason
+                self._finish(action.reason)
+                return
         if batch:
-            try:
-                send_all(self.backend, batch)
-            except OSError:
-                return "connection_error"
             self.traffic.to_backend += len(batch)
-        return None
+            if not self.backend.send(bytes(batch)):
+                self._stop("client_read")
+                self._start("backend_write", self._on_backend_writable)
+
+    def _on_backend_writable(self) -> None:
+        if self.backend.flush():
+            self._stop("backend_write")
+            self._resume_client_reads()
+
+    # -- backend to client -----------------------------------------------------
+
+    def _resume_backend_reads(self) -> None:
+        if self._backend_done:
+            self._finish("quit" if self.conn.client_sent_quit else "backend_closed")
+            return
+        self._start("backend_read", self._on_backend_readable)
+        if self.backend.buffered():
+            self._on_backend_readable()
+
+    def _on_backend_readable(self) -> None:
+        data = self.backend.recv(CHUNK)
+        if data is None:
+            return
+        if not data:
+            self._backend_done = True
+            self._stop("backend_read")
+            self._stop("client_read")
+            if not self.client.outbox:
+                self._resume_backend_reads()
+            return
+        self.traffic.to_client += len(data)
+        self.last_activity = time.monotonic()
+        self._to_client(data)
+        if self.end_reason is None and not self.client.outbox and self.backend.buffered():
+            self._loop.run_callback(self._guarded, self._on_backend_readable)
+
+    def _to_client(self, data: bytes) -> None:
+        if not self.client.send(data):
+            self._stop("backend_read")
+            self._start("client_write", self._on_client_writable)
+
+    def _on_client_writable(self) -> None:
+        if self.client.flush():
+            self.last_activity = time.monotonic()
+            self._stop("client_write")
+            self._resume_backend_reads()

@@ -73,12 +73,17 @@ def test_counters_move_by_exactly_what_happened(proxy, fresh_mailbox, dovecot):
 
 def test_logs_are_json_with_a_session_summary(proxy, fresh_mailbox):
     fresh_mailbox("carol")
+    earlier = len(proxy.sessions())  # the proxy is shared: only this test's session counts
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
         wire.login(f"carol@{TENANT}", USERS["carol"])
         wire.command("STAT")
         wire.command("QUIT")
     records = wait_until(
-        lambda: [s for s in proxy.sessions() if s.get("tenant") == TENANT and s["end"] == "quit"],
+        lambda: [
+            s
+            for s in proxy.sessions()[earlier:]
+            if s.get("tenant") == TENANT and s["end"] == "quit"
+        ],
         5,
     )
     summary = records[-1]
