@@ -115,11 +115,13 @@ class App:
         log.info("started", extra={"version": __version__, "pid": os.getpid()})
 
     def _flush_metrics(self) -> None:
-        """Byte and command counters of running sessions move every ``flush_interval``."""
+        """Counts reach the exported values every ``flush_interval``, those of
+        running sessions (bytes, commands) included."""
         while True:
             gevent.sleep(self.config.metrics.flush_interval)
             for session in list(self.sessions):
                 session.flush_metrics()
+            metrics.fold()
 
     def _watch_parent(self, parent: int) -> None:
         """A worker whose supervisor is gone drains and exits instead of lingering."""
@@ -169,6 +171,7 @@ class App:
             self.certificates.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop(timeout=1)
+        metrics.fold()  # a worker's last counts reach its multiprocess files
         log.info("stopped")
 
     def _on_signal(self, signum: int) -> None:

@@ -138,11 +138,11 @@ class Upstreams:
                 self.health.release(address)
                 raise
             self._succeeded(backend)
-            metrics.BACKEND_CONNECT.labels(label).observe(time.perf_counter() - started)
+            metrics.observe(metrics.BACKEND_CONNECT, label, value=time.perf_counter() - started)
             return upstream
         reason = _summary(reasons)
         if reason == "circuit_open":
-            metrics.BACKEND_ERRORS.labels(label, reason).inc()
+            metrics.add(metrics.BACKEND_ERRORS, label, reason)
         raise BackendUnavailable(reason)
 
     def _remember(self, backend: Backend, label: str) -> None:
@@ -161,7 +161,7 @@ class Upstreams:
         self, backend: Backend, labels: Iterable[str], tenant: str | None, reason: str
     ) -> None:
         for label in labels:
-            metrics.BACKEND_ERRORS.labels(label, reason).inc()
+            metrics.add(metrics.BACKEND_ERRORS, label, reason)
         log.warning(
             "backend unavailable",
             extra={"tenant": tenant, "backend": backend.address, "error": reason},
@@ -176,7 +176,7 @@ class Upstreams:
     def _set_up(self, address: str, value: int) -> None:
         entry = self._known.get(address)
         for label in entry[1] if entry else ():
-            metrics.BACKEND_UP.labels(label, address).set(value)
+            metrics.set_gauge(metrics.BACKEND_UP, label, address, value=value)
 
     # -- active checks -------------------------------------------------------
 
@@ -246,7 +246,6 @@ class Upstreams:
                 "client address not forwarded",
                 extra={"backend": backend.address, "xclient": login.xclient_result},
             )
-        sock.settimeout(None)
         return Upstream(sock, backend, reader.take())
 
 

@@ -58,7 +58,7 @@ class CorruptLog:
         self._seen: dict[str, str] = {}
 
     def report(self, kind: str, key: str, raw: bytes, problems: list[str]) -> None:
-        metrics.DIRECTORY_CORRUPT.labels(kind).inc()
+        metrics.add(metrics.DIRECTORY_CORRUPT, kind)
         digest = hashlib.sha256(raw).hexdigest()
         if self._seen.get(key) == digest:
             return
@@ -106,7 +106,7 @@ class RedisStore:
             self.health.failed(error)
             raise DirectoryUnavailable(f"redis: {error}") from None
         self.health.ok()
-        metrics.DIRECTORY_REDIS_SECONDS.observe(time.perf_counter() - started)
+        metrics.observe(metrics.DIRECTORY_REDIS_SECONDS, value=time.perf_counter() - started)
         return raw
 
     def get(self, name: str) -> Tenant | None:
@@ -229,12 +229,12 @@ class Directory:
         """
         if isinstance(self.store, FileStore):
             tenant = self.store.get(name)
-            metrics.DIRECTORY_LOOKUPS.labels("file" if tenant is not None else "miss").inc()
+            metrics.add(metrics.DIRECTORY_LOOKUPS, "file" if tenant is not None else "miss")
             return tenant
         tenant, source = self.cache.get_or_load(name, lambda: self.store.get(name))
         if source == Source.LOAD:
             source = self.store.source_label if tenant is not None else "miss"
-        metrics.DIRECTORY_LOOKUPS.labels(source).inc()
+        metrics.add(metrics.DIRECTORY_LOOKUPS, source)
         return tenant
 
     def user_pin(self, tenant_name: str, local: str) -> str | None:

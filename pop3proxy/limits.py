@@ -44,12 +44,24 @@ def _digest(value: str) -> str:
 class AllowList:
     """Client networks exempt from the failure budgets (monitoring, webmail)."""
 
+    REMEMBERED = 4096
+    """Verdicts kept: parsing an address costs more than the rest of a login check."""
+
     def __init__(self, cidrs: Iterable[str] = ()) -> None:
         self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+        self._verdicts: dict[str, bool] = {}
 
     def __contains__(self, address: str | None) -> bool:
         if not address or not self.networks:
             return False
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            if len(self._verdicts) >= self.REMEMBERED:
+                self._verdicts.clear()
+            verdict = self._verdicts[address] = self._allowed(address)
+        return verdict
+
+    def _allowed(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

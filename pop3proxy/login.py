@@ -138,7 +138,7 @@ class LoginService:
             return Lease(session_id)
         lease, full = self.leases.acquire(session_id, [Slot("address", address, limit)])
         if full is not None:
-            metrics.LIMIT_REJECTIONS.labels("address").inc()
+            metrics.add(metrics.LIMIT_REJECTIONS, "address")
         return lease
 
     def release(self, lease: Lease | None) -> None:
@@ -165,13 +165,13 @@ class LoginService:
         try:
             session = self._login(user, password, sni, client, session_id)
         except LoginFailed as failure:
-            metrics.AUTH.labels(metrics.tenant_label(failure.tenant), failure.result).inc()
+            metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, user, address, started)
             raise
         self.failures.succeeded(user)
         label = metrics.tenant_label(session.tenant.name)
-        metrics.AUTH.labels(label, "ok").inc()
-        metrics.SESSIONS_LIMIT.labels(label).set(session.tenant.max_sessions)
+        metrics.add(metrics.AUTH, label, "ok")
+        metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=session.tenant.max_sessions)
         return session
 
     def _hold_back(self, failure: LoginFailed, user: str, address: str | None, started: float):
@@ -185,7 +185,7 @@ class LoginService:
         remaining = self.refusal_clock.minimum() - (time.monotonic() - started)
         delay = max(remaining, 0.0) + backoff
         if delay > 0:
-            metrics.LOGIN_DELAYS.inc(delay)
+            metrics.add(metrics.LOGIN_DELAYS, amount=delay)
             gevent.sleep(delay)
 
     def _login(
@@ -201,7 +201,7 @@ class LoginService:
         name = split_user(user, tenancy.separator, default)
         verdict = self.failures.check(user, client.source[0] if client else None)
         if verdict.blocked:
-            metrics.LIMIT_REJECTIONS.labels(f"failures_{verdict.scope}").inc()
+            metrics.add(metrics.LIMIT_REJECTIONS, f"failures_{verdict.scope}")
             raise LoginFailed(LOCKED_OUT, "limited")
         tenant = self._tenant(name)
         backend_password = password
@@ -295,7 +295,7 @@ class LoginService:
         if full is None:
             assert lease is not None
             return lease
-        metrics.LIMIT_REJECTIONS.labels(full.scope).inc()
+        metrics.add(metrics.LIMIT_REJECTIONS, full.scope)
         if full.scope == "user":
             raise LoginFailed(IN_USE, "in_use", tenant.name)
         raise LoginFailed(TENANT_FULL, "tenant_full", tenant.name)

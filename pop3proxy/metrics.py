@@ -120,6 +120,55 @@ BUILD_INFO.labels(__version__).set(1)
 
 OTHER = "other"
 
+Labels = tuple[str, ...]
+_pending: dict[tuple[Counter | Gauge, Labels], float] = {}
+_observed: list[tuple[Histogram, Labels, float]] = []
+_gauge_values: dict[tuple[Gauge, Labels], float] = {}
+
+
+def add(metric: Counter | Gauge, *labels: str, amount: float = 1) -> None:
+    """Count on the session path: one dict update, folded in by :func:`fold`.
+
+    ``labels(...).inc()`` in prometheus-client walks the label values and
+    takes two locks, which gevent turns into Python code; a session counts
+    about fifteen things, and that alone was a tenth of its CPU. Gauges take
+    negative amounts.
+    """
+    key = (metric, labels)
+    _pending[key] = _pending.get(key, 0) + amount
+
+
+def observe(metric: Histogram, *labels: str, value: float) -> None:
+    """A histogram observation, folded in by :func:`fold` like :func:`add`."""
+    _observed.append((metric, labels, value))
+
+
+def set_gauge(metric: Gauge, *labels: str, value: float) -> None:
+    """Set a gauge that rarely changes; costs a dict lookup while it does not."""
+    key = (metric, labels)
+    if _gauge_values.get(key) != value:
+        _gauge_values[key] = value
+        (metric.labels(*labels) if labels else metric).set(value)
+
+
+def fold() -> None:
+    """Move what :func:`add` and :func:`observe` gathered into the exported values.
+
+    Runs before every scrape of this process, every ``metrics.flush_interval``
+    (the only way counts of a ``workers: N`` worker reach the merged
+    ``/metrics``) and when the process stops.
+    """
+    pending = list(_pending.items())
+    _pending.clear()
+    observed = _observed[:]
+    _observed.clear()
+    for (metric, labels), amount in pending:
+        child = metric.labels(*labels) if labels else metric  # a series at 0 is still shown
+        if amount:
+            child.inc(amount)
+    for histogram, labels, value in observed:
+        (histogram.labels(*labels) if labels else histogram).observe(value)
+
 
 class TenantLabels:
     """Caps the distinct tenant label values; later tenants share ``other``."""
@@ -171,6 +220,7 @@ def wsgi_app(ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY) 
     def app(environ: dict, start_response: Callable) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            fold()
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [generate_latest(registry)]
         if path == "/healthz":

@@ -166,7 +166,7 @@ class RedisHealth:
             return True
 
     def ok(self) -> None:
-        metrics.REDIS_UP.set(1)
+        metrics.set_gauge(metrics.REDIS_UP, value=1)
         if self.up is True:
             return
         with self._lock:
@@ -179,7 +179,7 @@ class RedisHealth:
             log.info("redis connected", extra={"redis": self.where})
 
     def failed(self, error: BaseException) -> None:
-        metrics.REDIS_UP.set(0)
+        metrics.set_gauge(metrics.REDIS_UP, value=0)
         with self._lock:
             now = self._clock()
             was_up, self.up = self.up is not False, False

@@ -9,6 +9,7 @@ records newer than it understands instead of misreading them.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,7 @@ class Backend:
     connect_timeout: float | None = None
     """Seconds to connect (and for each login step); ``None``: ``timeouts.backend_connect``."""
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 

@@ -65,12 +65,12 @@ class Listener:
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         name = self.config.name
-        metrics.CONNECTIONS.labels(name).inc()
-        metrics.CONNECTIONS_ACTIVE.labels(name).inc()
+        metrics.add(metrics.CONNECTIONS, name)
+        metrics.add(metrics.CONNECTIONS_ACTIVE, name)
         try:
             self._handler(sock, peer, self.config)
         finally:
-            metrics.CONNECTIONS_ACTIVE.labels(name).dec()
+            metrics.add(metrics.CONNECTIONS_ACTIVE, name, amount=-1)
 
 
 class ProxyHeaderRefused(Exception):
@@ -133,7 +133,7 @@ def read_proxy_header(
         except proxyproto.ProxyProtocolError as error:
             raise ProxyHeaderRefused("malformed", error.reason) from None
     except ProxyHeaderRefused as refused:
-        metrics.PROXY_PROTOCOL_ERRORS.labels(config.name, refused.reason).inc()
+        metrics.add(metrics.PROXY_PROTOCOL_ERRORS, config.name, refused.reason)
         log.warning(
             "PROXY header refused",
             extra={"listener": config.name, "peer": peer[0], "error": refused.detail},

@@ -24,7 +24,7 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +38,11 @@ log = logging.getLogger("pop3proxy.relay")
 
 CHUNK = 65536
 CLIENT_RECV = 16384
+_SPLICE = memoryview(bytearray(CHUNK))
+"""Backend replies pass through this one buffer, shared by every session: the
+loop runs one callback at a time, and a callback reads and writes before it
+returns. A bulk download allocates nothing per chunk; only bytes a slow
+client cannot take yet are copied."""
 FLOOD = 4096
 """A client read this large is a pipeline flood, not a person typing: the
 reader lets the loop run other sessions before it goes on."""
@@ -64,7 +69,7 @@ class Traffic:
 
     to_backend: int = 0
     to_client: int = 0
-    commands: Counter[str] = field(default_factory=Counter)
+    commands: dict[str, int] = field(default_factory=dict)
 
 
 class Endpoint:
@@ -84,6 +89,19 @@ class Endpoint:
         """Bytes the peer could not take yet, in order."""
         self._offset = 0
 
+    def recv_into(self, buffer: memoryview) -> int | None:
+        if self._tls is None:
+            try:
+                return self._raw.recv_into(buffer)
+            except BlockingIOError:
+                return None
+        try:
+            return self._tls.read(len(buffer), buffer)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0
+
     def recv(self, size: int) -> bytes | None:
         if self._tls is None:
             try:
@@ -101,10 +119,30 @@ class Endpoint:
         """Decrypted bytes wait inside OpenSSL, where the socket's watcher cannot see them."""
         return self._tls is not None and self._tls.pending() > 0
 
-    def send(self, data: bytes) -> bool:
-        """Queue ``data`` and write what the kernel takes; True when nothing is left over."""
-        self.outbox.append(data)
-        return self.flush()
+    def send(self, data: bytes | memoryview) -> bool:
+        """Write what the kernel takes and keep a copy of the rest; True when nothing is left.
+
+        ``data`` may be a view of a buffer that is reused as soon as this returns.
+        """
+        if self.outbox:
+            self.outbox.append(bytes(data))
+            return self.flush()
+        if self._tls is not None:
+            try:
+                self._tls.write(data)
+                return True
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0  # OpenSSL keeps its place: the retry passes the same bytes again
+        else:
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return True
+            data = data[sent:]
+        self.outbox.append(bytes(data))
+        return False
 
     def flush(self) -> bool:
         outbox = self.outbox
@@ -243,8 +281,8 @@ class Relay:
             data = self.client.recv(CLIENT_RECV)
             if data is None:
                 return
-            if not data:
-                self._finish("client_closed")
+            if not data:  # after QUIT, the client need not wait for the goodbye
+                self._finish("quit" if self.conn.client_sent_quit else "client_closed")
                 return
             self.last_activity = time.monotonic()
             self._execute(self.conn.receive_data(data))
@@ -254,10 +292,11 @@ class Relay:
     def _execute(self, actions: list[Action]) -> None:
         """Forward the commands in one write per batch (pipelining costs one syscall)."""
         batch = bytearray()
+        commands = self.traffic.commands
         for action in actions:
             if isinstance(action, Forward):
                 batch += action.data
-                self.traffic.commands[action.command] += 1
+                commands[action.command] = commands.get(action.command, 0) + 1
             elif isinstance(action, Send):
                 self._to_client(action.data)
             elif isinstance(action, Close):
@@ -285,23 +324,23 @@ class Relay:
             self._on_backend_readable()
 
     def _on_backend_readable(self) -> None:
-        data = self.backend.recv(CHUNK)
-        if data is None:
+        size = self.backend.recv_into(_SPLICE)
+        if size is None:
             return
-        if not data:
+        if not size:
             self._backend_done = True
             self._stop("backend_read")
             self._stop("client_read")
             if not self.client.outbox:
                 self._resume_backend_reads()
             return
-        self.traffic.to_client += len(data)
+        self.traffic.to_client += size
         self.last_activity = time.monotonic()
-        self._to_client(data)
+        self._to_client(_SPLICE[:size])
         if self.end_reason is None and not self.client.outbox and self.backend.buffered():
             self._loop.run_callback(self._guarded, self._on_backend_readable)
 
-    def _to_client(self, data: bytes) -> None:
+    def _to_client(self, data: bytes | memoryview) -> None:
         if not self.client.send(data):
             self._stop("backend_read")
             self._start("client_write", self._on_client_writable)

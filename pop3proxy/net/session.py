@@ -56,7 +56,9 @@ TOO_MANY_CONNECTIONS = replies.err(
 )
 
 _LINGER_ON = frozenset({"quit", "too_many_errors"})
-"""Ends where the proxy spoke last in AUTHORIZATION and the client may still be sending."""
+"""Ends where the proxy spoke last in AUTHORIZATION and the client may still be sending.
+(After a QUIT relayed in TRANSACTION the backend spoke last, and the client,
+which has read everything it sent up to QUIT, has no reason to go on.)"""
 
 
 class SessionEnded(Exception):
@@ -131,7 +133,6 @@ class ClientSession:
         self._admit()
         if self.listener.tls == "implicit":
             self._start_tls()
-        self.sock.settimeout(timeouts.idle)
         with Timeout(timeouts.auth, SessionEnded("auth_timeout")):
             try:
                 pending = self._authorize()
@@ -196,7 +197,7 @@ class ClientSession:
                 self.sock, context, self.services.config.timeouts.tls_handshake
             )
         except tls.HandshakeFailed as error:
-            metrics.TLS_FAILURES.labels(self.listener.name, error.reason).inc()
+            metrics.add(metrics.TLS_FAILURES, self.listener.name, error.reason)
             raise SessionEnded("tls_failed") from None
 
     def _proxy_header(self) -> None:
@@ -261,7 +262,7 @@ class ClientSession:
         assert self.session is not None
         tenant = metrics.tenant_label(self.session.tenant.name)
         self._tenant_label = tenant
-        metrics.SESSIONS_ACTIVE.labels(tenant).inc()
+        metrics.add(metrics.SESSIONS_ACTIVE, tenant)
         logged_in = time.monotonic()
         upstream = self.session.upstream
         try:
@@ -276,8 +277,8 @@ class ClientSession:
         finally:
             upstream.sock.close()
             self.services.logins.release(self.session.lease)
-            metrics.SESSIONS_ACTIVE.labels(tenant).dec()
-            metrics.SESSION_DURATION.labels(tenant).observe(time.monotonic() - logged_in)
+            metrics.add(metrics.SESSIONS_ACTIVE, tenant, amount=-1)
+            metrics.observe(metrics.SESSION_DURATION, tenant, value=time.monotonic() - logged_in)
             self.flush_metrics()
             self._tenant_label = None
 
@@ -294,14 +295,15 @@ class ClientSession:
         now, counted = self.traffic, self._counted
         sent, received = now.to_backend - counted.to_backend, now.to_client - counted.to_client
         if sent:
-            metrics.BYTES.labels(tenant, "client_to_backend").inc(sent)
+            metrics.add(metrics.BYTES, tenant, "client_to_backend", amount=sent)
             counted.to_backend = now.to_backend
         if received:
-            metrics.BYTES.labels(tenant, "backend_to_client").inc(received)
+            metrics.add(metrics.BYTES, tenant, "backend_to_client", amount=received)
             counted.to_client = now.to_client
         for command, count in list(now.commands.items()):
-            if count != counted.commands[command]:
-                metrics.COMMANDS.labels(tenant, command).inc(count - counted.commands[command])
+            new = count - counted.commands.get(command, 0)
+            if new:
+                metrics.add(metrics.COMMANDS, tenant, command, amount=new)
                 counted.commands[command] = count
 
     def _linger(self) -> None:
@@ -332,7 +334,7 @@ class ClientSession:
 
     def _close(self, reason: str) -> None:
         self.services.logins.release(self.connection_lease)
-        if reason in _LINGER_ON:
+        if reason in _LINGER_ON and not self.logged_in:
             self._linger()
         shutdown(self.sock)
         self.sock.close()

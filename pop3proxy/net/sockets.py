@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import socket
 
@@ -38,17 +39,30 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
     gevent resolves every name on its thread pool, even ``127.0.0.1``: a lock
     hand-off and two context switches per backend session. Backends are very
     often configured by address, so those connect directly.
+
+    ``timeout`` bounds the connect only. The socket comes back without one:
+    under gevent a socket timeout costs a timer object on every read that
+    waits, so callers bound a whole exchange with one ``gevent.Timeout``.
     """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return socket.create_connection((host, port), timeout=timeout)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
+    if _is_address(host):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(None)
     return sock
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

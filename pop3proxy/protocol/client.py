@@ -98,7 +98,7 @@ def valid_user_name(name: str) -> bool:
     would let a name smuggle a second command to the backend. Unicode control
     and format characters (C1 controls such as CSI, bidi overrides, line
     separators) are refused too: the name ends up in logs."""
-    return 0 < len(name) <= MAX_USER_LENGTH and all(c.isprintable() and c != " " for c in name)
+    return 0 < len(name) <= MAX_USER_LENGTH and name.isprintable() and " " not in name
 
 
 @dataclass(frozen=True)
