@@ -338,6 +338,10 @@ class ClientSession:
             self._linger()
         shutdown(self.sock)
         self.sock.close()
+        if log.isEnabledFor(logging.INFO):
+            self._log_summary(reason)
+
+    def _log_summary(self, reason: str) -> None:
         tenant = self.session.tenant.name if self.session else None
         backend = self.session.upstream.backend.address if self.session else None
         log.info(
