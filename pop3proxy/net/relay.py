@@ -7,7 +7,7 @@ ends. This is where a session spends most of its wake-ups, so it is where a
 Python proxy pays most per session and per idle connection (docs/performance.md).
 
 Backend to client is a byte splice in large chunks with no per-line work, so
-a big RETR costs a few syscalls per 64 KiB. Client to backend goes through the
+a big RETR costs a few syscalls per 256 KiB. Client to backend goes through the
 protocol core, which bounds line length and notes whether the client sent
 QUIT. Each direction stops reading while the other side cannot take more
 (back-pressure), and one callback moves at most one chunk, so a busy session
@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import gevent
 from gevent.hub import Waiter, get_hub
 
 from pop3proxy.net.sockets import shutdown
@@ -36,31 +35,15 @@ from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, 
 
 log = logging.getLogger("pop3proxy.relay")
 
-CHUNK = 65536
+CHUNK = 262144
 CLIENT_RECV = 16384
 _SPLICE = memoryview(bytearray(CHUNK))
 """Backend replies pass through this one buffer, shared by every session: the
 loop runs one callback at a time, and a callback reads and writes before it
 returns. A bulk download allocates nothing per chunk; only bytes a slow
 client cannot take yet are copied."""
-FLOOD = 4096
-"""A client read this large is a pipeline flood, not a person typing: the
-reader lets the loop run other sessions before it goes on."""
-
 READ, WRITE = 1, 2
 """libev event masks."""
-
-
-def share_the_loop(received: int) -> None:
-    """Let other sessions run after a large read (greenlet code only).
-
-    A gevent socket does not switch while data is ready, so a client that
-    keeps its socket readable would hold the loop for as long as it sends.
-    ``gevent.idle`` waits until the loop has polled I/O and run everyone
-    ready; ordinary clients never read this much at once and never pay.
-    """
-    if received >= FLOOD:
-        gevent.idle()
 
 
 @dataclass

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import gevent
 from gevent import Timeout
 
 from pop3proxy import metrics
@@ -28,7 +29,7 @@ from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
 from pop3proxy.net.listener import ProxyHeaderRefused, read_proxy_header
-from pop3proxy.net.relay import Relay, Traffic, share_the_loop
+from pop3proxy.net.relay import Relay, Traffic
 from pop3proxy.net.sockets import send_all, set_nodelay, shutdown
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import replies
@@ -42,6 +43,23 @@ _PREFIX = os.urandom(3).hex()
 def new_session_id() -> str:
     """Unique across replicas in practice: random per process, counted within."""
     return f"{_PREFIX}-{next(_ids):x}"
+
+
+FLOOD = 4096
+"""A client read this large is a pipeline flood, not a person typing: the
+reader lets the loop run other sessions before it goes on."""
+
+
+def share_the_loop(received: int) -> None:
+    """Let other sessions run after a large read.
+
+    A gevent socket does not switch while data is ready, so a client that
+    keeps its socket readable would hold the loop for as long as it sends.
+    ``gevent.idle`` waits until the loop has polled I/O and run everyone
+    ready; ordinary clients never read this much at once and never pay.
+    """
+    if received >= FLOOD:
+        gevent.idle()
 
 
 _FAREWELLS = {

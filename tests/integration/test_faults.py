@@ -131,6 +131,38 @@ def test_backend_killed_mid_retr(tmp_path, certs, make_dovecot, dovecot, fresh_m
     assert ends[0] in ("backend_closed", "connection_error")
 
 
+@pytest.mark.parametrize("listener", ["plain", "pop3s"])
+def test_slow_reader_gets_a_big_retr_intact(proxy, certs, fresh_mailbox, listener):
+    """A client with a tiny window that stops reading mid-RETR: the relay stops
+    reading the backend until the client catches up (back-pressure), then
+    delivers the 5 MB message byte for byte; other sessions go on meanwhile."""
+    messages = fresh_mailbox("alice")
+    fresh_mailbox("bob")
+    sock = small_window_client(proxy.host, proxy.ports[listener])
+    if listener == "pop3s":
+        sock = certs.ssl_client_context().wrap_socket(sock, server_hostname="localhost")
+    stream = sock.makefile("rb")
+    try:
+        assert stream.readline().startswith(b"+OK")
+        for line in (f"USER alice@{TENANT}", f"PASS {USERS['alice']}"):
+            sock.sendall(line.encode() + b"\r\n")
+            assert stream.readline().startswith(b"+OK"), line
+        sock.sendall(f"RETR {BIG}\r\n".encode())
+        assert stream.readline().startswith(b"+OK")
+        head = stream.read(65536)
+        # The client reads nothing while another whole session runs: the
+        # proxy's send buffer to it fills and the relay has to hold back.
+        assert normal_session(proxy, "bob") < NORMAL_SESSION_BUDGET
+        expected = retr_wire(messages[BIG - 1])
+        rest = stream.read(len(expected) - len(head))
+        assert head + rest == expected
+        sock.sendall(b"QUIT\r\n")
+        assert stream.readline().startswith(b"+OK")
+    finally:
+        stream.close()
+        sock.close()
+
+
 def test_client_vanishing_mid_retr_deletes_nothing(proxy, dovecot, fresh_mailbox):
     """The client resets the connection 64 KiB into a 5 MB RETR after DELE 1 and
     DELE 2: Dovecot sees no QUIT (never enters UPDATE), all six messages stay,
