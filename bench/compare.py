@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""CPU per session of pop3proxy source trees side by side, beside nginx and the floor relay.
+
+    .venv/bin/python bench/compare.py                       # this checkout
+    .venv/bin/python bench/compare.py before=/tmp/old after=.  # A/B of two trees
+
+Each ``NAME=PATH`` names a directory holding a ``pop3proxy`` package; every
+tree runs as its own proxy process in the same run, so a change is measured
+against its baseline under the same background noise (a few per cent here,
+against ±15 % between separate runs). Also measured: nginx's mail proxy and
+``bench/floor_relay.py``, a bare splice on gevent's loop that shows what any
+Python relay costs. Full sessions (``bench/run.py`` scenario a) at one
+concurrency, plaintext and TLS, several rounds taken in turn; prints the
+median CPU per session and the ratio to nginx. For the whole picture
+(latency, bulk, idle memory, the chart) use ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+import load  # noqa: E402
+import peers  # noqa: E402
+import procstat  # noqa: E402
+import run  # noqa: E402
+from harness.ports import free_port, port_is_open, wait_until  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="*", help="NAME=PATH of a tree holding pop3proxy/")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    args = parser.parse_args(argv)
+    trees = dict(tree.split("=", 1) for tree in args.trees) or {"pop3proxy": str(HERE.parent)}
+    # ``python -m pop3proxy`` looks in its working directory first: run from elsewhere.
+    os.chdir(tempfile.gettempdir())
+    peers.ensure_debian_packages()
+    work = Path(tempfile.mkdtemp(prefix="pop3proxy-compare-"))
+    work.chmod(0o755)
+    bench = run.Bench({**run.PROFILES["quick"], "idle": 10, "workers": 1}, work)
+    proxies = []
+    floor: subprocess.Popen[bytes] | None = None
+    try:
+        bench.start_backends()
+        assert bench.dovecot is not None
+        bench.nginx = bench.new_nginx()
+        targets = {
+            "nginx": (bench.nginx.ports["plain"], bench.nginx.ports["pop3s"], bench.nginx.pids())
+        }
+        floor_port = free_port()
+        floor = subprocess.Popen(
+            [sys.executable, str(HERE / "floor_relay.py"), str(floor_port), str(bench.dovecot.port)]
+        )
+        wait_until(lambda: port_is_open(peers.LOOPBACK, floor_port), 10, message="floor relay")
+        targets["floor relay"] = (floor_port, None, [floor.pid])
+        for name, path in trees.items():
+            os.environ["PYTHONPATH"] = str(Path(path).resolve())
+            proxy = bench.new_proxy()
+            proxies.append(proxy)
+            ports = proxy.ports
+            targets[name] = (ports["plain"], ports["pop3s"], peers.proxy_pids(proxy))
+        measure(bench, targets, args)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        if floor is not None:
+            floor.kill()
+            floor.wait()
+        bench.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
+    context = load.client_context(str(bench.certs.ca_file))
+    for plain, pop3s, _ in targets.values():  # warm up every target
+        for user, password in bench.users[:8]:
+            load.full_session(plain, None, user, password)
+            if pop3s:
+                load.full_session(pop3s, context, user, password)
+    cpu: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for mode in ("plain", "tls"):
+            for name, (plain, pop3s, pids) in targets.items():
+                port = pop3s if mode == "tls" else plain
+                if not port:
+                    continue
+                before = procstat.cpu_seconds(pids)
+                result = load.run_sessions(
+                    port,
+                    mode == "tls",
+                    bench.certs.ca_file,
+                    bench.users,
+                    args.concurrency,
+                    args.seconds,
+                    5000,
+                )
+                used = procstat.cpu_seconds(pids) - before
+                if result.errors:
+                    print(f"{name} {mode}: {result.errors} errors, first: {result.first_error}")
+                cpu.setdefault((mode, name), []).append(used * 1000 / max(1, result.sessions))
+    print(f"\nCPU per session, c={args.concurrency}, median of {args.rounds} (ms):")
+    for mode in ("plain", "tls"):
+        nginx = statistics.median(cpu[(mode, "nginx")])
+        for name in targets:
+            figures = cpu.get((mode, name))
+            if figures:
+                median = statistics.median(figures)
+                rounds = " ".join(f"{x:.2f}" for x in figures)
+                print(
+                    f"  {mode:5} {name:12} {median:6.3f}  x{median / nginx:.2f} nginx  ({rounds})"
+                )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
