@@ -38,10 +38,11 @@ log = logging.getLogger("pop3proxy.relay")
 CHUNK = 262144
 CLIENT_RECV = 16384
 _SPLICE = memoryview(bytearray(CHUNK))
-"""Backend replies pass through this one buffer, shared by every session: the
-loop runs one callback at a time, and a callback reads and writes before it
-returns. A bulk download allocates nothing per chunk; only bytes a slow
-client cannot take yet are copied."""
+"""Every read lands in this one buffer, shared by every session: the loop
+runs one callback at a time, and a callback is done with what it read (sent
+on, or copied by the protocol core) before it returns. A bulk download
+allocates nothing per chunk; only bytes a slow client cannot take yet are
+copied."""
 READ, WRITE = 1, 2
 """libev event masks."""
 
@@ -84,19 +85,6 @@ class Endpoint:
             return None
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             return 0
-
-    def recv(self, size: int) -> bytes | None:
-        if self._tls is None:
-            try:
-                return self._raw.recv(size)
-            except BlockingIOError:
-                return None
-        try:
-            return self._tls.read(size)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return None
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""
 
     def buffered(self) -> bool:
         """Decrypted bytes wait inside OpenSSL, where the socket's watcher cannot see them."""
@@ -255,20 +243,22 @@ class Relay:
     # -- client to backend -----------------------------------------------------
 
     def _resume_client_reads(self) -> None:
+        if self._backend_done:  # only the backend's last words are left to deliver
+            return
         self._start("client_read", self._on_client_readable)
         if self.client.buffered():
             self._on_client_readable()
 
     def _on_client_readable(self) -> None:
         while self.end_reason is None:
-            data = self.client.recv(CLIENT_RECV)
-            if data is None:
+            size = self.client.recv_into(_SPLICE[:CLIENT_RECV])
+            if size is None:
                 return
-            if not data:  # after QUIT, the client need not wait for the goodbye
+            if not size:  # after QUIT, the client need not wait for the goodbye
                 self._finish("quit" if self.conn.client_sent_quit else "client_closed")
                 return
             self.last_activity = time.monotonic()
-            self._execute(self.conn.receive_data(data))
+            self._execute(self.conn.receive_data(_SPLICE[:size]))
             if not self.client.buffered() or self._watchers["backend_write"].active:  # type: ignore[attr-defined]
                 return
 
@@ -307,6 +297,8 @@ class Relay:
             self._on_backend_readable()
 
     def _on_backend_readable(self) -> None:
+        if self.end_reason is not None:  # a continuation queued before the end
+            return
         size = self.backend.recv_into(_SPLICE)
         if size is None:
             return

@@ -131,8 +131,9 @@ class ClientConnection:
     def greeting(self) -> list[Action]:
         return [Send(replies.ok(self.settings.greeting))]
 
-    def receive_data(self, data: bytes) -> list[Action]:
-        """Feed bytes from the client; returns what to do, in order."""
+    def receive_data(self, data: bytes | memoryview) -> list[Action]:
+        """Feed bytes from the client (copied: a view may be reused after the call);
+        returns what to do, in order."""
         if self.state is State.CLOSED:
             return []
         self._reader.feed(data)

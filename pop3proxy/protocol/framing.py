@@ -40,7 +40,7 @@ class LineReader:
         self._buffer = bytearray()
         self._skipping = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Append received bytes; ``b""`` (EOF) is a no-op here."""
         self._buffer += data
 

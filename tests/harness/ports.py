@@ -6,6 +6,7 @@ a deadline, so a fast machine is fast and a slow one still passes.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -16,16 +17,30 @@ T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port that was free on ``host`` a moment ago.
+PORTS = range(10000, 20000)
+"""Where servers of the suite listen: below the kernel's ephemeral range, which
+outgoing connections draw their source ports from (a port the kernel hands
+out for "bind to port 0" can be taken by any client before the server binds
+it), and low enough that a Redis Cluster node's bus port (port + 10000)
+stays out of it too."""
+_handed_out: set[int] = set()
 
-    The kernel picks it (bind to port 0). There is a small window before the
-    server binds it; on a test machine that is an acceptable race.
-    """
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port that was free on ``host`` a moment ago, never the same twice."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    for _ in range(200):
+        port = random.choice(PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {PORTS} on {host}")
 
 
 def wait_until(
