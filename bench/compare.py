@@ -9,9 +9,10 @@ tree runs as its own proxy process in the same run, so a change is measured
 against its baseline under the same background noise (a few per cent here,
 against ±15 % between separate runs). Also measured: nginx's mail proxy and
 ``bench/floor_relay.py``, a bare splice on gevent's loop that shows what any
-Python relay costs. Full sessions (``bench/run.py`` scenario a) at one
-concurrency, plaintext and TLS, several rounds taken in turn; prints the
-median CPU per session and the ratio to nginx. For the whole picture
+Python relay costs, as callbacks and the usual greenlet way. Full sessions
+(``bench/run.py`` scenario a) at one concurrency, plaintext and TLS,
+several rounds taken in turn; prints the median CPU per session and the
+ratio to nginx. For the whole picture
 (latency, bulk, idle memory, the chart) use ``bench/run.py``.
 """
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)
     bench = run.Bench({**run.PROFILES["quick"], "idle": 10, "workers": 1}, work)
     proxies = []
-    floor: subprocess.Popen[bytes] | None = None
+    floors: list[subprocess.Popen[bytes]] = []
     try:
         bench.start_backends()
         assert bench.dovecot is not None
@@ -60,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         targets = {
             "nginx": (bench.nginx.ports["plain"], bench.nginx.ports["pop3s"], bench.nginx.pids())
         }
-        floor_port = free_port()
-        floor = subprocess.Popen(
-            [sys.executable, str(HERE / "floor_relay.py"), str(floor_port), str(bench.dovecot.port)]
-        )
-        wait_until(lambda: port_is_open(peers.LOOPBACK, floor_port), 10, message="floor relay")
-        targets["floor relay"] = (floor_port, None, [floor.pid])
+        for label, flags in (("floor relay", []), ("floor greenlets", ["--greenlets"])):
+            port = free_port()
+            relay = [sys.executable, str(HERE / "floor_relay.py"), str(port)]
+            floor = subprocess.Popen([*relay, str(bench.dovecot.port), *flags])
+            floors.append(floor)
+            wait_until(lambda p=port: port_is_open(peers.LOOPBACK, p), 10, message=label)
+            targets[label] = (port, None, [floor.pid])
         for name, path in trees.items():
             os.environ["PYTHONPATH"] = str(Path(path).resolve())
             proxy = bench.new_proxy()
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proxy in proxies:
             proxy.stop()
-        if floor is not None:
+        for floor in floors:
             floor.kill()
             floor.wait()
         bench.stop()

@@ -1,18 +1,22 @@
 #!/usr/bin/env python
 """The least a Python relay on gevent's event loop can cost per session.
 
-    python bench/floor_relay.py LISTEN_PORT BACKEND_PORT
+    python bench/floor_relay.py LISTEN_PORT BACKEND_PORT [--greenlets]
 
 Accepts on 127.0.0.1:LISTEN_PORT and splices every connection to
-127.0.0.1:BACKEND_PORT with raw non-blocking sockets and libev I/O watchers:
-no greenlets, no POP3 parsing, no login, no metrics, no TLS. The client's
-USER and PASS reach Dovecot as they are. ``bench/compare.py`` runs it beside
-nginx and pop3proxy: what pop3proxy costs above this line is its own work
-(greenlets, the login, the protocol core), not Python's or the kernel's.
+127.0.0.1:BACKEND_PORT: no POP3 parsing, no login, no metrics, no TLS (the
+client's USER and PASS reach Dovecot as they are). By default with raw
+non-blocking sockets and libev I/O watchers, no greenlet at all; with
+``--greenlets`` the usual gevent way: a ``StreamServer`` with a ``Pool``,
+gevent sockets, a greenlet per direction. ``bench/compare.py`` runs both
+beside nginx and pop3proxy: the first is what any Python relay costs, the
+difference between the two is what gevent's greenlet-and-socket machinery
+costs per session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 
@@ -78,5 +82,38 @@ def serve(listen_port: int, backend_port: int) -> None:
     gevent.wait()
 
 
+def serve_with_greenlets(listen_port: int, backend_port: int) -> None:
+    from gevent import monkey
+
+    monkey.patch_all()
+    from gevent.pool import Pool
+    from gevent.server import StreamServer
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_RDWR)
+
+    def handle(client: socket.socket, _peer: tuple) -> None:
+        backend = socket.create_connection((LOOPBACK, backend_port))
+        for sock in (client, backend):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        other = gevent.spawn(pump, backend, client)
+        pump(client, backend)
+        other.join()
+        backend.close()
+
+    StreamServer((LOOPBACK, listen_port), handle, spawn=Pool(10000)).serve_forever()
+
+
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    ports = int(sys.argv[1]), int(sys.argv[2])
+    if "--greenlets" in sys.argv[3:]:
+        serve_with_greenlets(*ports)
+    else:
+        serve(*ports)
