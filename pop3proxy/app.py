@@ -21,7 +21,6 @@ from collections.abc import Mapping
 
 import gevent
 from gevent.event import Event
-from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from pop3proxy import __version__, logs, metrics
@@ -29,7 +28,7 @@ from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
 from pop3proxy.login import LoginService
 from pop3proxy.net.listener import Listener
-from pop3proxy.net.session import ClientSession, Services, SessionEnded
+from pop3proxy.net.session import ClientSession, Services
 from pop3proxy.reload import CertificateWatcher, changes, live_config
 
 log = logging.getLogger("pop3proxy")
@@ -60,18 +59,19 @@ class App:
         if any(listener.tls != "none" for listener in config.listeners):
             self.certificates = CertificateWatcher(config.tls, self._use_context)
             self.services.server_tls = self.certificates.context
-        self.pool = Pool(config.limits.max_connections)
         sockets = sockets or {}
         self.listeners = [
-            Listener(item, self._handle, self.pool, sock=sockets.get(item.name))
-            for item in config.listeners
+            Listener(item, self._handle, sock=sockets.get(item.name)) for item in config.listeners
         ]
         metrics.init_listener_labels(item.name for item in config.listeners)
         self.metrics_server: WSGIServer | None = None
         if config.metrics.host is not None and worker is None:
             address = (config.metrics.host, config.metrics.port)
             self.metrics_server = WSGIServer(address, metrics.wsgi_app(self.ready), log=None)
-        self.sessions: dict[ClientSession, gevent.Greenlet] = {}
+        self.sessions: set[ClientSession] = set()
+        self._no_sessions = Event()
+        self._no_sessions.set()
+        self._accepting = True
         self.draining = False
         self.stopping = Event()
         self._background: list[gevent.Greenlet] = []
@@ -80,13 +80,32 @@ class App:
         self.services.server_tls = context  # type: ignore[assignment]
 
     def _handle(self, sock: socket.socket, peer: tuple, listener: ListenerConfig) -> None:
-        session = ClientSession(sock, peer, listener, self.services)
-        self.sessions[session] = gevent.getcurrent()
+        """A new connection (from a listener's accept callback): its session takes over."""
+        metrics.add(metrics.CONNECTIONS, listener.name)
+        metrics.add(metrics.CONNECTIONS_ACTIVE, listener.name)
+        session = ClientSession(sock, peer, listener, self.services, self._session_closed)
+        self.sessions.add(session)
+        self._no_sessions.clear()
+        if len(self.sessions) >= self.config.limits.max_connections:
+            self._pause_accepting()
         log.debug("connection", extra={"session": session.id, "listener": listener.name})
-        try:
-            session.run()
-        finally:
-            del self.sessions[session]
+        session.start()
+
+    def _session_closed(self, session: ClientSession) -> None:
+        metrics.add(metrics.CONNECTIONS_ACTIVE, session.listener.name, amount=-1)
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
+        if not self._accepting and len(self.sessions) < self.config.limits.max_connections:
+            self._accepting = True
+            for listener in self.listeners:
+                listener.resume()
+
+    def _pause_accepting(self) -> None:
+        """At ``limits.max_connections``: new clients wait in the kernel's accept queue."""
+        self._accepting = False
+        for listener in self.listeners:
+            listener.pause()
 
     def ready(self) -> bool:
         return not self.draining and self.directory.ready()
@@ -136,16 +155,23 @@ class App:
         for listener in self.listeners:
             listener.close()
         log.info(
-            "draining", extra={"sessions": len(self.pool), "timeout": self.config.timeouts.drain}
+            "draining",
+            extra={"sessions": len(self.sessions), "timeout": self.config.timeouts.drain},
         )
-        for session, greenlet in list(self.sessions.items()):
+        for session in list(self.sessions):
             if not session.logged_in:
-                greenlet.kill(SessionEnded("draining"), block=False)
-        if not self.pool.join(timeout=self.config.timeouts.drain):
+                session.end("draining")
+        if not self._no_sessions.wait(timeout=self.config.timeouts.drain):
             log.warning(
-                "drain timeout: closing remaining sessions", extra={"sessions": len(self.pool)}
+                "drain timeout: closing remaining sessions",
+                extra={"sessions": len(self.sessions)},
             )
-            self.pool.kill(timeout=5)
+            self._end_sessions("drain_timeout")
+            self._no_sessions.wait(timeout=5)
+
+    def _end_sessions(self, reason: str) -> None:
+        for session in list(self.sessions):
+            session.end(reason)
 
     def serve_forever(self) -> None:
         self.start()
@@ -177,7 +203,7 @@ class App:
     def _on_signal(self, signum: int) -> None:
         if self.stopping.is_set():
             log.warning("second signal: stopping now")
-            self.pool.kill(block=False)
+            self._end_sessions("stopping")
             raise SystemExit(0)
         log.info("signal received", extra={"signal": signal.Signals(signum).name})
         self.stopping.set()

@@ -142,8 +142,14 @@ class LoginService:
         return lease
 
     def release(self, lease: Lease | None) -> None:
-        if lease is not None:
+        """Give a lease's slots back. Sessions call this from the event loop, which
+        must not wait: the Redis round trip, if any, runs in a greenlet of its own."""
+        if lease is None or not lease.keys:
+            return
+        if self.leases.client is None:
             self.leases.release(lease)
+        else:
+            gevent.spawn_raw(self.leases.release, lease)
 
     def login(
         self,

@@ -1,32 +1,43 @@
-"""Listening sockets: one gevent StreamServer per configured listener.
+"""Listening sockets: one accept watcher per configured listener.
 
-With ``proxy_protocol: true`` every connection must start with a PROXY
-v1/v2 header from a peer in ``proxy_protocol_trusted``;
-:func:`read_proxy_header` reads it (the session calls it first, before TLS).
-
-All listeners share one Pool sized by ``limits.max_connections``: when it is
-full, gevent stops accepting until a session ends (backpressure in the
-kernel's accept queue) instead of spawning without bound.
+Each connection is accepted in the event loop's callback and handed to the
+handler as a kernel socket, non-blocking, with no greenlet and no gevent
+socket object around it (the session runs on callbacks). While the proxy is
+at ``limits.max_connections`` the app pauses accepting, and new connections
+wait in the kernel's accept queue instead of being taken without bound.
 """
 
 from __future__ import annotations
 
+import _socket
+import errno
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 
-from gevent import Timeout
-from gevent.pool import Pool
-from gevent.server import StreamServer
+from gevent.hub import get_hub
 
 from pop3proxy import metrics
 from pop3proxy.config import ListenerConfig
-from pop3proxy.protocol import proxyproto
 
 log = logging.getLogger("pop3proxy.listener")
 
 Handler = Callable[[socket.socket, tuple, ListenerConfig], None]
+
+READ = 1
+ACCEPTS_PER_TURN = 64
+"""Connections taken per wake-up before the loop serves the sessions again."""
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+BACKOFF = 0.1
+"""Seconds to stop accepting when the process is out of descriptors."""
+
+
+class KernelSocket(_socket.socket):
+    """The kernel socket with nothing around it; weakly referable, as OpenSSL's
+    connection object needs its socket to be."""
+
+    __slots__ = ("__weakref__",)
 
 
 class Listener:
@@ -35,42 +46,84 @@ class Listener:
     backlog = 1024
 
     def __init__(
-        self,
-        config: ListenerConfig,
-        handler: Handler,
-        pool: Pool,
-        sock: socket.socket | None = None,
+        self, config: ListenerConfig, handler: Handler, sock: socket.socket | None = None
     ) -> None:
         """``sock``: a listening socket to accept on (a worker's, inherited from the
         supervisor) instead of binding ``config``'s address."""
         self.config = config
         self._handler = handler
-        self.server = StreamServer(
-            sock if sock is not None else (config.host, config.port),
-            self._handle,
-            spawn=pool,
-            backlog=None if sock is not None else self.backlog,
-        )
+        if sock is None:
+            sock = socket.create_server(
+                (config.host, config.port),
+                family=socket.AF_INET6 if ":" in config.host else socket.AF_INET,
+                backlog=self.backlog,
+                reuse_port=False,
+            )
+        self._sock = sock
+        self._raw = getattr(sock, "_sock", sock)
+        """The kernel socket under gevent's wrapper: accepted sockets stay bare."""
+        self._raw.setblocking(False)
+        self._loop = get_hub().loop
+        self._watcher = self._loop.io(self._raw.fileno(), READ)
+        self._backoff = None
+        self._closed = False
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.address[:2]
+        return self._raw.getsockname()[:2]
 
     def start(self) -> None:
-        self.server.start()
+        self.resume()
+
+    def pause(self) -> None:
+        """Leave new connections in the kernel's queue (the proxy is full)."""
+        self._watcher.stop()
+
+    def resume(self) -> None:
+        if not self._closed and self._backoff is None:
+            self._watcher.start(self._accept)
 
     def close(self) -> None:
         """Stop accepting; sessions already running go on."""
-        self.server.close()
+        self._closed = True
+        self._watcher.stop()
+        if self._backoff is not None:
+            self._backoff.stop()
+        self._sock.close()
 
-    def _handle(self, sock: socket.socket, peer: tuple) -> None:
-        name = self.config.name
-        metrics.add(metrics.CONNECTIONS, name)
-        metrics.add(metrics.CONNECTIONS_ACTIVE, name)
-        try:
-            self._handler(sock, peer, self.config)
-        finally:
-            metrics.add(metrics.CONNECTIONS_ACTIVE, name, amount=-1)
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                fd, peer = self._raw._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self._accept_failed(error)
+                return
+            sock = KernelSocket(self._raw.family, self._raw.type, self._raw.proto, fd)
+            sock.setblocking(False)
+            try:
+                self._handler(sock, peer, self.config)
+            except Exception:
+                log.exception("connection failed", extra={"listener": self.config.name})
+                sock.close()
+            if self._closed or not self._watcher.active:
+                return  # closed or paused by the handler
+
+    def _accept_failed(self, error: OSError) -> None:
+        if error.errno in OUT_OF_DESCRIPTORS:
+            log.warning(
+                "accept failed: pausing",
+                extra={"listener": self.config.name, "error": error.strerror},
+            )
+            self._watcher.stop()
+            self._backoff = self._loop.timer(BACKOFF)
+            self._backoff.start(self._end_backoff)
+        # Anything else (a connection reset before it was taken): the next one.
+
+    def _end_backoff(self) -> None:
+        self._backoff = None
+        self.resume()
 
 
 class ProxyHeaderRefused(Exception):
@@ -86,10 +139,6 @@ class ProxyHeaderRefused(Exception):
         self.detail = detail or reason
 
 
-class _HeaderTimeout(Exception):
-    pass
-
-
 def trusted(peer: tuple, networks: tuple) -> bool:
     try:
         address = ipaddress.ip_address(peer[0].split("%", 1)[0])
@@ -100,42 +149,10 @@ def trusted(peer: tuple, networks: tuple) -> bool:
     return any(address.version == net.version and address in net for net in networks)
 
 
-def read_proxy_header(
-    sock: socket.socket, peer: tuple, config: ListenerConfig
-) -> proxyproto.ProxyHeader | None:
-    """Read the PROXY header a trusted load balancer sends first.
-
-    Returns the header, or ``None`` when the peer closed before sending a byte
-    (a load balancer's TCP health check: not an error). Reads never go past
-    the header, so a TLS ClientHello behind it stays in the socket. Raises
-    :class:`ProxyHeaderRefused`, counted and logged here; the caller closes
-    the connection without a word.
-    """
-    try:
-        if not trusted(peer, config.proxy_protocol_trusted):
-            raise ProxyHeaderRefused("untrusted")
-        reader = proxyproto.HeaderReader()
-        received = 0
-        try:
-            with Timeout(config.proxy_protocol_timeout, _HeaderTimeout()):
-                while True:
-                    data = sock.recv(reader.wanted())
-                    if not data:
-                        if received == 0:
-                            return None
-                        raise ProxyHeaderRefused("malformed", "truncated")
-                    received += len(data)
-                    header = reader.feed(data)
-                    if header is not None:
-                        return header
-        except _HeaderTimeout:
-            raise ProxyHeaderRefused("timeout") from None
-        except proxyproto.ProxyProtocolError as error:
-            raise ProxyHeaderRefused("malformed", error.reason) from None
-    except ProxyHeaderRefused as refused:
-        metrics.add(metrics.PROXY_PROTOCOL_ERRORS, config.name, refused.reason)
-        log.warning(
-            "PROXY header refused",
-            extra={"listener": config.name, "peer": peer[0], "error": refused.detail},
-        )
-        raise
+def refuse_proxy_header(refused: ProxyHeaderRefused, peer: tuple, config: ListenerConfig) -> None:
+    """Count and log a connection closed for its PROXY header; the caller closes it."""
+    metrics.add(metrics.PROXY_PROTOCOL_ERRORS, config.name, refused.reason)
+    log.warning(
+        "PROXY header refused",
+        extra={"listener": config.name, "peer": peer[0] if peer else None, "error": refused.detail},
+    )

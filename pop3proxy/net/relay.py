@@ -28,16 +28,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gevent.hub import Waiter, get_hub
+from gevent.hub import get_hub
 
-from pop3proxy.net.sockets import shutdown
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
 
 log = logging.getLogger("pop3proxy.relay")
 
 CHUNK = 262144
 CLIENT_RECV = 16384
-_SPLICE = memoryview(bytearray(CHUNK))
+SHARED_BUFFER = memoryview(bytearray(CHUNK))
 """Every read lands in this one buffer, shared by every session: the loop
 runs one callback at a time, and a callback is done with what it read (sent
 on, or copied by the protocol core) before it returns. A bulk download
@@ -57,21 +56,31 @@ class Traffic:
 
 
 class Endpoint:
-    """Non-blocking reads and writes on a gevent socket, plain or TLS, for loop callbacks.
+    """Non-blocking reads and writes on a socket, plain or TLS, for loop callbacks.
 
-    gevent keeps the kernel socket non-blocking underneath; this talks to it
-    (or to its OpenSSL connection) directly. ``None`` means "would block".
+    ``raw`` is a kernel socket in non-blocking mode and ``tls`` OpenSSL's
+    connection on it, if any; this talks to them directly. ``None`` means
+    "would block".
     """
 
     __slots__ = ("_offset", "_raw", "_tls", "fd", "outbox")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._raw = sock._sock  # type: ignore[attr-defined]
-        self._tls = getattr(sock, "_sslobj", None)
-        self.fd = sock.fileno()
+    def __init__(self, raw: socket.socket, tls: object | None = None) -> None:
+        self._raw = raw
+        self._tls = tls
+        self.fd = raw.fileno()
         self.outbox: deque[bytes] = deque()
         """Bytes the peer could not take yet, in order."""
         self._offset = 0
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Endpoint:
+        """The endpoint under a gevent socket (a backend's, after its login)."""
+        return cls(sock._sock, getattr(sock, "_sslobj", None))  # type: ignore[attr-defined]
+
+    def use_tls(self, tls: object) -> None:
+        """After a handshake on this socket: from now on, through OpenSSL."""
+        self._tls = tls
 
     def recv_into(self, buffer: memoryview) -> int | None:
         if self._tls is None:
@@ -142,44 +151,39 @@ class Relay:
 
     def __init__(
         self,
-        client: socket.socket,
-        backend: socket.socket,
+        client: Endpoint,
+        backend: Endpoint,
         conn: ClientConnection,
         idle_timeout: float,
         traffic: Traffic,
+        on_end: Callable[[str], None],
     ) -> None:
-        self.client_sock = client
-        self.backend_sock = backend
-        self.client = Endpoint(client)
-        self.backend = Endpoint(backend)
+        self.client = client
+        self.backend = backend
         self.conn = conn
         self.idle_timeout = idle_timeout
         self.traffic = traffic
         self.last_activity = time.monotonic()
         self.end_reason: str | None = None
         """Whichever side ended first says why; the other only follows."""
+        self._on_end = on_end
         self._backend_done = False
         self._loop = get_hub().loop
-        self._waiter: Waiter | None = None
         self._watchers: dict[str, object] = {}
 
-    def run(self, pending: list[Action], leftover: bytes) -> str:
-        """Relay until the session ends; returns why it ended."""
-        self._waiter = Waiter()
+    def start(self, pending: list[Action], leftover: bytes) -> None:
+        """Relay until the session ends; then ``on_end(reason)``, from the loop, once."""
         loop = self._loop
         watchers = self._watchers
         watchers["client_read"] = loop.io(self.client.fd, READ)
         watchers["client_write"] = loop.io(self.client.fd, WRITE)
         watchers["backend_read"] = loop.io(self.backend.fd, READ)
         watchers["backend_write"] = loop.io(self.backend.fd, WRITE)
-        try:
-            self._guarded(self._begin, pending, leftover)
-            return self._waiter.get()
-        finally:
-            for watcher in watchers.values():
-                watcher.stop()  # type: ignore[attr-defined]
-            watchers.clear()
-            shutdown(self.backend_sock)
+        self._guarded(self._begin, pending, leftover)
+
+    def stop(self, reason: str) -> None:
+        """End the relay from outside (the proxy stops); ``on_end`` follows."""
+        self._finish(reason)
 
     def _begin(self, pending: list[Action], leftover: bytes) -> None:
         self._arm_idle_timer(self.idle_timeout)
@@ -207,23 +211,26 @@ class Relay:
         if watcher is not None and not watcher.active:  # type: ignore[attr-defined]
             watcher.start(self._guarded, callback)  # type: ignore[attr-defined]
 
+    def _active(self, name: str) -> bool:
+        watcher = self._watchers.get(name)
+        return watcher is not None and watcher.active  # type: ignore[attr-defined]
+
     def _stop(self, name: str) -> None:
         watcher = self._watchers.get(name)
         if watcher is not None:
             watcher.stop()  # type: ignore[attr-defined]
 
     def _finish(self, reason: str) -> None:
-        """End the relay: stop every watcher and wake the session greenlet, once."""
+        """End the relay: stop every watcher and tell the session, once."""
         if self.end_reason is not None:
             return
         self.end_reason = reason
         for watcher in self._watchers.values():
             watcher.stop()  # type: ignore[attr-defined]
-        timer = self._watchers.pop("idle", None)
-        if timer is not None:
-            timer.close()  # type: ignore[attr-defined]
-        # Deferred, so that no callback is left half-run when the greenlet resumes.
-        self._loop.run_callback(self._waiter.switch, reason)  # type: ignore[union-attr]
+            watcher.close()  # type: ignore[attr-defined]
+        self._watchers.clear()
+        # Deferred, so that no callback of this relay is half-run when the session closes.
+        self._loop.run_callback(self._on_end, reason)
 
     # -- idle timeout ----------------------------------------------------------
 
@@ -234,6 +241,8 @@ class Relay:
 
     def _on_idle_timer(self) -> None:
         self._watchers.pop("idle").close()  # type: ignore[attr-defined]
+        if self.end_reason is not None:
+            return
         remaining = self.idle_timeout - (time.monotonic() - self.last_activity)
         if remaining <= 0:
             self._finish("idle_timeout")
@@ -251,15 +260,15 @@ class Relay:
 
     def _on_client_readable(self) -> None:
         while self.end_reason is None:
-            size = self.client.recv_into(_SPLICE[:CLIENT_RECV])
+            size = self.client.recv_into(SHARED_BUFFER[:CLIENT_RECV])
             if size is None:
                 return
             if not size:  # after QUIT, the client need not wait for the goodbye
                 self._finish("quit" if self.conn.client_sent_quit else "client_closed")
                 return
             self.last_activity = time.monotonic()
-            self._execute(self.conn.receive_data(_SPLICE[:size]))
-            if not self.client.buffered() or self._watchers["backend_write"].active:  # type: ignore[attr-defined]
+            self._execute(self.conn.receive_data(SHARED_BUFFER[:size]))
+            if not self.client.buffered() or self._active("backend_write"):
                 return
 
     def _execute(self, actions: list[Action]) -> None:
@@ -299,7 +308,7 @@ class Relay:
     def _on_backend_readable(self) -> None:
         if self.end_reason is not None:  # a continuation queued before the end
             return
-        size = self.backend.recv_into(_SPLICE)
+        size = self.backend.recv_into(SHARED_BUFFER)
         if size is None:
             return
         if not size:
@@ -311,7 +320,7 @@ class Relay:
             return
         self.traffic.to_client += size
         self.last_activity = time.monotonic()
-        self._to_client(_SPLICE[:size])
+        self._to_client(SHARED_BUFFER[:size])
         if self.end_reason is None and not self.client.outbox and self.backend.buffered():
             self._loop.run_callback(self._guarded, self._on_backend_readable)
 

@@ -1,10 +1,18 @@
-"""One client connection, from accept to close.
+"""One client connection, from accept to close, driven by the event loop.
 
-The session owns its sockets and its timeouts: the TLS handshake, the whole
-AUTHORIZATION phase (``timeouts.auth``), and the idle timeout while relaying.
-It feeds the protocol core, executes its actions, and writes one summary log
-line at the end. Errors stop here: whatever one client does, the process and
-the other sessions go on.
+The session is a state machine run by the callbacks of its socket's I/O
+watchers and timers: PROXY header, TLS handshake, AUTHORIZATION (fed to the
+sans-IO core), then the relay. Nothing waits in a greenlet except what has
+to block: the login (directory, Redis, argon2, the backend's own login) and,
+when the per-address limit lives in Redis, the admission. gevent's socket
+objects and a greenlet per connection cost about 0.7 ms of CPU per session,
+more than nginx spends on a whole one (docs/performance.md); an idle session
+here holds two watchers and a few objects.
+
+The session owns its timeouts: the TLS handshake, the whole AUTHORIZATION
+phase (``timeouts.auth``), and, through the relay, the idle timeout. It
+writes one summary log line at the end. Errors stop here: whatever one
+client does, the process and the other sessions go on.
 """
 
 from __future__ import annotations
@@ -16,11 +24,12 @@ import os
 import socket
 import ssl
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
-from gevent import Timeout
+from gevent.hub import get_hub
+from greenlet import greenlet
 
 from pop3proxy import metrics
 from pop3proxy.backends import ClientAddress
@@ -28,11 +37,11 @@ from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
-from pop3proxy.net.listener import ProxyHeaderRefused, read_proxy_header
-from pop3proxy.net.relay import Relay, Traffic
-from pop3proxy.net.sockets import send_all, set_nodelay, shutdown
+from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
+from pop3proxy.net.relay import CLIENT_RECV, READ, SHARED_BUFFER, WRITE, Endpoint, Relay, Traffic
+from pop3proxy.net.sockets import set_nodelay, shutdown
 from pop3proxy.protocol import client as core
-from pop3proxy.protocol import replies
+from pop3proxy.protocol import proxyproto, replies
 
 log = logging.getLogger("pop3proxy.session")
 
@@ -45,29 +54,11 @@ def new_session_id() -> str:
     return f"{_PREFIX}-{next(_ids):x}"
 
 
-FLOOD = 4096
-"""A client read this large is a pipeline flood, not a person typing: the
-reader lets the loop run other sessions before it goes on."""
-
-
-def share_the_loop(received: int) -> None:
-    """Let other sessions run after a large read.
-
-    A gevent socket does not switch while data is ready, so a client that
-    keeps its socket readable would hold the loop for as long as it sends.
-    ``gevent.idle`` waits until the loop has polled I/O and run everyone
-    ready; ordinary clients never read this much at once and never pay.
-    """
-    if received >= FLOOD:
-        gevent.idle()
-
-
 _FAREWELLS = {
     "auth_timeout": replies.err("Authorization timed out", replies.Code.SYS_TEMP),
     "draining": replies.err("Server is restarting, please reconnect", replies.Code.SYS_TEMP),
 }
 """What a client still in AUTHORIZATION hears when the proxy ends its session."""
-
 
 TOO_MANY_CONNECTIONS = replies.err(
     "Too many connections from your address, try again later", replies.Code.SYS_TEMP
@@ -77,10 +68,18 @@ _LINGER_ON = frozenset({"quit", "too_many_errors"})
 """Ends where the proxy spoke last in AUTHORIZATION and the client may still be sending.
 (After a QUIT relayed in TRANSACTION the backend spoke last, and the client,
 which has read everything it sent up to QUIT, has no reason to go on.)"""
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 65536
+
+
+def _throw(task: greenlet, error: BaseException) -> None:
+    """Raise ``error`` in a running task; one not started yet sees the session closed."""
+    if task and not task.dead:
+        task.throw(error)
 
 
 class SessionEnded(Exception):
-    """Ends the session early; ``reason`` goes to the summary line."""
+    """Ends a login in progress from outside (timeout, drain); ``reason`` goes to the log."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -98,12 +97,19 @@ class Services:
 
 class ClientSession:
     def __init__(
-        self, sock: socket.socket, peer: tuple, listener: ListenerConfig, services: Services
+        self,
+        sock: socket.socket,
+        peer: tuple,
+        listener: ListenerConfig,
+        services: Services,
+        on_closed: Callable[[ClientSession], None] = lambda session: None,
     ) -> None:
+        """``sock``: the accepted kernel socket, non-blocking; ``on_closed``: once, at the end."""
         self.sock = sock
         self.peer = peer
         self.listener = listener
         self.services = services
+        self.on_closed = on_closed
         self.id = new_session_id()
         self.local: tuple[str, int] | None = None
         """The address the client connected to, when a PROXY header said so."""
@@ -112,10 +118,12 @@ class ClientSession:
         self._counted = Traffic()
         """What :meth:`flush_metrics` has already added to the counters."""
         self._tenant_label: str | None = None
+        self._logged_in_at = 0.0
         self.session: Session | None = None
         self.user: str | None = None
         self.result = "no_login"
         self.connection_lease: Lease | None = None
+        self.closed = False
         settings = core.Settings(
             tls_active=listener.tls == "implicit",
             stls_offered=listener.tls == "starttls",
@@ -124,121 +132,283 @@ class ClientSession:
             max_errors=services.config.limits.max_errors,
         )
         self.conn = core.ClientConnection(settings)
+        self.client = Endpoint(sock)
+        self._tls: tls.ServerTLS | None = None
+        loop = get_hub().loop
+        self._loop = loop
+        self._reader = loop.io(self.client.fd, READ)
+        self._writer = loop.io(self.client.fd, WRITE)
+        self._timer = None
+        self._task: greenlet | None = None
+        """The greenlet of a login (or admission) in progress."""
+        self._relay: Relay | None = None
+        self._when_flushed: Callable[[], None] | None = None
+        self._header: proxyproto.HeaderReader | None = None
+        self._header_bytes = 0
+        self._handshake_timer = None
+        self._handshake_done: Callable[[], None] | None = None
+        self._authorizing = False
+        """The greeting went out: a farewell can be read (not mid-handshake)."""
+        self._lingered = 0
 
     @property
     def logged_in(self) -> bool:
         return self.session is not None
 
-    def run(self) -> None:
-        reason = "error"
+    # -- plumbing --------------------------------------------------------------
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> None:
+        """Run a step from the loop; whatever it raises ends this session only."""
         try:
-            reason = self._run()
-        except SessionEnded as ended:
-            reason = ended.reason
+            step(*args)
         except OSError:
-            reason = "connection_error"
+            self._close("connection_error")
         except Exception:
             log.exception("session failed", extra={"session": self.id})
-            reason = "internal_error"
+            self._close("internal_error")
+
+    def _read_with(self, step: Callable[[], None]) -> None:
+        self._reader.stop()
+        self._reader.start(self._guarded, step)
+
+    def _arm(self, seconds: float, step: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self._loop.timer(seconds)
+        self._timer.start(self._guarded, step)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+
+    def _send(self, data: bytes) -> None:
+        if not self.client.send(data):
+            self._writer.start(self._guarded, self._flush)
+
+    def _flush(self) -> None:
+        if self.client.flush():
+            self._writer.stop()
+            then, self._when_flushed = self._when_flushed, None
+            if then is not None:
+                then()
+
+    def _after_flush(self, then: Callable[[], None]) -> None:
+        """Run ``then`` once every reply queued so far has left; stop reading until then."""
+        if not self.client.outbox:
+            then()
+            return
+        self._reader.stop()
+        self._when_flushed = then
+
+    def _spawn(self, task: Callable[..., None], *args: object) -> None:
+        self._task = gevent.spawn_raw(self._run_task, task, args)
+
+    def _abandon_task(self, reason: str) -> None:
+        """Stop a login (or admission) in progress: ``SessionEnded`` at its next wait."""
+        task, self._task = self._task, None
+        if task is not None and task is not gevent.getcurrent():
+            self._loop.run_callback(_throw, task, SessionEnded(reason))
+
+    def _run_task(self, task: Callable[..., None], args: tuple) -> None:
+        if self.closed:
+            return
+        try:
+            task(*args)
+        except (SessionEnded, gevent.GreenletExit):
+            pass  # whoever ended the session closes it
+        except OSError:
+            self._close("connection_error")
+        except Exception:
+            log.exception("session failed", extra={"session": self.id})
+            self._close("internal_error")
         finally:
-            self._close(reason)
+            if self._task is gevent.getcurrent():
+                self._task = None
 
-    def _run(self) -> str:
+    # -- from accept to AUTHORIZATION ------------------------------------------
+
+    def start(self) -> None:
+        """Take over a freshly accepted connection (called from the accept callback)."""
         set_nodelay(self.sock)
-        timeouts = self.services.config.timeouts
         if self.listener.proxy_protocol:
-            self._proxy_header()
-        self._admit()
-        if self.listener.tls == "implicit":
-            self._start_tls()
-        with Timeout(timeouts.auth, SessionEnded("auth_timeout")):
-            try:
-                pending = self._authorize()
-            except SessionEnded as ended:
-                farewell = _FAREWELLS.get(ended.reason)
-                if farewell:
-                    self._send_quietly(farewell)
-                raise
-        return self._relay(pending)
+            self._expect_proxy_header()
+        else:
+            self._admit()
 
-    def _authorize(self) -> list[core.Action]:
-        """AUTHORIZATION at the proxy; returns actions queued for TRANSACTION."""
-        actions = self.conn.greeting()
-        while True:
-            pending = self._run_actions(actions)
-            if pending is not None:
-                return pending
-            data = self.sock.recv(4096)
-            if not data:
-                raise SessionEnded("client_closed")
-            actions = self.conn.receive_data(data)
-            share_the_loop(len(data))
-
-    def _run_actions(self, actions: list[core.Action]) -> list[core.Action] | None:
-        """Execute in order, replies batched into one write; once logged in,
-        returns what is left for TRANSACTION."""
-        queue = deque(actions)
-        replies = bytearray()
-        while queue:
-            action = queue.popleft()
-            if isinstance(action, core.Send):
-                replies += action.data
-                continue
-            if replies:
-                send_all(self.sock, replies)
-                replies.clear()
-            follow_up = self._execute(action)
-            if follow_up is not None:
-                if self.session is not None:
-                    return follow_up + list(queue)
-                queue.extendleft(reversed(follow_up))
-        if replies:
-            send_all(self.sock, replies)
-        return None
-
-    def _execute(self, action: core.Action) -> list[core.Action] | None:
-        """Run one action other than Send; returns the core's follow-up actions."""
-        if isinstance(action, core.StartTLS):
-            self._start_tls()
-            return self.conn.tls_established()
-        elif isinstance(action, core.Login):
-            return self._login(action)
-        elif isinstance(action, core.Close):
-            raise SessionEnded(action.reason)
-        return None
-
-    def _start_tls(self) -> None:
-        context = self.services.server_tls
-        assert context is not None
-        try:
-            self.sock = tls.accept_tls(
-                self.sock, context, self.services.config.timeouts.tls_handshake
-            )
-        except tls.HandshakeFailed as error:
-            metrics.add(metrics.TLS_FAILURES, self.listener.name, error.reason)
-            raise SessionEnded("tls_failed") from None
-
-    def _proxy_header(self) -> None:
+    def _expect_proxy_header(self) -> None:
         """Behind a load balancer: the client's address comes from its PROXY header,
-        and from then on is the session's ``peer`` (logs, limits, forwarding)."""
+        and from then on is the session's ``peer`` (logs, limits, forwarding).
+        Reads never go past the header, so a TLS ClientHello behind it stays put."""
+        if not trusted(self.peer, self.listener.proxy_protocol_trusted):
+            self._refuse_header(ProxyHeaderRefused("untrusted"))
+            return
+        self._header = proxyproto.HeaderReader()
+        self._arm(self.listener.proxy_protocol_timeout, self._header_timed_out)
+        self._read_with(self._read_header)
+
+    def _read_header(self) -> None:
+        assert self._header is not None
+        size = self.client.recv_into(SHARED_BUFFER[: self._header.wanted()])
+        if size is None:
+            return
+        if not size:
+            if self._header_bytes == 0:  # a load balancer's TCP health check
+                self._close("client_closed")
+            else:
+                self._refuse_header(ProxyHeaderRefused("malformed", "truncated"))
+            return
+        self._header_bytes += size
         try:
-            header = read_proxy_header(self.sock, self.peer, self.listener)
-        except ProxyHeaderRefused:
-            raise SessionEnded("proxy_protocol_error") from None
+            header = self._header.feed(bytes(SHARED_BUFFER[:size]))
+        except proxyproto.ProxyProtocolError as error:
+            self._refuse_header(ProxyHeaderRefused("malformed", error.reason))
+            return
         if header is None:
-            raise SessionEnded("client_closed")
+            return
+        self._reader.stop()
+        self._disarm()
+        self._header = None
         if header.source is not None:
             self.peer = header.source
             self.local = header.destination
+        self._admit()
+
+    def _header_timed_out(self) -> None:
+        self._refuse_header(ProxyHeaderRefused("timeout"))
+
+    def _refuse_header(self, refused: ProxyHeaderRefused) -> None:
+        refuse_proxy_header(refused, self.peer, self.listener)
+        self._close("proxy_protocol_error")
 
     def _admit(self) -> None:
-        """One more connection from this address, within its limit?"""
-        address = self.peer[0] if self.peer else None
-        self.connection_lease = self.services.logins.admit(self.id, address)
-        if self.connection_lease is None:
+        """One more connection from this address, within its limit? (Redis: in a greenlet.)"""
+        if self.services.config.limits.max_connections_per_address and self.peer:
+            self._spawn(self._admit_blocking)
+        else:
+            self._admitted(self.services.logins.admit(self.id, None))
+
+    def _admit_blocking(self) -> None:
+        lease = self.services.logins.admit(self.id, self.peer[0])
+        self._task = None
+        self._admitted(lease)
+
+    def _admitted(self, lease: Lease | None) -> None:
+        if self.closed:
+            self.services.logins.release(lease)
+            return
+        self.connection_lease = lease
+        if lease is None:
             if self.listener.tls != "implicit":  # a TLS client could not read it
                 self._send_quietly(TOO_MANY_CONNECTIONS)
-            raise SessionEnded("too_many_connections")
+            self._close("too_many_connections")
+        elif self.listener.tls == "implicit":
+            self._start_tls(self._authorize)
+        else:
+            self._authorize()
+
+    def _start_tls(self, then: Callable[[], None]) -> None:
+        context = self.services.server_tls
+        assert context is not None
+        self._reader.stop()
+        self._tls = tls.ServerTLS(self.sock, context)
+        self._handshake_done = then
+        self._handshake_timer = self._loop.timer(self.services.config.timeouts.tls_handshake)
+        self._handshake_timer.start(self._guarded, self._handshake_failed, "timeout")
+        self._handshake_step()
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.stop()
+            self._handshake_timer.close()
+            self._handshake_timer = None
+
+    def _handshake_step(self) -> None:
+        assert self._tls is not None
+        try:
+            wait = self._tls.handshake()
+        except tls.HandshakeFailed as error:
+            self._handshake_failed(error.reason)
+            return
+        self._reader.stop()
+        self._writer.stop()
+        if wait == READ:
+            self._reader.start(self._guarded, self._handshake_step)
+        elif wait == WRITE:
+            self._writer.start(self._guarded, self._handshake_step)
+        else:
+            self._stop_handshake_timer()
+            self.client.use_tls(self._tls.sslobj)
+            assert self._handshake_done is not None
+            self._handshake_done()
+
+    def _handshake_failed(self, reason: str) -> None:
+        self._stop_handshake_timer()
+        metrics.add(metrics.TLS_FAILURES, self.listener.name, reason)
+        self._close("tls_failed")
+
+    # -- AUTHORIZATION -----------------------------------------------------------
+
+    def _authorize(self) -> None:
+        self._authorizing = True
+        self._arm(self.services.config.timeouts.auth, self._auth_timed_out)
+        self._run_actions(self.conn.greeting())
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.closed and self._task is None and not self.logged_in:
+            self._read_with(self._read_commands)
+            if self.client.buffered():
+                self._read_commands()
+
+    def _read_commands(self) -> None:
+        size = self.client.recv_into(SHARED_BUFFER[:CLIENT_RECV])
+        if size is None:
+            return
+        if not size:
+            self._close("client_closed")
+            return
+        self._run_actions(self.conn.receive_data(SHARED_BUFFER[:size]))
+
+    def _run_actions(self, actions: list[core.Action]) -> None:
+        """Replies go out in one write per batch; the first action that needs
+        more than a write (TLS, a login, the end) takes over the rest."""
+        replies_out = bytearray()
+        for index, action in enumerate(actions):
+            if isinstance(action, core.Send):
+                replies_out += action.data
+                continue
+            if replies_out:
+                self._send(bytes(replies_out))
+            rest = actions[index + 1 :]
+            if isinstance(action, core.StartTLS):
+                self._after_flush(lambda: self._start_tls(self._tls_established))
+            elif isinstance(action, core.Login):
+                self._reader.stop()
+                self._spawn(self._login, action, rest)
+            elif isinstance(action, core.Close):
+                self._after_flush(lambda reason=action.reason: self._close(reason))
+            return
+        if replies_out:
+            self._send(bytes(replies_out))
+
+    def _tls_established(self) -> None:
+        self._run_actions(self.conn.tls_established())
+        self._resume_reading()
+
+    def _auth_timed_out(self) -> None:
+        self._end_unauthorized("auth_timeout")
+
+    def _end_unauthorized(self, reason: str) -> None:
+        """Before TRANSACTION: a last word (when there is one) and close; a login
+        in progress is abandoned, and its backend connection closed without QUIT."""
+        self._abandon_task(reason)
+        farewell = _FAREWELLS.get(reason)
+        if farewell and self._authorizing and self._handshake_timer is None:
+            self._send_quietly(farewell)
+        self._close(reason)
+
+    # -- the login (a greenlet) -------------------------------------------------
 
     def _client_address(self) -> ClientAddress | None:
         if not self.peer:
@@ -251,17 +421,18 @@ class ClientSession:
                 local = None
         return ClientAddress(tuple(self.peer[:2]), local)
 
-    def _login(self, action: core.Login) -> list[core.Action]:
+    def _login(self, action: core.Login, rest: list[core.Action]) -> None:
         self.user = action.user
         try:
-            self.session = self.services.logins.login(
+            session = self.services.logins.login(
                 action.user,
                 action.password,
-                sni=tls.server_name(self.sock),
+                sni=tls.server_name(self._tls),  # type: ignore[arg-type]
                 client=self._client_address(),
                 session_id=self.id,
             )
         except LoginFailed as failure:
+            self._task = None
             self.result = failure.result
             log.info(
                 "login failed",
@@ -272,33 +443,65 @@ class ClientSession:
                     "detail": failure.detail,
                 },
             )
-            return self.conn.login_failed(failure.reply)
+            if not self.closed:
+                self._run_actions(self.conn.login_failed(failure.reply) + rest)
+                self._resume_reading()
+            return
+        self._task = None
+        if self.closed:  # ended while the login finished: drop it, no QUIT
+            session.upstream.sock.close()
+            self.services.logins.release(session.lease)
+            return
+        self.session = session
         self.result = "ok"
-        return self.conn.login_succeeded()
+        self._relay_from(self.conn.login_succeeded() + rest)
 
-    def _relay(self, pending: list[core.Action]) -> str:
+    # -- TRANSACTION -------------------------------------------------------------
+
+    def _relay_from(self, pending: list[core.Action]) -> None:
         assert self.session is not None
+        self._disarm()
+        self._reader.stop()
+        self._writer.stop()
         tenant = metrics.tenant_label(self.session.tenant.name)
         self._tenant_label = tenant
         metrics.add(metrics.SESSIONS_ACTIVE, tenant)
-        logged_in = time.monotonic()
+        self._logged_in_at = time.monotonic()
         upstream = self.session.upstream
-        try:
-            relay = Relay(
-                self.sock,
-                upstream.sock,
-                self.conn,
-                self.services.config.timeouts.idle,
-                self.traffic,
-            )
-            return relay.run(pending, upstream.leftover)
-        finally:
-            upstream.sock.close()
-            self.services.logins.release(self.session.lease)
-            metrics.add(metrics.SESSIONS_ACTIVE, tenant, amount=-1)
-            metrics.observe(metrics.SESSION_DURATION, tenant, value=time.monotonic() - logged_in)
-            self.flush_metrics()
-            self._tenant_label = None
+        self._relay = Relay(
+            self.client,
+            Endpoint.of(upstream.sock),
+            self.conn,
+            self.services.config.timeouts.idle,
+            self.traffic,
+            lambda reason: self._guarded(self._relay_ended, reason),
+        )
+        self._relay.start(pending, upstream.leftover)
+
+    def _relay_ended(self, reason: str) -> None:
+        assert self.session is not None
+        upstream = self.session.upstream
+        shutdown(upstream.sock)
+        upstream.sock.close()
+        self.services.logins.release(self.session.lease)
+        tenant = self._tenant_label or metrics.OTHER
+        metrics.add(metrics.SESSIONS_ACTIVE, tenant, amount=-1)
+        metrics.observe(
+            metrics.SESSION_DURATION, tenant, value=time.monotonic() - self._logged_in_at
+        )
+        self.flush_metrics()
+        self._tenant_label = None
+        self._relay = None
+        self._close(reason)
+
+    def end(self, reason: str) -> None:
+        """End the session from outside: the proxy is draining or stopping."""
+        if self.closed:
+            return
+        if self._relay is not None:
+            self._relay.stop(reason)
+        elif not self.logged_in:
+            self._end_unauthorized(reason)
 
     def flush_metrics(self) -> None:
         """Add the bytes and commands relayed since the last call to the counters.
@@ -324,38 +527,69 @@ class ClientSession:
                 metrics.add(metrics.COMMANDS, tenant, command, amount=new)
                 counted.commands[command] = count
 
-    def _linger(self) -> None:
+    # -- the end -----------------------------------------------------------------
+
+    def _send_quietly(self, data: bytes) -> None:
+        """A last word to a client that may not be listening: one try, never raises."""
+        with contextlib.suppress(OSError):
+            self.client.send(data)
+
+    def _close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._disarm()
+        self._stop_handshake_timer()
+        self._reader.stop()
+        self._writer.stop()
+        self._abandon_task(reason)
+        self.services.logins.release(self.connection_lease)
+        if reason in _LINGER_ON and not self.logged_in:
+            self._linger(reason)
+        else:
+            self._closed(reason)
+
+    def _linger(self, reason: str) -> None:
         """Close our side, then read and drop what the client still sends, briefly.
 
         Closing a socket with unread input makes the kernel send a reset,
         which can destroy our last reply (the "too many errors" line) before
         the client reads it. Bounded: one second and 64 KiB at most.
         """
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(0.2)
-            deadline = time.monotonic() + 1.0
-            drained = 0
-            while drained < 65536 and time.monotonic() < deadline:
-                data = self.sock.recv(4096)
-                if not data:
-                    break
-                drained += len(data)
-
-    def _send_quietly(self, data: bytes) -> None:
-        """A last word to a client that may not be listening: bounded, never raises."""
         try:
-            self.sock.settimeout(1.0)
-            self.sock.sendall(data)
+            self.client.flush()
+            self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            self._closed(reason)
+            return
+        self._lingered = 0
+        self._timer = self._loop.timer(LINGER_SECONDS)
+        self._timer.start(self._closed, reason)
+        self._reader.start(self._drain_input, reason)
 
-    def _close(self, reason: str) -> None:
-        self.services.logins.release(self.connection_lease)
-        if reason in _LINGER_ON and not self.logged_in:
-            self._linger()
+    def _drain_input(self, reason: str) -> None:
+        try:
+            size = self.client.recv_into(SHARED_BUFFER[:4096])
+        except OSError:
+            size = 0
+        if size is None:
+            return
+        self._lingered += size
+        if not size or self._lingered >= LINGER_BYTES:
+            self._closed(reason)
+
+    def _closed(self, reason: str) -> None:
+        """The socket goes, and the summary line is written (once)."""
+        if self._reader is None:
+            return
+        self._disarm()
+        for watcher in (self._reader, self._writer):
+            watcher.stop()
+            watcher.close()
+        self._reader = self._writer = None  # type: ignore[assignment]
         shutdown(self.sock)
         self.sock.close()
+        self.on_closed(self)
         if log.isEnabledFor(logging.INFO):
             self._log_summary(reason)
 

@@ -190,23 +190,67 @@ def client_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+def _failure(error: OSError) -> HandshakeFailed:
+    """A failed handshake's error as a bounded reason."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return HandshakeFailed("certificate", error.verify_message or "")
+    if isinstance(error, ssl.SSLError):
+        return HandshakeFailed("protocol", error.reason or "")
+    return HandshakeFailed("connection", error.strerror or "")
+
+
 def _handshake(wrapped: ssl.SSLSocket, timeout: float) -> ssl.SSLSocket:
     try:
         with Timeout(timeout, HandshakeFailed("timeout")):
             wrapped.do_handshake()
-    except ssl.SSLCertVerificationError as error:
-        raise HandshakeFailed("certificate", error.verify_message or "") from None
-    except ssl.SSLError as error:
-        raise HandshakeFailed("protocol", error.reason or "") from None
     except OSError as error:
-        raise HandshakeFailed("connection", error.strerror or "") from None
+        raise _failure(error) from None
     return wrapped
 
 
-def accept_tls(sock: socket.socket, context: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:
-    """Server-side handshake on an accepted socket."""
-    wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-    return _handshake(wrapped, timeout)
+READ, WRITE = 1, 2
+"""What a handshake step waits for (libev event masks)."""
+
+
+class ServerTLS:
+    """Server-side TLS on a client's non-blocking socket, driven by the event loop.
+
+    ``sslobj`` is OpenSSL's connection itself, read and written without any
+    wrapper (see :class:`pop3proxy.net.relay.Endpoint`). This object is its
+    owner, which is what the SNI callback of :func:`server_context` gets: it
+    notes the client's server name here and picks the certificate through
+    ``context``.
+    """
+
+    __slots__ = ("__weakref__", "pop3proxy_server_name", "sslobj")
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.pop3proxy_server_name: str | None = None
+        self.sslobj = context._wrap_socket(sock, server_side=True, owner=self)  # type: ignore[attr-defined]
+
+    def _sslsock(self) -> ServerTLS:
+        """gevent's ``SSLContext`` runs the SNI callback on ``owner._sslsock()``."""
+        return self
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.sslobj.context
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        self.sslobj.context = context
+
+    def handshake(self) -> int:
+        """One step: 0 when done, else the event to wait for; raises :class:`HandshakeFailed`."""
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            return READ
+        except ssl.SSLWantWriteError:
+            return WRITE
+        except OSError as error:
+            raise _failure(error) from None
+        return 0
 
 
 def connect_tls(
