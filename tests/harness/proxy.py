@@ -136,8 +136,13 @@ class ProxyProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_records(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far; a line that is not JSON fails the test."""
-        return [json.loads(line) for line in self.read_log().splitlines() if line.strip()]
+        """Every complete JSON log line so far; a line that is not JSON fails the test.
+
+        A line still being written (the proxy's buffer went out mid-line) is
+        left for the next read.
+        """
+        complete = self.read_log().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def sessions(self) -> list[dict[str, Any]]:
         return [r for r in self.log_records() if r.get("message") == "session"]
