@@ -183,7 +183,9 @@ class ClientSession:
             self._timer = None
 
     def _send(self, data: bytes) -> None:
+        """Write a reply; a client that does not read its replies is not read either."""
         if not self.client.send(data):
+            self._reader.stop()
             self._writer.start(self._guarded, self._flush)
 
     def _flush(self) -> None:
@@ -192,6 +194,8 @@ class ClientSession:
             then, self._when_flushed = self._when_flushed, None
             if then is not None:
                 then()
+            else:
+                self._resume_reading()
 
     def _after_flush(self, then: Callable[[], None]) -> None:
         """Run ``then`` once every reply queued so far has left; stop reading until then."""
@@ -230,6 +234,9 @@ class ClientSession:
 
     def start(self) -> None:
         """Take over a freshly accepted connection (called from the accept callback)."""
+        self._guarded(self._start)
+
+    def _start(self) -> None:
         set_nodelay(self.sock)
         if self.listener.proxy_protocol:
             self._expect_proxy_header()
@@ -356,12 +363,15 @@ class ClientSession:
         self._resume_reading()
 
     def _resume_reading(self) -> None:
-        if not self.closed and self._task is None and not self.logged_in:
-            self._read_with(self._read_commands)
-            if self.client.buffered():
-                self._read_commands()
+        if self.closed or self._task is not None or self.logged_in or self.client.outbox:
+            return
+        self._read_with(self._read_commands)
+        if self.client.buffered():
+            self._read_commands()
 
     def _read_commands(self) -> None:
+        if self.closed:  # a read queued before the end
+            return
         size = self.client.recv_into(SHARED_BUFFER[:CLIENT_RECV])
         if size is None:
             return
@@ -369,6 +379,8 @@ class ClientSession:
             self._close("client_closed")
             return
         self._run_actions(self.conn.receive_data(SHARED_BUFFER[:size]))
+        if self._reader.active and self.client.buffered():  # OpenSSL holds more
+            self._loop.run_callback(self._guarded, self._read_commands)
 
     def _run_actions(self, actions: list[core.Action]) -> None:
         """Replies go out in one write per batch; the first action that needs

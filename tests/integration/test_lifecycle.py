@@ -21,6 +21,25 @@ def test_auth_timeout_says_why_and_closes(make_proxy):
         assert wire.read_line() == b""
 
 
+def test_at_max_connections_new_clients_wait_for_a_free_slot(make_proxy):
+    """With ``limits.max_connections: 2`` a third client is left in the kernel's
+    accept queue (no greeting, no refusal) until one of the two leaves; then it
+    is served."""
+    proxy = make_proxy({"limits": {"max_connections": 2}})
+    first = Pop3Wire(proxy.host, proxy.ports["plain"])
+    second = Pop3Wire(proxy.host, proxy.ports["pop3"])
+    third = socket.create_connection((proxy.host, proxy.ports["plain"]), timeout=0.5)
+    try:
+        with pytest.raises(TimeoutError):
+            third.recv(100)  # not accepted: nothing to read within the half second
+        first.drop()
+        third.settimeout(5)
+        assert third.recv(100).startswith(b"+OK")
+    finally:
+        third.close()
+        second.drop()
+
+
 def test_sigterm_finishes_running_download_and_refuses_new(make_proxy, fresh_mailbox, dovecot):
     """SIGTERM while a 5 MB RETR is in flight: the download completes byte for byte, a
     client still in AUTHORIZATION is told to retry, a new connection is refused, and the
