@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
@@ -141,15 +142,26 @@ class LoginService:
             metrics.add(metrics.LIMIT_REJECTIONS, "address")
         return lease
 
-    def release(self, lease: Lease | None) -> None:
-        """Give a lease's slots back. Sessions call this from the event loop, which
-        must not wait: the Redis round trip, if any, runs in a greenlet of its own."""
-        if lease is None or not lease.keys:
+    def release(self, lease: Lease | None, then: Callable[[], None] | None = None) -> None:
+        """Give a lease's slots back, then run ``then``.
+
+        Sessions call this from the event loop, which must not wait: a Redis
+        round trip runs in a greenlet of its own, and ``then`` after it. A
+        session closes its client's socket in ``then``, so a client that
+        reconnects at once never finds its own old slot still taken.
+        """
+        if lease is not None and lease.keys and self.leases.client is not None:
+            gevent.spawn_raw(self._release, lease, then)
             return
-        if self.leases.client is None:
+        if lease is not None:
             self.leases.release(lease)
-        else:
-            gevent.spawn_raw(self.leases.release, lease)
+        if then is not None:
+            then()
+
+    def _release(self, lease: Lease, then: Callable[[], None] | None) -> None:
+        self.leases.release(lease)
+        if then is not None:
+            then()
 
     def login(
         self,

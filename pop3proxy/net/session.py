@@ -495,7 +495,6 @@ class ClientSession:
         upstream = self.session.upstream
         shutdown(upstream.sock)
         upstream.sock.close()
-        self.services.logins.release(self.session.lease)
         tenant = self._tenant_label or metrics.OTHER
         metrics.add(metrics.SESSIONS_ACTIVE, tenant, amount=-1)
         metrics.observe(
@@ -504,7 +503,9 @@ class ClientSession:
         self.flush_metrics()
         self._tenant_label = None
         self._relay = None
-        self._close(reason)
+        # The session's slots go back before the client sees the end, so a
+        # client that reconnects at once does not meet its own [IN-USE].
+        self.services.logins.release(self.session.lease, lambda: self._close(reason))
 
     def end(self, reason: str) -> None:
         """End the session from outside: the proxy is draining or stopping."""
@@ -555,11 +556,11 @@ class ClientSession:
         self._reader.stop()
         self._writer.stop()
         self._abandon_task(reason)
-        self.services.logins.release(self.connection_lease)
-        if reason in _LINGER_ON and not self.logged_in:
-            self._linger(reason)
-        else:
-            self._closed(reason)
+        linger = reason in _LINGER_ON and not self.logged_in
+        lease, self.connection_lease = self.connection_lease, None
+        self.services.logins.release(
+            lease, lambda: self._linger(reason) if linger else self._closed(reason)
+        )
 
     def _linger(self, reason: str) -> None:
         """Close our side, then read and drop what the client still sends, briefly.

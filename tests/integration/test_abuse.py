@@ -91,6 +91,18 @@ def test_one_session_per_user_by_default(make_proxy, fresh_mailbox):
         assert first.command("STAT").startswith(b"+OK"), "the first session is untouched"
 
 
+def test_a_client_that_quit_can_log_in_again_at_once(make_proxy, fresh_mailbox):
+    """With one session per user, a client that sent QUIT and saw the connection
+    close logs in again straight away: its slot is back before the close."""
+    fresh_mailbox("erin")
+    proxy = make_proxy({"limits": {"max_sessions_per_user": 1}})
+    for _ in range(5):
+        with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+            wire.login(f"erin@{TENANT}", USERS["erin"])
+            assert wire.command("QUIT").startswith(b"+OK")
+            assert wire.read_line() == b"", "the proxy closes after QUIT"
+
+
 def test_killed_replica_frees_its_slots_within_the_lease_ttl(make_proxy, tmp_path, fresh_mailbox):
     fresh_mailbox("dave")
     limits = {"max_sessions_per_user": 1, "lease_ttl": "3s"}
@@ -108,6 +120,8 @@ def test_killed_replica_frees_its_slots_within_the_lease_ttl(make_proxy, tmp_pat
 
 def test_connections_per_address(make_proxy):
     proxy = make_proxy({"limits": {"max_connections_per_address": 3}})
+    # The harness's readiness probes are connections from this address too.
+    wait_until(lambda: _no_connections(proxy), 5, message="readiness probes closed")
     held = [Pop3Wire(proxy.host, proxy.ports["plain"]) for _ in range(3)]
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as extra:
         assert extra.greeting.startswith(b"-ERR [SYS/TEMP] Too many connections")
@@ -115,6 +129,15 @@ def test_connections_per_address(make_proxy):
     wait_until(lambda: _greets(proxy), 5)
     for wire in held:
         wire.drop()
+
+
+def _no_connections(proxy: ProxyProcess) -> bool:
+    """No client connection open: each one's address slot is back in Redis."""
+    return all(
+        float(line.rsplit(" ", 1)[1]) == 0
+        for line in proxy.metrics().splitlines()
+        if line.startswith("pop3proxy_connections_active{")
+    )
 
 
 def _greets(proxy: ProxyProcess) -> bool:
