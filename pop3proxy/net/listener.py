@@ -20,12 +20,12 @@ from gevent.hub import get_hub
 
 from pop3proxy import metrics
 from pop3proxy.config import ListenerConfig
+from pop3proxy.net.sockets import READ
 
 log = logging.getLogger("pop3proxy.listener")
 
 Handler = Callable[[socket.socket, tuple, ListenerConfig], None]
 
-READ = 1
 ACCEPTS_PER_TURN = 64
 """Connections taken per wake-up before the loop serves the sessions again."""
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

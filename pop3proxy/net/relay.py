@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from gevent.hub import get_hub
 
+from pop3proxy.net.sockets import READ, WRITE
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
 
 log = logging.getLogger("pop3proxy.relay")
@@ -43,8 +44,6 @@ runs one callback at a time, and a callback is done with what it read (sent
 on, or copied by the protocol core) before it returns. A bulk download
 allocates nothing per chunk; only bytes a slow client cannot take yet are
 copied."""
-READ, WRITE = 1, 2
-"""libev event masks."""
 
 
 @dataclass

@@ -38,8 +38,8 @@ from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
 from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
-from pop3proxy.net.relay import CLIENT_RECV, READ, SHARED_BUFFER, WRITE, Endpoint, Relay, Traffic
-from pop3proxy.net.sockets import set_nodelay, shutdown
+from pop3proxy.net.relay import CLIENT_RECV, SHARED_BUFFER, Endpoint, Relay, Traffic
+from pop3proxy.net.sockets import READ, WRITE, set_nodelay, shutdown
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import proxyproto, replies
 
@@ -575,7 +575,6 @@ class ClientSession:
         except OSError:
             self._closed(reason)
             return
-        self._lingered = 0
         self._timer = self._loop.timer(LINGER_SECONDS)
         self._timer.start(self._closed, reason)
         self._reader.start(self._drain_input, reason)

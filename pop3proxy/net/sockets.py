@@ -7,6 +7,9 @@ import functools
 import ipaddress
 import socket
 
+READ, WRITE = 1, 2
+"""libev event masks: what an I/O watcher waits for."""
+
 
 def set_nodelay(sock: socket.socket) -> None:
     """Disable Nagle: POP3 is request/response, and Nagle plus delayed ACKs

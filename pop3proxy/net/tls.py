@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from gevent import Timeout
 
 from pop3proxy.config import Config, SNIEntry, TLSConfig
+from pop3proxy.net.sockets import READ, WRITE
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -206,10 +207,6 @@ def _handshake(wrapped: ssl.SSLSocket, timeout: float) -> ssl.SSLSocket:
     except OSError as error:
         raise _failure(error) from None
     return wrapped
-
-
-READ, WRITE = 1, 2
-"""What a handshake step waits for (libev event masks)."""
 
 
 class ServerTLS:
