@@ -11,7 +11,8 @@ Connecting to one backend: TCP with the backend's connect timeout, then the
 PROXY header if ``forward_client`` is ``proxy_v1``/``proxy_v2`` (before
 anything else, TLS included, as HAProxy does), then TLS for ``implicit``;
 the login machine (:mod:`pop3proxy.protocol.backend`) does greeting, STLS,
-XCLIENT, USER and PASS.
+XCLIENT, USER and PASS. All of that runs on the event loop
+(:mod:`pop3proxy.net.upstream`); the greenlet here waits once per backend.
 """
 
 from __future__ import annotations
@@ -23,21 +24,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import gevent
+from gevent.hub import Waiter
 
 from pop3proxy import metrics
 from pop3proxy.config import BackendsConfig
 from pop3proxy.health import Health
 from pop3proxy.net import tls
-from pop3proxy.net.sockets import connect, send_all, set_nodelay
+from pop3proxy.net.sockets import is_address
+from pop3proxy.net.upstream import (
+    BackendUnavailable,
+    Dial,
+    LoginAttempt,
+    LoginRefused,
+    Resolved,
+    Upstream,
+)
 from pop3proxy.protocol import backend as machine
 from pop3proxy.protocol import proxyproto
-from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
-log = logging.getLogger("pop3proxy.backends")
+__all__ = ["BackendUnavailable", "ClientAddress", "LoginRefused", "Upstream", "Upstreams"]
 
-RECV_SIZE = 65536
+log = logging.getLogger("pop3proxy.backends")
 
 Address = tuple[str, int]
 
@@ -51,33 +60,6 @@ class ClientAddress:
 
     source: Address
     destination: Address | None = None
-
-
-@dataclass
-class Upstream:
-    """A logged-in backend connection, ready to relay."""
-
-    sock: socket.socket
-    backend: Backend
-    leftover: bytes
-    """Bytes the backend sent after its login reply (none from a sane server)."""
-
-
-class LoginRefused(Exception):
-    """The backend judged the credentials; ``reply`` is the -ERR line for the client."""
-
-    def __init__(self, reply: bytes, reason: str) -> None:
-        super().__init__(reason)
-        self.reply = reply
-        self.reason = reason
-
-
-class BackendUnavailable(Exception):
-    """No backend of the tenant could be used; the client gets -ERR [SYS/TEMP]."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Upstreams:
@@ -193,14 +175,7 @@ class Upstreams:
     def check(self, backend: Backend) -> bool:
         """Connect and read the greeting (an active check); updates health and metrics."""
         try:
-            sock = _connect(backend, self.timeout(backend), None)
-            try:
-                with gevent.Timeout(self.timeout(backend), BackendUnavailable("login_timeout")):
-                    greeting = _read_line(sock, LineReader(machine.MAX_STATUS_LINE))
-            finally:
-                sock.close()
-            if not greeting.startswith(b"+OK"):
-                raise BackendUnavailable("bad_greeting")
+            self._attempt(backend, None, None).close()
         except BackendUnavailable as error:
             labels = self._known.get(backend.address, (backend, set()))[1]
             self._failed(backend, labels, None, f"check_{error.reason}")
@@ -217,8 +192,6 @@ class Upstreams:
     def _login(
         self, backend: Backend, login_name: str, password: bytes, client: ClientAddress | None
     ) -> Upstream:
-        timeout = self.timeout(backend)
-        sock = _connect(backend, timeout, client)
         forward = backend.forward_client == "xclient" and client is not None
         login = machine.BackendLogin(
             login_name,
@@ -226,27 +199,37 @@ class Upstreams:
             starttls=backend.tls == "starttls",
             xclient=client.source if forward and client else None,
         )
-        reader = LineReader(machine.MAX_STATUS_LINE)
-        try:
-            with gevent.Timeout(timeout, BackendUnavailable("login_timeout")):
-                while True:
-                    line = _read_line(sock, reader)
-                    for action in login.receive_line(line):
-                        sock = _execute(action, sock, backend, login, reader, timeout)
-                    if login.done:
-                        break
-        except OSError:
-            sock.close()
-            raise BackendUnavailable("connection_lost") from None
-        except BaseException:
-            sock.close()
-            raise
+        upstream = self._attempt(backend, client, login)
         if login.xclient_result not in (None, "sent"):
             log.warning(
                 "client address not forwarded",
                 extra={"backend": backend.address, "xclient": login.xclient_result},
             )
-        return Upstream(sock, backend, reader.take())
+        return upstream
+
+    def _attempt(
+        self, backend: Backend, client: ClientAddress | None, login: machine.BackendLogin | None
+    ) -> Upstream:
+        """Run one attempt on the event loop and wait for its outcome here."""
+        waiter = Waiter()
+        attempt = LoginAttempt(self._dial(backend, client), login, waiter.switch)
+        attempt.start()
+        try:
+            outcome = waiter.get()
+        except BaseException:
+            attempt.cancel()
+            raise
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _dial(self, backend: Backend, client: ClientAddress | None) -> Dial:
+        addresses = _resolve(backend)
+        context = None
+        if backend.tls != "none":
+            context = tls.client_context(backend.verify, backend.ca_file)
+        header = _proxy_header(backend, client, addresses[0][1][:2])
+        return Dial(backend, addresses, self.timeout(backend), header, context)
 
 
 def _summary(reasons: list[str]) -> str:
@@ -257,84 +240,33 @@ def _summary(reasons: list[str]) -> str:
     return reasons[-1] if reasons else "no_backends"
 
 
-def _read_line(sock: socket.socket, reader: LineReader) -> bytes:
-    while True:
-        line = reader.next_line()
-        if line is LINE_TOO_LONG:
-            raise BackendUnavailable("garbage")
-        if line is not None:
-            assert isinstance(line, bytes)
-            return line
-        data = sock.recv(RECV_SIZE)
-        if not data:
-            raise BackendUnavailable("closed_during_login")
-        reader.feed(data)
+def _resolve(backend: Backend) -> list[Resolved]:
+    """The backend's addresses; an address literal skips the resolver.
 
-
-def _connect(backend: Backend, timeout: float, client: ClientAddress | None) -> socket.socket:
+    gevent resolves every name on its thread pool, even ``127.0.0.1``: a lock
+    hand-off and two context switches per backend session. Backends are very
+    often configured by address.
+    """
+    host, port = backend.host, backend.port
+    if is_address(host):
+        return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
     try:
-        sock = connect(backend.host, backend.port, timeout)
-    except TimeoutError:
-        raise BackendUnavailable("connect_timeout") from None
-    except ConnectionRefusedError:
-        raise BackendUnavailable("connect_refused") from None
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise BackendUnavailable("connect_failed") from None
-    set_nodelay(sock)
-    try:
-        header = _proxy_header(backend, sock, client)
-        if header:
-            send_all(sock, header)
-    except OSError:
-        sock.close()
-        raise BackendUnavailable("connect_failed") from None
-    if backend.tls == "implicit":
-        sock = _wrap(sock, backend, timeout)
-    return sock
+    return [(family, address) for family, _, _, _, address in found]
 
 
-def _proxy_header(backend: Backend, sock: socket.socket, client: ClientAddress | None) -> bytes:
+def _proxy_header(backend: Backend, client: ClientAddress | None, peer: Address) -> bytes:
     """The PROXY header for ``forward_client: proxy_v1|proxy_v2``, else nothing.
 
     Without a client (an active check) it is the LOCAL/UNKNOWN form: the
-    connection is the proxy's own.
+    connection is the proxy's own. Without the address the client connected
+    to, the backend's own stands in.
     """
     if backend.forward_client not in ("proxy_v1", "proxy_v2"):
         return b""
     build = proxyproto.build_v1 if backend.forward_client == "proxy_v1" else proxyproto.build_v2
     if client is None:
         return build(None, None)
-    destination = client.destination or sock.getpeername()[:2]
-    return build(client.source, destination)
-
-
-def _wrap(sock: socket.socket, backend: Backend, timeout: float) -> socket.socket:
-    context = tls.client_context(backend.verify, backend.ca_file)
-    try:
-        return tls.connect_tls(sock, context, backend.server_name or backend.host, timeout)
-    except tls.HandshakeFailed as error:
-        sock.close()
-        raise BackendUnavailable(f"tls_{error.reason}") from None
-
-
-def _execute(
-    action: machine.BackendAction,
-    sock: socket.socket,
-    backend: Backend,
-    login: machine.BackendLogin,
-    reader: LineReader,
-    timeout: float,
-) -> socket.socket:
-    if isinstance(action, machine.SendToBackend):
-        send_all(sock, action.data)
-    elif isinstance(action, machine.StartBackendTLS):
-        if reader.discard():
-            raise BackendUnavailable("data_before_tls")
-        sock = _wrap(sock, backend, timeout)
-        for follow_up in login.tls_established():
-            sock = _execute(follow_up, sock, backend, login, reader, timeout)
-    elif isinstance(action, machine.Failed):
-        if action.kind is machine.FailureKind.AUTH:
-            raise LoginRefused(action.client_reply, action.reason)
-        raise BackendUnavailable(action.reason)
-    return sock
+    return build(client.source, client.destination or peer)

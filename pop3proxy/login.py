@@ -230,7 +230,7 @@ class LoginService:
         try:
             lease = self._take_slots(tenant, name, session_id)
         except LoginFailed:
-            upstream.sock.close()  # no QUIT: the backend never enters UPDATE
+            upstream.close()  # no QUIT: the backend never enters UPDATE
             raise
         return Session(tenant, upstream, lease)
 

@@ -9,7 +9,6 @@ wait in the kernel's accept queue instead of being taken without bound.
 
 from __future__ import annotations
 
-import _socket
 import errno
 import ipaddress
 import logging
@@ -20,7 +19,7 @@ from gevent.hub import get_hub
 
 from pop3proxy import metrics
 from pop3proxy.config import ListenerConfig
-from pop3proxy.net.sockets import READ
+from pop3proxy.net.sockets import READ, KernelSocket
 
 log = logging.getLogger("pop3proxy.listener")
 
@@ -31,13 +30,6 @@ ACCEPTS_PER_TURN = 64
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 BACKOFF = 0.1
 """Seconds to stop accepting when the process is out of descriptors."""
-
-
-class KernelSocket(_socket.socket):
-    """The kernel socket with nothing around it; weakly referable, as OpenSSL's
-    connection object needs its socket to be."""
-
-    __slots__ = ("__weakref__",)
 
 
 class Listener:

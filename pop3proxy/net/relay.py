@@ -73,11 +73,6 @@ class Endpoint:
         """Bytes the peer could not take yet, in order."""
         self._offset = 0
 
-    @classmethod
-    def of(cls, sock: socket.socket) -> Endpoint:
-        """The endpoint under a gevent socket (a backend's, after its login)."""
-        return cls(sock._sock, getattr(sock, "_sslobj", None))  # type: ignore[attr-defined]
-
     def use_tls(self, tls: object) -> None:
         """After a handshake on this socket: from now on, through OpenSSL."""
         self._tls = tls

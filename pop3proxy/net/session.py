@@ -461,7 +461,7 @@ class ClientSession:
             return
         self._task = None
         if self.closed:  # ended while the login finished: drop it, no QUIT
-            session.upstream.sock.close()
+            session.upstream.close()
             self.services.logins.release(session.lease)
             return
         self.session = session
@@ -482,7 +482,7 @@ class ClientSession:
         upstream = self.session.upstream
         self._relay = Relay(
             self.client,
-            Endpoint.of(upstream.sock),
+            upstream.endpoint(),
             self.conn,
             self.services.config.timeouts.idle,
             self.traffic,
@@ -492,9 +492,7 @@ class ClientSession:
 
     def _relay_ended(self, reason: str) -> None:
         assert self.session is not None
-        upstream = self.session.upstream
-        shutdown(upstream.sock)
-        upstream.sock.close()
+        self.session.upstream.close()
         tenant = self._tenant_label or metrics.OTHER
         metrics.add(metrics.SESSIONS_ACTIVE, tenant, amount=-1)
         metrics.observe(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import functools
 import ipaddress
@@ -11,23 +12,18 @@ READ, WRITE = 1, 2
 """libev event masks: what an I/O watcher waits for."""
 
 
+class KernelSocket(_socket.socket):
+    """The kernel socket with nothing around it (no gevent wrapper); weakly
+    referable, as OpenSSL's connection object needs its socket to be."""
+
+    __slots__ = ("__weakref__",)
+
+
 def set_nodelay(sock: socket.socket) -> None:
     """Disable Nagle: POP3 is request/response, and Nagle plus delayed ACKs
     stalls every exchange by 40 ms or more."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def send_all(sock: socket.socket, data: bytes | bytearray) -> None:
-    """``sendall`` that costs one ``send`` when the kernel takes it all.
-
-    gevent's ``sendall`` asks the kernel for the send buffer size and loops
-    in Python on every call; POP3 replies and commands almost always fit in
-    one ``send``. Only a remainder goes the long way.
-    """
-    sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
 
 
 def shutdown(sock: socket.socket) -> None:
@@ -36,34 +32,9 @@ def shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def connect(host: str, port: int, timeout: float) -> socket.socket:
-    """``socket.create_connection`` without a resolver trip for an address literal.
-
-    gevent resolves every name on its thread pool, even ``127.0.0.1``: a lock
-    hand-off and two context switches per backend session. Backends are very
-    often configured by address, so those connect directly.
-
-    ``timeout`` bounds the connect only. The socket comes back without one:
-    under gevent a socket timeout costs a timer object on every read that
-    waits, so callers bound a whole exchange with one ``gevent.Timeout``.
-    """
-    if _is_address(host):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect((host, port))
-        except BaseException:
-            sock.close()
-            raise
-    else:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    sock.settimeout(None)
-    return sock
-
-
 @functools.lru_cache(maxsize=1024)
-def _is_address(host: str) -> bool:
+def is_address(host: str) -> bool:
+    """An IP address literal (no resolver needed); cached, parsing is not free."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

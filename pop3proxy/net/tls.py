@@ -19,8 +19,6 @@ import socket
 import ssl
 from collections.abc import Iterator
 
-from gevent import Timeout
-
 from pop3proxy.config import Config, SNIEntry, TLSConfig
 from pop3proxy.net.sockets import READ, WRITE
 
@@ -191,22 +189,13 @@ def client_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-def _failure(error: OSError) -> HandshakeFailed:
+def handshake_failure(error: OSError) -> HandshakeFailed:
     """A failed handshake's error as a bounded reason."""
     if isinstance(error, ssl.SSLCertVerificationError):
         return HandshakeFailed("certificate", error.verify_message or "")
     if isinstance(error, ssl.SSLError):
         return HandshakeFailed("protocol", error.reason or "")
     return HandshakeFailed("connection", error.strerror or "")
-
-
-def _handshake(wrapped: ssl.SSLSocket, timeout: float) -> ssl.SSLSocket:
-    try:
-        with Timeout(timeout, HandshakeFailed("timeout")):
-            wrapped.do_handshake()
-    except OSError as error:
-        raise _failure(error) from None
-    return wrapped
 
 
 class ServerTLS:
@@ -246,13 +235,5 @@ class ServerTLS:
         except ssl.SSLWantWriteError:
             return WRITE
         except OSError as error:
-            raise _failure(error) from None
+            raise handshake_failure(error) from None
         return 0
-
-
-def connect_tls(
-    sock: socket.socket, context: ssl.SSLContext, server_name: str, timeout: float
-) -> ssl.SSLSocket:
-    """Client-side handshake to a backend; verifies ``server_name`` when the context does."""
-    wrapped = context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
-    return _handshake(wrapped, timeout)

@@ -1,0 +1,354 @@
+"""One backend connection, driven by the event loop: connect, PROXY header, TLS, login.
+
+The steps are callbacks of one socket's I/O watchers and one timer, like the
+client side of a session; the greenlet that asked for the connection waits
+once, for the outcome. Driving the same steps through gevent sockets cost
+four greenlet waits, each with a watcher, a switch and an exception for the
+read that would block, plus a timeout object and gevent's close machinery:
+the largest part of a plaintext session's CPU after the relay moved to
+callbacks (docs/performance.md).
+
+The POP3 side is :class:`pop3proxy.protocol.backend.BackendLogin`, sans-IO;
+this module only moves its lines. Without a login machine the attempt is an
+active health check: connect and read a ``+OK`` greeting.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gevent.hub import get_hub
+
+from pop3proxy.net import tls
+from pop3proxy.net.relay import SHARED_BUFFER, Endpoint
+from pop3proxy.net.sockets import READ, WRITE, KernelSocket, set_nodelay, shutdown
+from pop3proxy.protocol import backend as machine
+from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
+from pop3proxy.tenants import Backend
+
+log = logging.getLogger("pop3proxy.upstream")
+
+RECV_SIZE = 16384
+"""Status lines are short; a login never reads more than a few hundred bytes."""
+
+Address = tuple[str, int]
+Resolved = tuple[int, tuple]
+"""An address family and a socket address, as ``getaddrinfo`` gives them."""
+
+
+@dataclass
+class Upstream:
+    """A logged-in backend connection, ready to relay."""
+
+    sock: socket.socket
+    """The kernel socket, non-blocking."""
+    tls: object | None
+    """OpenSSL's connection on ``sock`` when the backend speaks TLS."""
+    backend: Backend
+    leftover: bytes
+    """Bytes the backend sent after its login reply (none from a sane server)."""
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.sock, self.tls)
+
+    def close(self) -> None:
+        """End the connection without a word: the backend never enters UPDATE."""
+        shutdown(self.sock)
+        self.sock.close()
+
+
+class LoginRefused(Exception):
+    """The backend judged the credentials; ``reply`` is the -ERR line for the client."""
+
+    def __init__(self, reply: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply
+        self.reason = reason
+
+
+class BackendUnavailable(Exception):
+    """No backend of the tenant could be used; the client gets -ERR [SYS/TEMP]."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+Outcome = Upstream | LoginRefused | BackendUnavailable
+
+
+@dataclass(frozen=True)
+class Dial:
+    """Where and how to reach one backend."""
+
+    backend: Backend
+    addresses: list[Resolved]
+    """Tried in order until one accepts the connection."""
+    timeout: float
+    """Bounds the connect, and then the login exchange."""
+    header: bytes = b""
+    """A PROXY protocol header to send first (``forward_client: proxy_v1|v2``)."""
+    context: ssl.SSLContext | None = None
+    """For ``tls: implicit|starttls``."""
+
+
+class LoginAttempt:
+    """Connects to one backend and runs ``login`` on it; ``on_done`` gets the outcome.
+
+    ``on_done`` is called once, from the event loop (or from :meth:`start`
+    when no address can even be tried), with an :class:`Upstream`, a
+    :class:`LoginRefused` or a :class:`BackendUnavailable`. :meth:`cancel`
+    drops the attempt without calling it.
+    """
+
+    def __init__(
+        self,
+        dial: Dial,
+        login: machine.BackendLogin | None,
+        on_done: Callable[[Outcome], None],
+    ) -> None:
+        self.dial = dial
+        self.login = login
+        self._on_done: Callable[[Outcome], None] | None = on_done
+        self._addresses = list(dial.addresses)
+        self._loop = get_hub().loop
+        self._timer = self._loop.timer(dial.timeout)
+        self._sock: socket.socket | None = None
+        self._endpoint: Endpoint | None = None
+        self._reader = self._writer = None
+        self._lines = LineReader(machine.MAX_STATUS_LINE)
+        self._sslobj: object | None = None
+        self._then: Callable[[], None] | None = None
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run a step from the loop: a lost connection or a surprise fails the attempt."""
+        try:
+            step()
+        except OSError:
+            self._fail("connection_lost")
+        except Exception:
+            log.exception("backend login failed", extra={"backend": self.dial.backend.address})
+            self._fail("internal_error")
+
+    def _wait(self, event: int, step: Callable[[], None]) -> None:
+        self._reader.stop()
+        self._writer.stop()
+        watcher = self._reader if event == READ else self._writer
+        watcher.start(self._guarded, step)
+
+    def _arm(self, reason: str) -> None:
+        self._timer.stop()
+        self._timer.start(self._fail, reason)
+
+    def _release(self) -> None:
+        self._timer.stop()
+        self._timer.close()
+        for watcher in (self._reader, self._writer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self._reader = self._writer = None
+
+    def _finish(self, outcome: Outcome) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
+            return
+        self._release()
+        if not isinstance(outcome, Upstream) and self._sock is not None:
+            self._sock.close()
+        on_done(outcome)
+
+    def _fail(self, reason: str) -> None:
+        self._finish(BackendUnavailable(reason))
+
+    def cancel(self) -> None:
+        """Drop the attempt: its connection closes, ``on_done`` is never called."""
+        if self._on_done is not None:
+            self._on_done = None
+            self._release()
+            if self._sock is not None:
+                self._sock.close()
+
+    # -- connect ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._arm("connect_timeout")
+        self._connect_next("connect_failed")
+
+    def _connect_next(self, reason: str) -> None:
+        """The next address, or the failure of the last one."""
+        if self._sock is not None:
+            self._release_socket()
+        if not self._addresses:
+            self._fail(reason)
+            return
+        family, address = self._addresses.pop(0)
+        sock = self._sock = KernelSocket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self._reader = self._loop.io(sock.fileno(), READ)
+        self._writer = self._loop.io(sock.fileno(), WRITE)
+        error = sock.connect_ex(address)
+        if error in (0, errno.EINPROGRESS):
+            self._wait(WRITE, self._connected)
+        else:
+            self._connect_next(_connect_reason(error))
+
+    def _release_socket(self) -> None:
+        assert self._sock is not None
+        for watcher in (self._reader, self._writer):
+            watcher.stop()
+            watcher.close()
+        self._reader = self._writer = None
+        self._sock.close()
+        self._sock = None
+
+    def _connected(self) -> None:
+        assert self._sock is not None
+        error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._connect_next(_connect_reason(error))
+            return
+        self._addresses.clear()
+        set_nodelay(self._sock)
+        self._endpoint = Endpoint(self._sock)
+        self._arm("login_timeout")
+        if self.dial.header:
+            self._send(self.dial.header)
+        if self.dial.backend.tls == "implicit":
+            self._start_tls(self._read)
+        else:
+            self._read()
+
+    # -- TLS -------------------------------------------------------------------
+
+    def _start_tls(self, then: Callable[[], None]) -> None:
+        context = self.dial.context
+        assert context is not None and self._sock is not None
+        backend = self.dial.backend
+        name = backend.server_name or backend.host
+        self._sslobj = context._wrap_socket(  # type: ignore[attr-defined]
+            self._sock, server_side=False, server_hostname=name
+        )
+        self._then = then
+        self._handshake()
+
+    def _handshake(self) -> None:
+        try:
+            self._sslobj.do_handshake()  # type: ignore[union-attr]
+        except ssl.SSLWantReadError:
+            self._wait(READ, self._handshake)
+            return
+        except ssl.SSLWantWriteError:
+            self._wait(WRITE, self._handshake)
+            return
+        except OSError as error:
+            self._fail(f"tls_{tls.handshake_failure(error).reason}")
+            return
+        assert self._endpoint is not None and self._then is not None
+        self._endpoint.use_tls(self._sslobj)
+        then, self._then = self._then, None
+        then()
+
+    # -- the login exchange ----------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        """Commands are short; one the kernel cannot take at once waits for room."""
+        assert self._endpoint is not None
+        if not self._endpoint.send(data):
+            self._wait(WRITE, self._flush)
+
+    def _flush(self) -> None:
+        assert self._endpoint is not None
+        if self._endpoint.flush():
+            self._read()
+
+    def _read(self) -> None:
+        endpoint = self._endpoint
+        assert endpoint is not None
+        if endpoint.outbox:
+            return  # _flush reads once the command is out
+        self._wait(READ, self._readable)
+        if endpoint.buffered():  # OpenSSL already holds the next reply
+            self._loop.run_callback(self._guarded, self._readable)
+
+    def _readable(self) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or self._on_done is None:  # a queued read after the end
+            return
+        while True:
+            size = endpoint.recv_into(SHARED_BUFFER[:RECV_SIZE])
+            if size is None:
+                return
+            if not size:
+                self._fail("closed_during_login")
+                return
+            self._lines.feed(SHARED_BUFFER[:size])
+            if not self._take_lines() or not endpoint.buffered():
+                return
+
+    def _take_lines(self) -> bool:
+        """Feed the complete lines to the machine; False once the attempt is over."""
+        while self._on_done is not None:
+            line = self._lines.next_line()
+            if line is None:
+                return True
+            if line is LINE_TOO_LONG:
+                self._fail("garbage")
+                return False
+            assert isinstance(line, bytes)
+            if self.login is None:
+                self._greeted(line)
+                return False
+            for action in self.login.receive_line(line):
+                self._execute(action)
+            if self._sslobj is not None and self._then is not None:
+                return False  # a handshake took over
+        return False
+
+    def _greeted(self, line: bytes) -> None:
+        """An active check: the greeting is all it wants."""
+        if line.startswith(b"+OK"):
+            self._finish(Upstream(self._sock, self._sslobj, self.dial.backend, b""))
+        else:
+            self._fail("bad_greeting")
+
+    def _execute(self, action: machine.BackendAction) -> None:
+        if self._on_done is None:
+            return
+        if isinstance(action, machine.SendToBackend):
+            self._send(action.data)
+        elif isinstance(action, machine.StartBackendTLS):
+            if self._lines.discard():
+                self._fail("data_before_tls")
+                return
+            self._start_tls(self._tls_established)
+        elif isinstance(action, machine.LoggedIn):
+            leftover = self._lines.take()
+            self._finish(Upstream(self._sock, self._sslobj, self.dial.backend, leftover))
+        elif isinstance(action, machine.Failed):
+            if action.kind is machine.FailureKind.AUTH:
+                self._finish(LoginRefused(action.client_reply, action.reason))
+            else:
+                self._fail(action.reason)
+
+    def _tls_established(self) -> None:
+        assert self.login is not None
+        for action in self.login.tls_established():
+            self._execute(action)
+        if self._on_done is not None:
+            self._read()
+
+
+def _connect_reason(error: int) -> str:
+    if error == errno.ECONNREFUSED:
+        return "connect_refused"
+    if error == errno.ETIMEDOUT:
+        return "connect_timeout"
+    return "connect_failed"

@@ -1,0 +1,141 @@
+"""The backend connection on the event loop, in this process, against a real Dovecot.
+
+The proxy-level tests (routing, backend TLS, faults) cover what a client
+sees; these cover what only the driver itself shows: a name with several
+addresses, the outcome kinds, the connection being usable for the relay
+afterwards, and that an abandoned login leaves no descriptor behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import gevent
+import gevent.event
+import pytest
+from fakes.backend import FakeBackend
+from harness.dovecot import Dovecot
+from harness.ports import LOOPBACK, free_port
+from harness.users import USERS, WRONG_PASSWORD
+
+from pop3proxy.backends import BackendUnavailable, LoginRefused, Upstream, Upstreams
+from pop3proxy.config import BackendsConfig
+from pop3proxy.net.upstream import Dial, LoginAttempt
+from pop3proxy.protocol.backend import BackendLogin
+from pop3proxy.tenants import Backend, Tenant
+
+
+def upstreams() -> Upstreams:
+    return Upstreams(BackendsConfig(max_attempts=1), connect_timeout=2.0)
+
+
+def tenant(*backends: Backend) -> Tenant:
+    return Tenant("upstream.example", backends)
+
+
+def log_in(backend: Backend, password: str = USERS["alice"]) -> Upstream:
+    return upstreams().open(tenant(backend), "alice", password.encode(), user="alice")
+
+
+def command(upstream: Upstream, line: bytes) -> bytes:
+    """One command over the logged-in connection, through the relay's endpoint."""
+    endpoint = upstream.endpoint()
+    assert endpoint.send(line)
+    received = bytearray()
+    buffer = memoryview(bytearray(4096))
+    with gevent.Timeout(5):
+        while not received.endswith(b"\r\n"):
+            gevent.get_hub().wait(gevent.get_hub().loop.io(endpoint.fd, 1))
+            size = endpoint.recv_into(buffer)
+            if size:
+                received += buffer[:size]
+    return bytes(received)
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_logged_in_connection_is_ready_to_relay(dovecot: Dovecot) -> None:
+    upstream = log_in(Backend(dovecot.host, dovecot.port))
+    try:
+        assert upstream.leftover == b""
+        assert upstream.tls is None
+        assert upstream.sock.gettimeout() == 0.0  # non-blocking, for the relay's watchers
+        assert command(upstream, b"STAT\r\n").startswith(b"+OK ")
+    finally:
+        upstream.close()
+
+
+def test_every_address_of_a_name_is_tried(dovecot: Dovecot) -> None:
+    """A name resolving to several addresses (``localhost``: ::1 and 127.0.0.1)
+    is tried address by address until one answers."""
+    backend = Backend("localhost", dovecot.port)
+    nobody = (socket.AF_INET, (LOOPBACK, free_port()))
+    listening = (socket.AF_INET, (LOOPBACK, dovecot.port))
+    outcome = gevent.event.AsyncResult()
+    login = BackendLogin("alice", USERS["alice"].encode(), starttls=False)
+    LoginAttempt(Dial(backend, [nobody, listening], 2.0), login, outcome.set).start()
+    upstream = outcome.get(timeout=5)
+    assert isinstance(upstream, Upstream)
+    assert upstream.sock.getpeername()[:2] == listening[1]
+    upstream.close()
+
+
+def test_a_name_resolves(dovecot: Dovecot) -> None:
+    upstream = log_in(Backend("localhost", dovecot.port))
+    upstream.close()
+
+
+def test_tls_to_the_backend_reads_through_openssl(dovecot: Dovecot) -> None:
+    assert dovecot.pop3s_port is not None
+    backend = Backend(dovecot.host, dovecot.pop3s_port, tls="implicit", verify=False)
+    upstream = log_in(backend)
+    try:
+        assert upstream.tls is not None
+        assert command(upstream, b"STAT\r\n").startswith(b"+OK ")
+    finally:
+        upstream.close()
+
+
+def test_a_wrong_password_is_a_refusal_not_an_outage(dovecot: Dovecot) -> None:
+    with pytest.raises(LoginRefused):
+        log_in(Backend(dovecot.host, dovecot.port), WRONG_PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [("garbage", "garbage"), ("close", "closed_during_login")],
+)
+def test_a_broken_backend_says_how(behaviour: str, reason: str) -> None:
+    with FakeBackend(behaviour) as fake, pytest.raises(BackendUnavailable) as failure:
+        log_in(Backend(fake.host, fake.port))
+    assert failure.value.reason == reason
+
+
+def test_nothing_listening_is_refused() -> None:
+    with pytest.raises(BackendUnavailable) as failure:
+        log_in(Backend(LOOPBACK, free_port()))
+    assert failure.value.reason == "connect_refused"
+
+
+def test_a_silent_backend_times_out() -> None:
+    with FakeBackend("stall") as fake, pytest.raises(BackendUnavailable) as failure:
+        log_in(Backend(fake.host, fake.port, connect_timeout=0.3))
+    assert failure.value.reason == "login_timeout"
+
+
+def test_an_abandoned_login_leaves_no_descriptor() -> None:
+    """A session that ends mid-login kills its greenlet: the attempt must close its socket."""
+    before = open_descriptors()
+    with FakeBackend("stall") as fake:
+        logins = [gevent.spawn(log_in, Backend(fake.host, fake.port)) for _ in range(20)]
+        with gevent.Timeout(5):
+            while fake.accepted < len(logins):  # every login is waiting for a greeting
+                gevent.sleep(0.01)
+        gevent.killall(logins, timeout=5)
+        assert all(login.dead for login in logins)
+        # what is left open is the fake's own side (its listener and the 20 it holds)
+        assert open_descriptors() == before + 1 + len(logins)
+    assert open_descriptors() == before
