@@ -129,7 +129,7 @@ class Upstreams:
 
     def _remember(self, backend: Backend, label: str) -> None:
         entry = self._known.get(backend.address)
-        if entry is None or entry[0] != backend:
+        if entry is None or (entry[0] is not backend and entry[0] != backend):
             labels = entry[1] if entry else set()
             self._known[backend.address] = entry = (backend, labels)
         entry[1].add(label)

@@ -19,6 +19,7 @@ on their own, so its slots come back within ``lease_ttl``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -36,8 +37,10 @@ log = logging.getLogger("pop3proxy.limits")
 Clock = Callable[[], float]
 
 
+@functools.lru_cache(maxsize=4096)
 def _digest(value: str) -> str:
-    """Keys hold a digest of the user name, not the name: Redis is not a log."""
+    """Keys hold a digest of the user name, not the name: Redis is not a log.
+    (Cached: a login asks for it up to three times.)"""
     return hashlib.sha256(value.lower().encode()).hexdigest()[:24]
 
 
@@ -96,7 +99,10 @@ class _LocalWindows:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> int:
-        count, expires = self._counts.get(key, (0, 0.0))
+        entry = self._counts.get(key)
+        if entry is None:
+            return 0
+        count, expires = entry
         return count if self._clock() < expires else 0
 
     def incr(self, key: str, window: float) -> int:
@@ -168,9 +174,10 @@ class FailureLimiter:
     def _counts(self, user_key: str, address_key: str | None) -> tuple[int, int]:
         keys = [user_key] + ([address_key] if address_key else [])
         values: list[int]
+        if self.client is None:
+            values = [self._local.get(key) for key in keys]
+            return values[0], values[1] if len(values) > 1 else 0
         try:
-            if self.client is None:
-                raise redis.ConnectionError("no redis")
             # GETs in a pipeline, not MGET: in a Redis Cluster the two keys
             # live in different slots, and MGET across slots is refused.
             pipe = self.client.pipeline(transaction=False)
@@ -183,9 +190,9 @@ class FailureLimiter:
 
     def _incr(self, keys: list[str]) -> list[int]:
         window = int(self.policy.failure_window)
+        if self.client is None:
+            return [self._local.incr(key, self.policy.failure_window) for key in keys]
         try:
-            if self.client is None:
-                raise redis.ConnectionError("no redis")
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.incr(key)

@@ -32,12 +32,17 @@ from dataclasses import dataclass, field
 from gevent.hub import get_hub
 
 from pop3proxy.net.sockets import READ, WRITE
+from pop3proxy.net.splice import SplicePipe
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
 
 log = logging.getLogger("pop3proxy.relay")
 
 CHUNK = 262144
 CLIENT_RECV = 16384
+SPLICE_FROM = 65536
+"""A backend read this large means a bulk reply: the rest goes through a kernel pipe."""
+SPLICE_UNTIL = 16384
+"""A spliced read smaller than this is a reply's tail: the pipe closes again."""
 SHARED_BUFFER = memoryview(bytearray(CHUNK))
 """Every read lands in this one buffer, shared by every session: the loop
 runs one callback at a time, and a callback is done with what it read (sent
@@ -72,6 +77,10 @@ class Endpoint:
         self.outbox: deque[bytes] = deque()
         """Bytes the peer could not take yet, in order."""
         self._offset = 0
+
+    @property
+    def plain(self) -> bool:
+        return self._tls is None
 
     def use_tls(self, tls: object) -> None:
         """After a handshake on this socket: from now on, through OpenSSL."""
@@ -165,6 +174,7 @@ class Relay:
         self._backend_done = False
         self._loop = get_hub().loop
         self._watchers: dict[str, object] = {}
+        self._pipe: SplicePipe | None = None
 
     def start(self, pending: list[Action], leftover: bytes) -> None:
         """Relay until the session ends; then ``on_end(reason)``, from the loop, once."""
@@ -224,6 +234,7 @@ class Relay:
             watcher.stop()  # type: ignore[attr-defined]
             watcher.close()  # type: ignore[attr-defined]
         self._watchers.clear()
+        self._close_pipe()
         # Deferred, so that no callback of this relay is half-run when the session closes.
         self._loop.run_callback(self._on_end, reason)
 
@@ -262,7 +273,9 @@ class Relay:
                 self._finish("quit" if self.conn.client_sent_quit else "client_closed")
                 return
             self.last_activity = time.monotonic()
-            self._execute(self.conn.receive_data(SHARED_BUFFER[:size]))
+            forward = self.conn.relay_data(SHARED_BUFFER[:size], self.traffic.commands)
+            if forward:
+                self._to_backend(forward)
             if not self.client.buffered() or self._active("backend_write"):
                 return
 
@@ -280,10 +293,13 @@ class Relay:
                 self._finish(action.reason)
                 return
         if batch:
-            self.traffic.to_backend += len(batch)
-            if not self.backend.send(bytes(batch)):
-                self._stop("client_read")
-                self._start("backend_write", self._on_backend_writable)
+            self._to_backend(bytes(batch))
+
+    def _to_backend(self, data: bytes) -> None:
+        self.traffic.to_backend += len(data)
+        if not self.backend.send(data):
+            self._stop("client_read")
+            self._start("backend_write", self._on_backend_writable)
 
     def _on_backend_writable(self) -> None:
         if self.backend.flush():
@@ -303,21 +319,59 @@ class Relay:
     def _on_backend_readable(self) -> None:
         if self.end_reason is not None:  # a continuation queued before the end
             return
+        if self._pipe is not None:
+            self._splice_to_client(self._pipe)
+            return
         size = self.backend.recv_into(SHARED_BUFFER)
         if size is None:
             return
         if not size:
-            self._backend_done = True
-            self._stop("backend_read")
-            self._stop("client_read")
-            if not self.client.outbox:
-                self._resume_backend_reads()
+            self._backend_closed()
             return
         self.traffic.to_client += size
         self.last_activity = time.monotonic()
         self._to_client(SHARED_BUFFER[:size])
-        if self.end_reason is None and not self.client.outbox and self.backend.buffered():
+        if self.end_reason is not None:
+            return
+        if size >= SPLICE_FROM and self.client.plain and self.backend.plain:
+            self._open_pipe()  # used from the next read, once the outbox is empty
+        elif not self.client.outbox and self.backend.buffered():
             self._loop.run_callback(self._guarded, self._on_backend_readable)
+
+    def _backend_closed(self) -> None:
+        self._backend_done = True
+        self._stop("backend_read")
+        self._stop("client_read")
+        if not self.client.outbox:
+            self._resume_backend_reads()
+
+    def _open_pipe(self) -> None:
+        """A bulk reply: the rest of it moves in the kernel (see :mod:`pop3proxy.net.splice`)."""
+        try:
+            self._pipe = SplicePipe()
+        except OSError:  # out of descriptors: user space will do
+            self._pipe = None
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    def _splice_to_client(self, pipe: SplicePipe) -> None:
+        moved = pipe.fill(self.backend.fd)
+        if moved is None:
+            return
+        if not moved:
+            self._close_pipe()
+            self._backend_closed()
+            return
+        self.traffic.to_client += moved
+        self.last_activity = time.monotonic()
+        if not pipe.drain(self.client.fd):
+            self._stop("backend_read")
+            self._start("client_write", self._on_client_writable)
+        elif moved < SPLICE_UNTIL:  # the reply's tail: back to user space
+            self._close_pipe()
 
     def _to_client(self, data: bytes | memoryview) -> None:
         if not self.client.send(data):
@@ -325,6 +379,12 @@ class Relay:
             self._start("client_write", self._on_client_writable)
 
     def _on_client_writable(self) -> None:
+        if self._pipe is not None and self._pipe.pending:
+            if self._pipe.drain(self.client.fd):
+                self.last_activity = time.monotonic()
+                self._stop("client_write")
+                self._resume_backend_reads()
+            return
         if self.client.flush():
             self.last_activity = time.monotonic()
             self._stop("client_write")

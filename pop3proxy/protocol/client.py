@@ -168,12 +168,16 @@ class ClientConnection:
     def _process(self) -> list[Action]:
         actions: list[Action] = []
         while self.state in (State.AUTHORIZATION, State.AUTH_CONTINUATION, State.TRANSACTION):
+            if self.state is State.TRANSACTION:
+                for line in self._reader.lines():
+                    relayed = self._relay_line(line)
+                    if relayed is not None:
+                        actions.append(Forward(*relayed))
+                break
             line = self._reader.next_line()
             if line is None:
                 break
-            if self.state is State.TRANSACTION:
-                actions += self._relay_line(line)
-            elif line is LINE_TOO_LONG:
+            if line is LINE_TOO_LONG:
                 if self.state is State.AUTH_CONTINUATION:
                     # The SASL exchange ends here; the next line is a command.
                     self.state = State.AUTHORIZATION
@@ -183,6 +187,25 @@ class ClientConnection:
             else:
                 actions += self._command(line)
         return actions
+
+    def relay_data(self, data: bytes | memoryview, commands: dict[str, int]) -> bytes:
+        """TRANSACTION's fast path: the bytes to forward for ``data``, each command
+        counted by name in ``commands``.
+
+        The same lines as the :class:`Forward` actions of :meth:`receive_data`,
+        joined, without an object per line: this runs for every command of
+        every session.
+        """
+        assert self.state is State.TRANSACTION
+        self._reader.feed(data)
+        forward = b""
+        for line in self._reader.lines():
+            relayed = self._relay_line(line)
+            if relayed is not None:
+                forward += relayed[0]
+                command = relayed[1]
+                commands[command] = commands.get(command, 0) + 1
+        return forward
 
     def _command(self, line: bytes) -> list[Action]:
         keyword, _, argument = line.partition(b" ")
@@ -196,21 +219,22 @@ class ClientConnection:
             return self._error(replies.err(f"{name} is not allowed before login"))
         return self._error(replies.err("Unknown command"))
 
-    def _relay_line(self, line: bytes | object) -> list[Action]:
+    def _relay_line(self, line: bytes | object) -> tuple[bytes, str] | None:
+        """A TRANSACTION line as sent on (CRLF included) and its command's name;
+        ``None`` after QUIT (the backend is closing)."""
         if self.client_sent_quit:
-            return []
+            return None
         if line is LINE_TOO_LONG:
-            return [Forward(TOO_LONG_SUBSTITUTE, "other")]
+            return TOO_LONG_SUBSTITUTE, "other"
         assert isinstance(line, bytes)
         if b"\x00" in line or b"\r" in line:
-            return [Forward(BAD_LINE_SUBSTITUTE, "other")]
-        keyword = line.split(b" ", 1)[0].upper()
-        command = keyword.decode("ascii", "replace")
+            return BAD_LINE_SUBSTITUTE, "other"
+        command = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
         if command not in TRANSACTION_COMMANDS:
             command = "other"
-        if command == "QUIT":
+        elif command == "QUIT":
             self.client_sent_quit = True
-        return [Forward(line + replies.CRLF, command)]
+        return line + replies.CRLF, command
 
     def _error(self, reply: bytes) -> list[Action]:
         """Send an -ERR and count it; past the budget, say goodbye."""

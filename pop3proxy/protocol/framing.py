@@ -69,6 +69,19 @@ class LineReader:
                 line = line[:-1]
             return line
 
+    def lines(self) -> list[bytes | _TooLong]:
+        """Every complete line buffered, in order: what calling :meth:`next_line`
+        until ``None`` gives, split in one pass when nothing can be too long."""
+        buffer = self._buffer
+        if self._skipping or len(buffer) >= self.max_line:
+            return list(iter(self.next_line, None))
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            return []
+        chunk = bytes(buffer[:end])
+        del buffer[: end + 1]
+        return [line[:-1] if line.endswith(b"\r") else line for line in chunk.split(b"\n")]
+
     def discard(self) -> int:
         """Throw away everything buffered (after STLS); returns how much."""
         dropped = len(self._buffer)

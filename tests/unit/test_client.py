@@ -659,3 +659,26 @@ def test_any_input_gives_only_actions_and_stays_bounded(
             pending = follow + pending
         if conn.state in (State.AUTHORIZATION, State.AUTH_CONTINUATION, State.TRANSACTION):
             assert conn._reader.buffered < settings_.max_line
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.sampled_from([b"STAT", b"list 1", b"RETR 2", b"QUIT", b"XEVIL", b"A\x00B", b"X" * 3000]),
+        max_size=8,
+    ),
+    cut=st.integers(min_value=0, max_value=200),
+)
+def test_relay_data_forwards_what_the_forward_actions_would(lines: list[bytes], cut: int) -> None:
+    """The relay's fast path and the actions of ``receive_data`` agree byte for byte."""
+    data = b"".join(line + b"\r\n" for line in lines)
+    by_actions, fast = logged_in(), logged_in()
+    actions = by_actions.receive_data(data[:cut]) + by_actions.receive_data(data[cut:])
+    commands: dict[str, int] = {}
+    forwarded = fast.relay_data(data[:cut], commands) + fast.relay_data(data[cut:], commands)
+    assert forwarded == b"".join(action.data for action in actions)
+    expected: dict[str, int] = {}
+    for action in actions:
+        expected[action.command] = expected.get(action.command, 0) + 1
+    assert commands == expected
+    assert fast.client_sent_quit == by_actions.client_sent_quit

@@ -182,3 +182,20 @@ def test_any_chunking_gives_the_same_lines_and_stays_bounded(
     assert out == _reference(data, max_line)
     for line in out:
         assert line is LINE_TOO_LONG or (isinstance(line, bytes) and b"\n" not in line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=400),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
+    max_line=st.integers(min_value=3, max_value=40),
+)
+def test_lines_in_one_call_match_next_line(data: bytes, cuts: list[int], max_line: int) -> None:
+    """``lines()`` (the relay's one-pass split) gives what ``next_line`` gives, in any chunking."""
+    points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    one_pass, line_by_line = LineReader(max_line), LineReader(max_line)
+    for a, b in itertools.pairwise(points):
+        one_pass.feed(data[a:b])
+        line_by_line.feed(data[a:b])
+        assert one_pass.lines() == drain(line_by_line)
+        assert one_pass.buffered == line_by_line.buffered
