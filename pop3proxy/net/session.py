@@ -3,11 +3,13 @@
 The session is a state machine run by the callbacks of its socket's I/O
 watchers and timers: PROXY header, TLS handshake, AUTHORIZATION (fed to the
 sans-IO core), then the relay. Nothing waits in a greenlet except what has
-to block: the login (directory, Redis, argon2, the backend's own login) and,
-when the per-address limit lives in Redis, the admission. gevent's socket
-objects and a greenlet per connection cost about 0.7 ms of CPU per session,
-more than nginx spends on a whole one (docs/performance.md); an idle session
-here holds two watchers and a few objects.
+to block: the login (directory, Redis, argon2; the backend's own login runs
+on callbacks too, :mod:`pop3proxy.net.upstream`, and the greenlet waits
+once for it) and, when the per-address limit lives in Redis, the admission.
+gevent's socket objects and a greenlet per connection cost about 0.7 ms of
+CPU per session, more than nginx spends on a whole one
+(docs/performance.md); an idle session here holds two watchers and a few
+objects.
 
 The session owns its timeouts: the TLS handshake, the whole AUTHORIZATION
 phase (``timeouts.auth``), and, through the relay, the idle timeout. It
@@ -96,6 +98,45 @@ class Services:
 
 
 class ClientSession:
+    """One client connection. Slotted, like the relay and the protocol core:
+    an idle session's memory is mostly these objects (docs/performance.md)."""
+
+    __slots__ = (
+        "_authorizing",
+        "_counted",
+        "_handshake_done",
+        "_handshake_timer",
+        "_header",
+        "_header_bytes",
+        "_lingered",
+        "_logged_in_at",
+        "_loop",
+        "_reader",
+        "_relay",
+        "_task",
+        "_tenant_label",
+        "_timer",
+        "_tls",
+        "_when_flushed",
+        "_writer",
+        "client",
+        "closed",
+        "conn",
+        "connection_lease",
+        "id",
+        "listener",
+        "local",
+        "on_closed",
+        "peer",
+        "result",
+        "services",
+        "session",
+        "sock",
+        "started",
+        "traffic",
+        "user",
+    )
+
     def __init__(
         self,
         sock: socket.socket,

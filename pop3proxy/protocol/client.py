@@ -117,6 +117,8 @@ class Settings:
 class ClientConnection:
     """One client connection's POP3 state (RFC 1939, RFC 2449, RFC 2595, RFC 5034)."""
 
+    __slots__ = ("_reader", "client_sent_quit", "errors", "settings", "state", "tls_active", "user")
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = State.AUTHORIZATION

@@ -33,6 +33,8 @@ class LineReader:
     when more data is needed.
     """
 
+    __slots__ = ("_buffer", "_skipping", "max_line")
+
     def __init__(self, max_line: int) -> None:
         if max_line < 3:
             raise ValueError("max_line must leave room for a command and CRLF")
