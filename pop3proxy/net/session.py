@@ -39,8 +39,9 @@ from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
+from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
-from pop3proxy.net.relay import CLIENT_RECV, SHARED_BUFFER, Endpoint, Relay, Traffic
+from pop3proxy.net.relay import Relay, Traffic
 from pop3proxy.net.sockets import READ, WRITE, set_nodelay, shutdown
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import proxyproto, replies

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from gevent.hub import get_hub
 
 from pop3proxy.net import tls
-from pop3proxy.net.relay import SHARED_BUFFER, Endpoint
+from pop3proxy.net.endpoint import SHARED_BUFFER, Endpoint
 from pop3proxy.net.sockets import READ, WRITE, KernelSocket, set_nodelay, shutdown
 from pop3proxy.protocol import backend as machine
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader

@@ -19,7 +19,8 @@ import gevent.socket
 import pytest
 from harness.ports import LOOPBACK
 
-from pop3proxy.net.relay import Endpoint, Relay, Traffic
+from pop3proxy.net.endpoint import Endpoint
+from pop3proxy.net.relay import Relay, Traffic
 from pop3proxy.protocol.client import ClientConnection, Settings
 
 
