@@ -11,9 +11,10 @@ against ±15 % between separate runs). Also measured: nginx's mail proxy and
 ``bench/floor_relay.py``, a bare splice on gevent's loop that shows what any
 Python relay costs, as callbacks and the usual greenlet way. Full sessions
 (``bench/run.py`` scenario a) at one concurrency, plaintext and TLS,
-several rounds taken in turn; prints the median CPU per session and the
-ratio to nginx. For the whole picture
-(latency, bulk, idle memory, the chart) use ``bench/run.py``.
+several rounds taken in turn; prints the median CPU per session, the
+ratio to nginx, and the medians of user and system CPU (Python's share and
+the kernel's). For the whole picture (latency, bulk, idle memory, the
+chart) use ``bench/run.py``.
 """
 
 from __future__ import annotations
@@ -94,13 +95,14 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
             if pop3s:
                 load.full_session(pop3s, context, user, password)
     cpu: dict[tuple[str, str], list[float]] = {}
+    split: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(args.rounds):
         for mode in ("plain", "tls"):
             for name, (plain, pop3s, pids) in targets.items():
                 port = pop3s if mode == "tls" else plain
                 if not port:
                     continue
-                before = procstat.cpu_seconds(pids)
+                before = procstat.cpu_split(pids)
                 result = load.run_sessions(
                     port,
                     mode == "tls",
@@ -110,10 +112,14 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
                     args.seconds,
                     5000,
                 )
-                used = procstat.cpu_seconds(pids) - before
+                after = procstat.cpu_split(pids)
                 if result.errors:
                     print(f"{name} {mode}: {result.errors} errors, first: {result.first_error}")
-                cpu.setdefault((mode, name), []).append(used * 1000 / max(1, result.sessions))
+                sessions = max(1, result.sessions)
+                user = (after[0] - before[0]) * 1000 / sessions
+                system = (after[1] - before[1]) * 1000 / sessions
+                cpu.setdefault((mode, name), []).append(user + system)
+                split.setdefault((mode, name), []).append((user, system))
     print(f"\nCPU per session, c={args.concurrency}, median of {args.rounds} (ms):")
     for mode in ("plain", "tls"):
         nginx = statistics.median(cpu[(mode, "nginx")])
@@ -122,8 +128,11 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
             if figures:
                 median = statistics.median(figures)
                 rounds = " ".join(f"{x:.2f}" for x in figures)
+                user = statistics.median(u for u, _ in split[(mode, name)])
+                system = statistics.median(s for _, s in split[(mode, name)])
                 print(
-                    f"  {mode:5} {name:12} {median:6.3f}  x{median / nginx:.2f} nginx  ({rounds})"
+                    f"  {mode:5} {name:12} {median:6.3f}  x{median / nginx:.2f} nginx"
+                    f"  user {user:.3f} system {system:.3f}  ({rounds})"
                 )
 
 

@@ -27,7 +27,9 @@ from pop3proxy.tenants import Backend, Tenant
 
 
 def upstreams() -> Upstreams:
-    return Upstreams(BackendsConfig(max_attempts=1), connect_timeout=2.0)
+    """Generous timeouts: the shared Dovecot may still be busy with an earlier
+    test's hundreds of connections (the tests that want a timeout set their own)."""
+    return Upstreams(BackendsConfig(max_attempts=1), connect_timeout=10.0)
 
 
 def tenant(*backends: Backend) -> Tenant:
@@ -76,8 +78,8 @@ def test_every_address_of_a_name_is_tried(dovecot: Dovecot) -> None:
     listening = (socket.AF_INET, (LOOPBACK, dovecot.port))
     outcome = gevent.event.AsyncResult()
     login = BackendLogin("alice", USERS["alice"].encode(), starttls=False)
-    LoginAttempt(Dial(backend, [nobody, listening], 2.0), login, outcome.set).start()
-    upstream = outcome.get(timeout=5)
+    LoginAttempt(Dial(backend, [nobody, listening], 10.0), login, outcome.set).start()
+    upstream = outcome.get(timeout=15)
     assert isinstance(upstream, Upstream)
     assert upstream.sock.getpeername()[:2] == listening[1]
     upstream.close()
