@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
+from redis.cluster import RedisCluster
 
 from pop3proxy.config import AuthConfig
 
@@ -88,6 +89,8 @@ class Verdict:
     blocked: bool
     scope: str | None = None
     """``user`` or ``address`` when blocked: for metrics, never the value."""
+    user_failures: int = 0
+    """The name's failures so far: a good login has something to clear only then."""
 
 
 class _LocalWindows:
@@ -152,7 +155,7 @@ class FailureLimiter:
             return Verdict(blocked=True, scope="user")
         if address_count >= self.policy.block_after_per_address:
             return Verdict(blocked=True, scope="address")
-        return Verdict(blocked=False)
+        return Verdict(blocked=False, user_failures=user_count)
 
     def failed(self, user: str, address: str | None) -> float:
         """Count a failure; returns the delay to wait before refusing."""
@@ -256,16 +259,22 @@ class LeaseLimiter:
 
     def acquire(self, session: str, slots: Iterable[Slot]) -> tuple[Lease | None, Slot | None]:
         """Take a slot in every scope, or none: returns the lease or the full slot."""
+        slots = list(slots)
+        keys = [self.key(slot) for slot in slots]
         lease = Lease(session)
-        for slot in slots:
-            key = self.key(slot)
-            if not self._take(key, session, slot.limit):
-                self.release(lease)
-                return None, slot
-            lease.keys.append(key)
+        full: Slot | None = None
+        for key, slot, taken in zip(keys, slots, self._take(keys, session, slots), strict=True):
+            if taken:
+                lease.keys.append(key)
+            elif full is None:
+                full = slot
+        if full is not None:
+            self.release(lease)
+            return None, full
         return lease, None
 
     def release(self, lease: Lease) -> None:
+        """Give the slots back (in Redis, one round trip for all of them)."""
         for key in lease.keys:
             for table in (self._held, self._local):
                 holders = table.get(key)
@@ -273,9 +282,12 @@ class LeaseLimiter:
                     holders.discard(lease.session)
                     if not holders:
                         del table[key]
-            if self.client is not None:
-                with contextlib.suppress(redis.RedisError):
-                    self.client.zrem(key, lease.session)
+        if self.client is not None and lease.keys:
+            with contextlib.suppress(redis.RedisError):
+                pipe = self.client.pipeline(transaction=False)
+                for key in lease.keys:
+                    pipe.zrem(key, lease.session)
+                pipe.execute()
         lease.keys.clear()
 
     def renew(self) -> None:
@@ -293,18 +305,56 @@ class LeaseLimiter:
         except redis.RedisError as error:
             log.warning("lease renewal failed", extra={"error": str(error)})
 
-    def _take(self, key: str, session: str, limit: int) -> bool:
+    def _take(self, keys: list[str], session: str, slots: list[Slot]) -> list[bool]:
+        """A slot in each scope: in Redis all in one round trip, else in this
+        process's memory (Redis down, or none configured)."""
+        taken = self._take_in_redis(keys, session, slots) if self.client is not None else None
+        if taken is None:
+            pairs = zip(keys, slots, strict=True)
+            return [self._take_here(key, session, slot.limit) for key, slot in pairs]
+        for key, got in zip(keys, taken, strict=True):
+            if got:
+                self._held.setdefault(key, set()).add(session)
+        return taken
+
+    def _take_in_redis(self, keys: list[str], session: str, slots: list[Slot]) -> list[bool] | None:
+        """One EVALSHA per scope, all in one pipeline; ``None`` when Redis fails.
+
+        Not redis-py's pipelined ``Script``, which asks ``SCRIPT EXISTS`` in a
+        round trip of its own every time: the script is loaded again only
+        when Redis says it does not know it (after a restart or a flush). A
+        Redis Cluster's pipelines refuse scripts: there, one call per scope.
+        """
+        assert self.client is not None and self._acquire is not None
         now = self._clock()
-        if self._acquire is not None:
-            try:
-                args = [now, now + self.lease_ttl, limit, session, int(self.lease_ttl * 1000)]
-                taken = bool(self._acquire(keys=[key], args=args))
-            except redis.RedisError:
-                taken = None
-            if taken is not None:
-                if taken:
-                    self._held.setdefault(key, set()).add(session)
-                return taken
+        ttl_ms = int(self.lease_ttl * 1000)
+        calls = [
+            (key, [now, now + self.lease_ttl, slot.limit, session, ttl_ms])
+            for key, slot in zip(keys, slots, strict=True)
+        ]
+        try:
+            if isinstance(self.client, RedisCluster):
+                return [bool(self._acquire(keys=[key], args=args)) for key, args in calls]
+            return self._pipelined(calls)
+        except redis.RedisError:
+            return None
+
+    def _pipelined(self, calls: list[tuple[str, list]]) -> list[bool]:
+        try:
+            return self._evalsha_all(calls)
+        except redis.exceptions.NoScriptError:
+            assert self.client is not None
+            self.client.script_load(_ACQUIRE)
+            return self._evalsha_all(calls)
+
+    def _evalsha_all(self, calls: list[tuple[str, list]]) -> list[bool]:
+        assert self.client is not None and self._acquire is not None
+        pipe = self.client.pipeline(transaction=False)
+        for key, args in calls:
+            pipe.evalsha(self._acquire.sha, 1, key, *args)
+        return [bool(result) for result in pipe.execute()]
+
+    def _take_here(self, key: str, session: str, limit: int) -> bool:
         holders = self._local.setdefault(key, set())
         if len(holders) >= limit:
             return False

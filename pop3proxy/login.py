@@ -69,6 +69,9 @@ class Session:
     tenant: Tenant
     upstream: Upstream
     lease: Lease | None = None
+    failed_before: bool = False
+    """The name had failed logins: this good one clears them (a Redis round
+    trip saved on every other login)."""
 
 
 class RefusalClock:
@@ -186,7 +189,8 @@ class LoginService:
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, user, address, started)
             raise
-        self.failures.succeeded(user)
+        if session.failed_before:
+            self.failures.succeeded(user)
         label = metrics.tenant_label(session.tenant.name)
         metrics.add(metrics.AUTH, label, "ok")
         metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=session.tenant.max_sessions)
@@ -232,7 +236,7 @@ class LoginService:
         except LoginFailed:
             upstream.close()  # no QUIT: the backend never enters UPDATE
             raise
-        return Session(tenant, upstream, lease)
+        return Session(tenant, upstream, lease, failed_before=verdict.user_failures > 0)
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:

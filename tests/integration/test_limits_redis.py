@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
+from harness.cluster import RedisClusterSet
 from harness.redis import RedisServer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -58,6 +60,51 @@ def test_renewal_keeps_leases_alive(client, request):
         assert other.acquire("o1", [slot])[0] is None
     holder.release(lease)
     assert other.acquire("o1", [slot])[0] is not None
+
+
+def test_a_lease_takes_every_scope_or_none(client, request):
+    """Tenant and user slots go to Redis together; a full user slot gives the
+    tenant slot back, and the reply names the scope that was full."""
+    first = LeaseLimiter(client, request.node.name)
+    second = LeaseLimiter(client, request.node.name)
+    tenant = Slot("tenant", "acme.example", 5)
+    user = Slot("user", "alice@acme.example", 1)
+    lease, full = first.acquire("s1", [tenant, user])
+    assert lease is not None and full is None
+    lease2, full2 = second.acquire("s2", [tenant, user])
+    assert lease2 is None and full2 == user
+    assert client.zcard(first.key(tenant)) == 1, "the refused session's tenant slot went back"
+    first.release(lease)
+    assert client.zcard(first.key(tenant)) == 0
+    assert client.zcard(first.key(user)) == 0
+
+
+def test_leases_survive_redis_forgetting_the_script(client, request):
+    """After a Redis restart or SCRIPT FLUSH the script is loaded again, once."""
+    holder = LeaseLimiter(client, request.node.name)
+    other = LeaseLimiter(client, request.node.name)
+    slot = Slot("user", "bob@acme.example", 1)
+    assert holder.acquire("h1", [slot])[0] is not None
+    client.script_flush()
+    assert other.acquire("o1", [slot])[0] is None, "still counted in Redis, not locally"
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-cli") is None or shutil.which("redis-server") is None,
+    reason="redis-server and redis-cli are needed",
+)
+def test_leases_in_a_redis_cluster_span_hash_slots():
+    """The tenant and user keys hash to different slots: one pipeline, several nodes."""
+    with RedisClusterSet() as cluster:
+        client = cluster.client()
+        first, second = LeaseLimiter(client, "cl"), LeaseLimiter(client, "cl")
+        slots = [Slot("tenant", f"t{i}.example", 1) for i in range(6)]
+        lease, full = first.acquire("s1", slots)
+        assert lease is not None and full is None
+        assert second.acquire("s2", slots[3:4]) == (None, slots[3])
+        first.release(lease)
+        assert second.acquire("s2", slots)[0] is not None
+        client.close()
 
 
 def test_redis_down_falls_back_to_local_counting():
