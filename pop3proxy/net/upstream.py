@@ -144,7 +144,12 @@ class LoginAttempt:
         watcher.start(self._guarded, step)
 
     def _arm(self, reason: str) -> None:
+        """(Re)start the deadline from now. libev measures timers from the time
+        it cached at its last wake-up, which a long stretch of work before this
+        (or, in tests, a caller that has not run the loop for a while) makes
+        stale: the deadline would fall short, or in the past."""
         self._timer.stop()
+        self._loop.update_now()
         self._timer.start(self._fail, reason)
 
     def _release(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import gevent
 import gevent.event
@@ -126,6 +127,15 @@ def test_a_silent_backend_times_out() -> None:
     with FakeBackend("stall") as fake, pytest.raises(BackendUnavailable) as failure:
         log_in(Backend(fake.host, fake.port, connect_timeout=0.3))
     assert failure.value.reason == "login_timeout"
+
+
+def test_deadlines_count_from_now_even_after_the_loop_stood_still(dovecot: Dovecot) -> None:
+    """libev caches the time at each wake-up: a deadline armed after the loop
+    stood still for longer than the deadline itself must not fire at once."""
+    backend = Backend(dovecot.host, dovecot.port, connect_timeout=1.0)
+    log_in(backend).close()  # the loop runs and notes the time
+    time.sleep(1.5)  # then stands still: a long stretch of work, or a caller not running it
+    log_in(backend).close()
 
 
 def test_an_abandoned_login_leaves_no_descriptor() -> None:
