@@ -28,9 +28,7 @@ from pop3proxy.tenants import Backend, Tenant
 
 
 def upstreams() -> Upstreams:
-    """Generous timeouts: the shared Dovecot may still be busy with an earlier
-    test's hundreds of connections (the tests that want a timeout set their own)."""
-    return Upstreams(BackendsConfig(max_attempts=1), connect_timeout=10.0)
+    return Upstreams(BackendsConfig(max_attempts=1), connect_timeout=5.0)
 
 
 def tenant(*backends: Backend) -> Tenant:
@@ -79,8 +77,8 @@ def test_every_address_of_a_name_is_tried(dovecot: Dovecot) -> None:
     listening = (socket.AF_INET, (LOOPBACK, dovecot.port))
     outcome = gevent.event.AsyncResult()
     login = BackendLogin("alice", USERS["alice"].encode(), starttls=False)
-    LoginAttempt(Dial(backend, [nobody, listening], 10.0), login, outcome.set).start()
-    upstream = outcome.get(timeout=15)
+    LoginAttempt(Dial(backend, [nobody, listening], 5.0), login, outcome.set).start()
+    upstream = outcome.get(timeout=10)
     assert isinstance(upstream, Upstream)
     assert upstream.sock.getpeername()[:2] == listening[1]
     upstream.close()
