@@ -43,7 +43,11 @@ def quits(proxy: ProxyProcess) -> list[dict]:
 
 
 def settled(proxy: ProxyProcess, sessions: int, before: Samples) -> Samples:
-    """Metrics once ``sessions`` logins are counted and every accepted connection ended."""
+    """Metrics once ``sessions`` logins are counted and every accepted connection ended.
+
+    A worker writes its counts into the shared files one series after another,
+    so a scrape can land between two of them: wait for each figure asserted on.
+    """
 
     def check() -> Samples | None:
         now = scrape(proxy)
@@ -51,6 +55,8 @@ def settled(proxy: ProxyProcess, sessions: int, before: Samples) -> Samples:
         summaries = [s for s in proxy.sessions() if s["listener"] == "plain"]
         done = (
             delta(before, now, "pop3proxy_commands_total", tenant=TENANT, command="QUIT")
+            == sessions
+            and delta(before, now, "pop3proxy_session_duration_seconds_count", tenant=TENANT)
             == sessions
             and now.get(("pop3proxy_connections_active", plain)) == 0
             and now.get(("pop3proxy_connections_total", plain)) == len(summaries)
