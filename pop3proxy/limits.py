@@ -89,8 +89,9 @@ class Verdict:
     blocked: bool
     scope: str | None = None
     """``user`` or ``address`` when blocked: for metrics, never the value."""
-    user_failures: int = 0
-    """The name's failures so far: a good login has something to clear only then."""
+    user_failures: int | None = 0
+    """The name's failures so far (``None``: not looked up, from an allowed
+    network): a good login has something to clear only when it is not 0."""
 
 
 class _LocalWindows:
@@ -148,7 +149,7 @@ class FailureLimiter:
     def check(self, user: str, address: str | None) -> Verdict:
         """Before asking the backend: is this login refused outright?"""
         if address in self.allow:
-            return Verdict(blocked=False)
+            return Verdict(blocked=False, user_failures=None)
         user_key, address_key = self._keys(user, address)
         user_count, address_count = self._counts(user_key, address_key)
         if user_count >= self.policy.block_after:

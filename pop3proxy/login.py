@@ -236,7 +236,7 @@ class LoginService:
         except LoginFailed:
             upstream.close()  # no QUIT: the backend never enters UPDATE
             raise
-        return Session(tenant, upstream, lease, failed_before=verdict.user_failures > 0)
+        return Session(tenant, upstream, lease, failed_before=verdict.user_failures != 0)
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:

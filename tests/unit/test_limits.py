@@ -99,3 +99,16 @@ def test_a_refused_acquire_holds_nothing():
 def test_bad_allow_list_entries_are_rejected(cidr):
     with pytest.raises(ValueError):
         AllowList([cidr])
+
+
+def test_the_verdict_says_whether_a_good_login_has_anything_to_clear():
+    """A good login clears the name's failures; it asks Redis to only when there are some
+    (or when they were not looked up, from an allowed network)."""
+    limiter = FailureLimiter(None, "t", AuthConfig(), AllowList(["10.0.0.0/8"]), clock=Clock())
+    assert limiter.check("alice@acme.example", "192.0.2.1").user_failures == 0
+    limiter.failed("alice@acme.example", "192.0.2.1")
+    limiter.failed("alice@acme.example", "192.0.2.2")
+    assert limiter.check("alice@acme.example", "192.0.2.3").user_failures == 2
+    assert limiter.check("alice@acme.example", "10.1.2.3").user_failures is None
+    limiter.succeeded("alice@acme.example")
+    assert limiter.check("alice@acme.example", "192.0.2.3").user_failures == 0
