@@ -285,15 +285,18 @@ class Relay:
         self.traffic.to_client += moved
         self.last_activity = time.monotonic()
         if not pipe.drain(self.client.fd):
-            self._stop("backend_read")
-            self._start("client_write", self._on_client_writable)
+            self._wait_for_client()
         elif moved < SPLICE_UNTIL:  # the reply's tail: back to user space
             self._close_pipe()
 
     def _to_client(self, data: bytes | memoryview) -> None:
         if not self.client.send(data):
-            self._stop("backend_read")
-            self._start("client_write", self._on_client_writable)
+            self._wait_for_client()
+
+    def _wait_for_client(self) -> None:
+        """The client cannot take more: read the backend again once it has."""
+        self._stop("backend_read")
+        self._start("client_write", self._on_client_writable)
 
     def _on_client_writable(self) -> None:
         if self._pipe is not None and self._pipe.pending:

@@ -152,34 +152,35 @@ class LoginAttempt:
         self._loop.update_now()
         self._timer.start(self._fail, reason)
 
-    def _release(self) -> None:
-        self._timer.stop()
-        self._timer.close()
+    def _close_watchers(self) -> None:
         for watcher in (self._reader, self._writer):
             if watcher is not None:
                 watcher.stop()
                 watcher.close()
         self._reader = self._writer = None
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _end(self, keep_socket: bool) -> Callable[[Outcome], None] | None:
+        """Stop the attempt once; returns ``on_done`` the first time, else ``None``."""
         on_done, self._on_done = self._on_done, None
-        if on_done is None:
-            return
-        self._release()
-        if not isinstance(outcome, Upstream) and self._sock is not None:
-            self._sock.close()
-        on_done(outcome)
+        if on_done is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._close_watchers()
+            if not keep_socket and self._sock is not None:
+                self._sock.close()
+        return on_done
+
+    def _finish(self, outcome: Outcome) -> None:
+        on_done = self._end(keep_socket=isinstance(outcome, Upstream))
+        if on_done is not None:
+            on_done(outcome)
 
     def _fail(self, reason: str) -> None:
         self._finish(BackendUnavailable(reason))
 
     def cancel(self) -> None:
         """Drop the attempt: its connection closes, ``on_done`` is never called."""
-        if self._on_done is not None:
-            self._on_done = None
-            self._release()
-            if self._sock is not None:
-                self._sock.close()
+        self._end(keep_socket=False)
 
     # -- connect ---------------------------------------------------------------
 
@@ -207,10 +208,7 @@ class LoginAttempt:
 
     def _release_socket(self) -> None:
         assert self._sock is not None
-        for watcher in (self._reader, self._writer):
-            watcher.stop()
-            watcher.close()
-        self._reader = self._writer = None
+        self._close_watchers()
         self._sock.close()
         self._sock = None
 

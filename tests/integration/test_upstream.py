@@ -45,12 +45,17 @@ def command(upstream: Upstream, line: bytes) -> bytes:
     assert endpoint.send(line)
     received = bytearray()
     buffer = memoryview(bytearray(4096))
-    with gevent.Timeout(5):
-        while not received.endswith(b"\r\n"):
-            gevent.get_hub().wait(gevent.get_hub().loop.io(endpoint.fd, 1))
-            size = endpoint.recv_into(buffer)
-            if size:
-                received += buffer[:size]
+    hub = gevent.get_hub()
+    readable = hub.loop.io(endpoint.fd, 1)
+    try:
+        with gevent.Timeout(5):
+            while not received.endswith(b"\r\n"):
+                hub.wait(readable)
+                size = endpoint.recv_into(buffer)
+                if size:
+                    received += buffer[:size]
+    finally:
+        readable.close()
     return bytes(received)
 
 
