@@ -35,6 +35,11 @@ class State(Enum):
     HALF_OPEN = "half_open"
 
 
+CLOSED, OPEN, HALF_OPEN = State
+"""Module names for the states, read on every login (see ``protocol.client``:
+Enum class attributes are slow to read on Python 3.11)."""
+
+
 @dataclass
 class _Breaker:
     state: State = State.CLOSED
@@ -72,12 +77,12 @@ class Health:
         """May a login use this backend now? A ``True`` in half-open makes it the probe."""
         breaker = self._get(address)
         now = self.clock()
-        if breaker.state is State.CLOSED:
+        if breaker.state is CLOSED:
             return True
-        if breaker.state is State.OPEN:
+        if breaker.state is OPEN:
             if now - breaker.opened_at < self.cooldown:
                 return False
-            breaker.state = State.HALF_OPEN
+            breaker.state = HALF_OPEN
         elif breaker.probe_started is not None and now - breaker.probe_started < self.cooldown:
             return False  # half-open, the probe is still out
         breaker.probe_started = now
@@ -86,8 +91,8 @@ class Health:
     def succeeded(self, address: str) -> bool:
         """Record a success; ``True`` if that closed an open or half-open breaker."""
         breaker = self._get(address)
-        recovered = breaker.state is not State.CLOSED
-        breaker.state = State.CLOSED
+        recovered = breaker.state is not CLOSED
+        breaker.state = CLOSED
         breaker.failures.clear()
         breaker.probe_started = None
         return recovered
@@ -96,10 +101,10 @@ class Health:
         """Record a failure; ``True`` if that opened the breaker."""
         breaker = self._get(address)
         now = self.clock()
-        if breaker.state is State.HALF_OPEN:
+        if breaker.state is HALF_OPEN:
             self._open(breaker, now)
             return True
-        if breaker.state is State.OPEN:
+        if breaker.state is OPEN:
             return False
         breaker.failures.append(now)
         while breaker.failures and now - breaker.failures[0] > self.failure_window:
@@ -112,12 +117,12 @@ class Health:
     def release(self, address: str) -> None:
         """A probe ended without a verdict (its session was cut): let the next one go."""
         breaker = self._get(address)
-        if breaker.state is State.HALF_OPEN:
+        if breaker.state is HALF_OPEN:
             breaker.probe_started = None
 
     @staticmethod
     def _open(breaker: _Breaker, now: float) -> None:
-        breaker.state = State.OPEN
+        breaker.state = OPEN
         breaker.opened_at = now
         breaker.failures.clear()
         breaker.probe_started = None

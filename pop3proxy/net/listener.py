@@ -55,6 +55,8 @@ class Listener:
         self._raw = getattr(sock, "_sock", sock)
         """The kernel socket under gevent's wrapper: accepted sockets stay bare."""
         self._raw.setblocking(False)
+        self._kind = (int(self._raw.family), int(self._raw.type), self._raw.proto)
+        """What accepted sockets are, read once (the stdlib's socket makes enums of it)."""
         self._loop = get_hub().loop
         self._watcher = self._loop.io(self._raw.fileno(), READ)
         self._backoff = None
@@ -92,7 +94,7 @@ class Listener:
             except OSError as error:
                 self._accept_failed(error)
                 return
-            sock = KernelSocket(self._raw.family, self._raw.type, self._raw.proto, fd)
+            sock = KernelSocket(*self._kind, fd)
             sock.setblocking(False)
             try:
                 self._handler(sock, peer, self.config)

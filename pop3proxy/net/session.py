@@ -27,7 +27,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gevent
 from gevent.hub import get_hub
@@ -96,6 +96,24 @@ class Services:
     config: Config
     logins: LoginService
     server_tls: ssl.SSLContext | None
+    _settings: dict[str, tuple[ListenerConfig, object, core.Settings]] = field(default_factory=dict)
+
+    def client_settings(self, listener: ListenerConfig) -> core.Settings:
+        """The protocol core's settings for ``listener``, built once per listener
+        and configuration rather than once per connection."""
+        limits = self.config.limits
+        cached = self._settings.get(listener.name)
+        if cached is not None and cached[0] is listener and cached[1] is limits:
+            return cached[2]
+        settings = core.Settings(
+            tls_active=listener.tls == "implicit",
+            stls_offered=listener.tls == "starttls",
+            require_tls=listener.require_tls,
+            max_line=limits.max_line_length,
+            max_errors=limits.max_errors,
+        )
+        self._settings[listener.name] = (listener, limits, settings)
+        return settings
 
 
 class ClientSession:
@@ -166,14 +184,7 @@ class ClientSession:
         self.result = "no_login"
         self.connection_lease: Lease | None = None
         self.closed = False
-        settings = core.Settings(
-            tls_active=listener.tls == "implicit",
-            stls_offered=listener.tls == "starttls",
-            require_tls=listener.require_tls,
-            max_line=services.config.limits.max_line_length,
-            max_errors=services.config.limits.max_errors,
-        )
-        self.conn = core.ClientConnection(settings)
+        self.conn = core.ClientConnection(services.client_settings(listener))
         self.client = Endpoint(sock)
         self._tls: tls.ServerTLS | None = None
         loop = get_hub().loop

@@ -52,9 +52,13 @@ class Upstream:
     backend: Backend
     leftover: bytes
     """Bytes the backend sent after its login reply (none from a sane server)."""
+    _endpoint: Endpoint | None = None
+    """The login's, passed on to the relay."""
 
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.sock, self.tls)
+        if self._endpoint is None:
+            self._endpoint = Endpoint(self.sock, self.tls)
+        return self._endpoint
 
     def close(self) -> None:
         """End the connection without a word: the backend never enters UPDATE."""
@@ -124,6 +128,8 @@ class LoginAttempt:
         self._lines = LineReader(machine.MAX_STATUS_LINE)
         self._sslobj: object | None = None
         self._then: Callable[[], None] | None = None
+        self._connecting = False
+        """Waiting for the greeting before the connect is known to be up."""
 
     # -- plumbing --------------------------------------------------------------
 
@@ -150,7 +156,12 @@ class LoginAttempt:
         stale: the deadline would fall short, or in the past."""
         self._timer.stop()
         self._loop.update_now()
-        self._timer.start(self._fail, reason)
+        self._timer.start(self._deadline, reason)
+
+    def _deadline(self, reason: str) -> None:
+        if self._connecting and _is_connected(self._sock):
+            reason = "login_timeout"  # accepted, but no greeting
+        self._fail(reason)
 
     def _close_watchers(self) -> None:
         for watcher in (self._reader, self._writer):
@@ -196,32 +207,47 @@ class LoginAttempt:
             self._fail(reason)
             return
         family, address = self._addresses.pop(0)
-        sock = self._sock = KernelSocket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        # Non-blocking from birth: no fcntl round (two syscalls) after it.
+        sock = self._sock = KernelSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        set_nodelay(sock)
         self._reader = self._loop.io(sock.fileno(), READ)
         self._writer = self._loop.io(sock.fileno(), WRITE)
         error = sock.connect_ex(address)
-        if error in (0, errno.EINPROGRESS):
-            self._wait(WRITE, self._connected)
-        else:
+        if error not in (0, errno.EINPROGRESS):
             self._connect_next(_connect_reason(error))
+            return
+        self._endpoint = Endpoint(sock)
+        if self.dial.header or self.dial.backend.tls == "implicit":
+            self._wait(WRITE, self._connected)  # the proxy speaks first
+        else:
+            # The backend does: its greeting shows the connection is up (and a
+            # refusal shows as readable too), one wake-up sooner than the connect.
+            self._connecting = True
+            self._wait(READ, self._readable)
+
+    def _connect_succeeded(self) -> bool:
+        """Did the connect work? If not, on to the next address. If so, the
+        deadline starts again for the login."""
+        assert self._sock is not None
+        error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._connect_next(_connect_reason(error))
+            return False
+        self._connecting = False
+        self._addresses.clear()
+        self._arm("login_timeout")
+        return True
 
     def _release_socket(self) -> None:
         assert self._sock is not None
         self._close_watchers()
         self._sock.close()
-        self._sock = None
+        self._sock = self._endpoint = None
+        self._connecting = False
 
     def _connected(self) -> None:
-        assert self._sock is not None
-        error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self._connect_next(_connect_reason(error))
+        if not self._connect_succeeded():
             return
-        self._addresses.clear()
-        set_nodelay(self._sock)
-        self._endpoint = Endpoint(self._sock)
-        self._arm("login_timeout")
         if self.dial.header:
             self._send(self.dial.header)
         if self.dial.backend.tls == "implicit":
@@ -285,6 +311,8 @@ class LoginAttempt:
         endpoint = self._endpoint
         if endpoint is None or self._on_done is None:  # a queued read after the end
             return
+        if self._connecting and not self._connect_succeeded():
+            return
         while True:
             size = endpoint.recv_into(SHARED_BUFFER[:RECV_SIZE])
             if size is None:
@@ -318,7 +346,7 @@ class LoginAttempt:
     def _greeted(self, line: bytes) -> None:
         """An active check: the greeting is all it wants."""
         if line.startswith(b"+OK"):
-            self._finish(Upstream(self._sock, self._sslobj, self.dial.backend, b""))
+            self._finish(self._upstream(b""))
         else:
             self._fail("bad_greeting")
 
@@ -334,12 +362,16 @@ class LoginAttempt:
             self._start_tls(self._tls_established)
         elif isinstance(action, machine.LoggedIn):
             leftover = self._lines.take()
-            self._finish(Upstream(self._sock, self._sslobj, self.dial.backend, leftover))
+            self._finish(self._upstream(leftover))
         elif isinstance(action, machine.Failed):
             if action.kind is machine.FailureKind.AUTH:
                 self._finish(LoginRefused(action.client_reply, action.reason))
             else:
                 self._fail(action.reason)
+
+    def _upstream(self, leftover: bytes) -> Upstream:
+        assert self._sock is not None
+        return Upstream(self._sock, self._sslobj, self.dial.backend, leftover, self._endpoint)
 
     def _tls_established(self) -> None:
         assert self.login is not None
@@ -347,6 +379,13 @@ class LoginAttempt:
             self._execute(action)
         if self._on_done is not None:
             self._read()
+
+
+def _is_connected(sock: socket.socket | None) -> bool:
+    try:
+        return sock is not None and bool(sock.getpeername())
+    except OSError:
+        return False
 
 
 def _connect_reason(error: int) -> str:

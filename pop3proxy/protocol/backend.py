@@ -31,7 +31,7 @@ MAX_STATUS_LINE = 8192
 it, nothing legitimate comes close to this cap."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: see the actions of protocol.client
 class SendToBackend:
     data: bytes = field(repr=False)
 
@@ -53,7 +53,7 @@ class FailureKind(Enum):
     """The backend is not usable: bad greeting, no STLS, garbage. Try another."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Failed:
     kind: FailureKind
     reason: str
@@ -75,6 +75,11 @@ class _Step(Enum):
     USER = auto()
     PASS = auto()
     DONE = auto()
+
+
+_GREETING, _STLS, _TLS_PENDING, _CAPA, _CAPA_BODY, _XCLIENT, _USER, _PASS, _DONE = _Step
+"""The steps as module names (see ``protocol.client``: Enum class attributes
+are slow to read on Python 3.11)."""
 
 
 TEMPORARY_FAILURE = replies.err("Service temporarily unavailable, try again later", Code.SYS_TEMP)
@@ -106,54 +111,54 @@ class BackendLogin:
         self._starttls = starttls
         self._xclient = xclient
         self._xclient_offered = False
-        self._step = _Step.GREETING
+        self._step = _GREETING
         self.xclient_result: str | None = None
         """``sent``, ``not_offered`` or ``refused`` when XCLIENT was asked for."""
 
     @property
     def done(self) -> bool:
-        return self._step is _Step.DONE
+        return self._step is _DONE
 
     def receive_line(self, line: bytes) -> list[BackendAction]:
         """Feed one status line from the backend, without its CRLF."""
-        if self._step is _Step.DONE or self._step is _Step.TLS_PENDING:
+        if self._step is _DONE or self._step is _TLS_PENDING:
             return self._unavailable("unexpected_data")
-        if self._step is _Step.CAPA_BODY:
+        if self._step is _CAPA_BODY:
             return self._capability(line)
         positive = line.startswith(b"+OK")
         if not positive and not line.startswith(b"-ERR"):
             return self._unavailable("garbage")
         step = self._step
-        if step is _Step.GREETING:
+        if step is _GREETING:
             if not positive:
                 return self._unavailable("bad_greeting")
             self._xclient_offered = replies.response_code(line) == "XCLIENT"
             if self._starttls:
-                self._step = _Step.STLS
+                self._step = _STLS
                 return [SendToBackend(b"STLS\r\n")]
             return self._before_user()
-        if step is _Step.STLS:
+        if step is _STLS:
             if not positive:
                 return self._unavailable("stls_refused")
-            self._step = _Step.TLS_PENDING
+            self._step = _TLS_PENDING
             return [StartBackendTLS()]
-        if step is _Step.CAPA:
+        if step is _CAPA:
             if not positive:
                 self.xclient_result = "not_offered"
                 return self._send_user()
-            self._step = _Step.CAPA_BODY
+            self._step = _CAPA_BODY
             return []
-        if step is _Step.XCLIENT:
+        if step is _XCLIENT:
             self.xclient_result = "sent" if positive else "refused"
             return self._send_user()
-        if step is _Step.USER:
+        if step is _USER:
             if not positive:
                 return self._auth_failed(line)
-            self._step = _Step.PASS
+            self._step = _PASS
             return [SendToBackend(b"PASS " + self._password + replies.CRLF)]
         if not positive:
             return self._auth_failed(line)
-        self._step = _Step.DONE
+        self._step = _DONE
         return [LoggedIn()]
 
     def tls_established(self) -> list[BackendAction]:
@@ -165,7 +170,7 @@ class BackendLogin:
             return self._send_user()
         if self._xclient_offered:
             return self._send_xclient()
-        self._step = _Step.CAPA
+        self._step = _CAPA
         return [SendToBackend(b"CAPA\r\n")]
 
     def _capability(self, line: bytes) -> list[BackendAction]:
@@ -182,19 +187,19 @@ class BackendLogin:
     def _send_xclient(self) -> list[BackendAction]:
         assert self._xclient is not None
         host, port = self._xclient
-        self._step = _Step.XCLIENT
+        self._step = _XCLIENT
         return [SendToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode("ascii"))]
 
     def _send_user(self) -> list[BackendAction]:
-        self._step = _Step.USER
+        self._step = _USER
         return [SendToBackend(b"USER " + self._user + replies.CRLF)]
 
     def _unavailable(self, reason: str) -> list[BackendAction]:
-        self._step = _Step.DONE
+        self._step = _DONE
         return [Failed(FailureKind.UNAVAILABLE, reason, TEMPORARY_FAILURE)]
 
     def _auth_failed(self, line: bytes) -> list[BackendAction]:
-        self._step = _Step.DONE
+        self._step = _DONE
         code = replies.response_code(line)
         reply = _PASSED_THROUGH_CODES.get(code or "", AUTH_FAILURE)
         kind = FailureKind.UNAVAILABLE if reply is TEMPORARY_FAILURE else FailureKind.AUTH

@@ -17,6 +17,7 @@ or :meth:`~ClientConnection.login_failed`.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -25,8 +26,11 @@ from pop3proxy.protocol import replies
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
 from pop3proxy.protocol.replies import Code
 
+# The actions are slotted records, not frozen ones: a frozen dataclass sets
+# every field through ``object.__setattr__``, and a session makes a dozen.
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)
 class Send:
     """Write these bytes to the client."""
 
@@ -38,7 +42,7 @@ class StartTLS:
     """Run the TLS handshake as server now, then call ``tls_established``."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Login:
     """Authenticate and open the backend session, then report the outcome."""
 
@@ -47,7 +51,7 @@ class Login:
     mechanism: str = "USER"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Forward:
     """Send one command line (CRLF included) to the backend."""
 
@@ -56,7 +60,7 @@ class Forward:
     command: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Close:
     """Close the connection after the preceding sends; ``reason`` is for logs."""
 
@@ -75,6 +79,15 @@ class State(Enum):
     CLOSED = auto()
 
 
+AUTHORIZATION, AUTH_CONTINUATION, TLS_PENDING, LOGIN_PENDING, TRANSACTION, CLOSED = State
+"""The states as module names, which the machine reads: on Python 3.11 every
+attribute read on an Enum class goes through ``EnumType.__getattr__``'s slow
+path (about 15 times a global's cost), and a login reads its state some fifty
+times (docs/performance.md)."""
+
+_READING_LINES = (AUTHORIZATION, AUTH_CONTINUATION, TRANSACTION)
+
+
 TRANSACTION_COMMANDS = frozenset(
     {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT", "CAPA", "LAST"}
 )
@@ -91,6 +104,14 @@ answers it with -ERR in order, so pipelined replies stay in sequence."""
 BAD_LINE_SUBSTITUTE = b"X-POP3PROXY-BAD-LINE\r\n"
 """Sent to the backend in place of a TRANSACTION line holding NUL or a bare CR,
 which a lenient backend could split into a command the proxy never saw."""
+
+_has_nul_or_cr = re.compile(b"[\x00\r]").search
+"""One scan for both; ``b"\\x00" in line`` first tries the needle as an
+integer and builds a TypeError message before it searches."""
+
+SEND_PASS = replies.ok("Send PASS")
+LOGGED_IN = replies.ok("Logged in.")
+BYE = replies.ok("Bye")
 
 
 def valid_user_name(name: str) -> bool:
@@ -121,7 +142,7 @@ class ClientConnection:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.state = State.AUTHORIZATION
+        self.state = AUTHORIZATION
         self.tls_active = settings.tls_active
         self.user: str | None = None
         self.client_sent_quit = False
@@ -136,7 +157,7 @@ class ClientConnection:
     def receive_data(self, data: bytes | memoryview) -> list[Action]:
         """Feed bytes from the client (copied: a view may be reused after the call);
         returns what to do, in order."""
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return []
         self._reader.feed(data)
         return self._process()
@@ -152,25 +173,25 @@ class ClientConnection:
         self._reader.discard()
         self.tls_active = True
         self.user = None
-        self.state = State.AUTHORIZATION
+        self.state = AUTHORIZATION
         return []
 
     def login_succeeded(self) -> list[Action]:
-        self.state = State.TRANSACTION
-        return [Send(replies.ok("Logged in.")), *self._process()]
+        self.state = TRANSACTION
+        return [Send(LOGGED_IN), *self._process()]
 
     def login_failed(self, reply: bytes) -> list[Action]:
         """The login was refused; ``reply`` is the complete ``-ERR`` line to send."""
         self.user = None
-        self.state = State.AUTHORIZATION
+        self.state = AUTHORIZATION
         return self._error(reply) + self._process()
 
     # -- line processing -------------------------------------------------
 
     def _process(self) -> list[Action]:
         actions: list[Action] = []
-        while self.state in (State.AUTHORIZATION, State.AUTH_CONTINUATION, State.TRANSACTION):
-            if self.state is State.TRANSACTION:
+        while self.state in _READING_LINES:
+            if self.state is TRANSACTION:
                 for line in self._reader.lines():
                     relayed = self._relay_line(line)
                     if relayed is not None:
@@ -180,11 +201,11 @@ class ClientConnection:
             if line is None:
                 break
             if line is LINE_TOO_LONG:
-                if self.state is State.AUTH_CONTINUATION:
+                if self.state is AUTH_CONTINUATION:
                     # The SASL exchange ends here; the next line is a command.
-                    self.state = State.AUTHORIZATION
+                    self.state = AUTHORIZATION
                 actions += self._error(replies.err("Line too long"))
-            elif self.state is State.AUTH_CONTINUATION:
+            elif self.state is AUTH_CONTINUATION:
                 actions += self._auth_response(line)
             else:
                 actions += self._command(line)
@@ -198,7 +219,7 @@ class ClientConnection:
         joined, without an object per line: this runs for every command of
         every session.
         """
-        assert self.state is State.TRANSACTION
+        assert self.state is TRANSACTION
         self._reader.feed(data)
         forward = b""
         for line in self._reader.lines():
@@ -212,7 +233,7 @@ class ClientConnection:
     def _command(self, line: bytes) -> list[Action]:
         keyword, _, argument = line.partition(b" ")
         name = keyword.decode("ascii", "replace").upper()
-        if b"\x00" in line or b"\r" in line:
+        if _has_nul_or_cr(line):
             return self._error(replies.err("NUL and CR are not allowed in a command"))
         handler = _AUTHORIZATION_COMMANDS.get(name)
         if handler is not None:
@@ -229,7 +250,7 @@ class ClientConnection:
         if line is LINE_TOO_LONG:
             return TOO_LONG_SUBSTITUTE, "other"
         assert isinstance(line, bytes)
-        if b"\x00" in line or b"\r" in line:
+        if _has_nul_or_cr(line):
             return BAD_LINE_SUBSTITUTE, "other"
         command = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
         if command not in TRANSACTION_COMMANDS:
@@ -242,7 +263,7 @@ class ClientConnection:
         """Send an -ERR and count it; past the budget, say goodbye."""
         self.errors += 1
         if self.errors >= self.settings.max_errors:
-            self.state = State.CLOSED
+            self.state = CLOSED
             return [
                 Send(reply),
                 Send(replies.err("Too many errors, closing connection")),
@@ -275,7 +296,7 @@ class ClientConnection:
             return self._error(replies.err("Already using TLS"))
         if not self.settings.stls_offered:
             return self._error(replies.err("STLS is not available here"))
-        self.state = State.TLS_PENDING
+        self.state = TLS_PENDING
         self._reader.discard()
         return [Send(replies.ok("Begin TLS negotiation")), StartTLS()]
 
@@ -289,7 +310,7 @@ class ClientConnection:
         if not valid_user_name(name):
             return self._error(replies.err("USER needs a name"))
         self.user = name
-        return [Send(replies.ok("Send PASS"))]
+        return [Send(SEND_PASS)]
 
     def _cmd_pass(self, argument: bytes) -> list[Action]:
         if not self._auth_allowed():
@@ -309,12 +330,12 @@ class ClientConnection:
         if mechanism.upper() != b"PLAIN":
             return self._error(replies.err("Unsupported mechanism; use PLAIN"))
         if not initial:
-            self.state = State.AUTH_CONTINUATION
+            self.state = AUTH_CONTINUATION
             return [Send(replies.continuation())]
         return self._plain_response(initial.strip())
 
     def _auth_response(self, line: bytes) -> list[Action]:
-        self.state = State.AUTHORIZATION
+        self.state = AUTHORIZATION
         if line == b"*":
             return self._error(replies.err("Authentication cancelled"))
         return self._plain_response(line)
@@ -340,7 +361,7 @@ class ClientConnection:
         return self._start_login(user, password, "PLAIN")
 
     def _start_login(self, user: str, password: bytes, mechanism: str) -> list[Action]:
-        self.state = State.LOGIN_PENDING
+        self.state = LOGIN_PENDING
         return [Login(user, password, mechanism)]
 
     def _cmd_apop(self, argument: bytes) -> list[Action]:
@@ -352,9 +373,9 @@ class ClientConnection:
         return [Send(replies.ok())]
 
     def _cmd_quit(self, argument: bytes) -> list[Action]:
-        self.state = State.CLOSED
+        self.state = CLOSED
         self.client_sent_quit = True
-        return [Send(replies.ok("Bye")), Close("quit")]
+        return [Send(BYE), Close("quit")]
 
 
 _AUTHORIZATION_COMMANDS: dict[str, Callable[[ClientConnection, bytes], list[Action]]] = {

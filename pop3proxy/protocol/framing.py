@@ -47,6 +47,18 @@ class LineReader:
         self._buffer += data
 
     def next_line(self) -> bytes | _TooLong | None:
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        if not self._skipping:  # the usual cases, in one pass
+            if 0 <= end < self.max_line:
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                return line[:-1] if line.endswith(b"\r") else line
+            if end < 0 and len(buffer) < self.max_line:
+                return None
+        return self._next_line_carefully()
+
+    def _next_line_carefully(self) -> bytes | _TooLong | None:
         while True:
             end = self._buffer.find(b"\n")
             if self._skipping:
