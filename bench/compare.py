@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/compare.py                       # this checkout
     .venv/bin/python bench/compare.py before=/tmp/old after=.  # A/B of two trees
+    .venv/bin/python bench/compare.py venv=.@venv opt=.         # two interpreters, one tree
 
 Each ``NAME=PATH`` names a directory holding a ``pop3proxy`` package; every
 tree runs as its own proxy process in the same run, so a change is measured
@@ -14,7 +15,9 @@ Python relay costs, as callbacks and the usual greenlet way. Full sessions
 several rounds taken in turn; prints the median CPU per session, the
 ratio to nginx, and the medians of user and system CPU (Python's share and
 the kernel's). For the whole picture (latency, bulk, idle memory, the
-chart) use ``bench/run.py``.
+chart) use ``bench/run.py``. Trees run on the interpreter that
+``bench/interpreter.py`` picks (an optimized build, like the image's), or on
+the one named after an ``@`` (``venv``: this venv's); so do the floor relays.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+import interpreter  # noqa: E402
 import load  # noqa: E402
 import peers  # noqa: E402
 import procstat  # noqa: E402
@@ -45,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    interpreter.add_argument(parser)
     args = parser.parse_args(argv)
     trees = dict(tree.split("=", 1) for tree in args.trees) or {"pop3proxy": str(HERE.parent)}
+    python = interpreter.proxy_python(args.python)
     # ``python -m pop3proxy`` looks in its working directory first: run from elsewhere.
     os.chdir(tempfile.gettempdir())
     peers.ensure_debian_packages()
@@ -64,13 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         for label, flags in (("floor relay", []), ("floor greenlets", ["--greenlets"])):
             port = free_port()
-            relay = [sys.executable, str(HERE / "floor_relay.py"), str(port)]
+            relay = [python, str(HERE / "floor_relay.py"), str(port)]
             floor = subprocess.Popen([*relay, str(bench.dovecot.port), *flags])
             floors.append(floor)
             wait_until(lambda p=port: port_is_open(peers.LOOPBACK, p), 10, message=label)
             targets[label] = (port, None, [floor.pid])
-        for name, path in trees.items():
+        for name, spec in trees.items():
+            path, _, chosen = spec.partition("@")
             os.environ["PYTHONPATH"] = str(Path(path).resolve())
+            bench.python = interpreter.proxy_python(chosen) if chosen else python
+            print(f"{name}: {path} on Python {interpreter.describe(bench.python)}")
             proxy = bench.new_proxy()
             proxies.append(proxy)
             ports = proxy.ports

@@ -9,7 +9,8 @@ CPU time per session on this shared machine wanders by 5-15 % between runs;
 instruction counts repeat to about 0.5 %, so a change of a few per cent shows
 here when ``bench/compare.py`` cannot see it. Each ``NAME=PATH`` tree runs as
 one proxy under ``valgrind --tool=callgrind``, instrumentation off until asked
-(start-up and warm-up are not counted), against the Dovecot of ``bench/run.py``.
+(start-up and warm-up are not counted), against the Dovecot of ``bench/run.py``,
+on the interpreter ``bench/interpreter.py`` picks (counts differ between builds).
 Each phase, a kind of session, is warmed up, then driven one session at a time
 (counts do not depend on load) in a collection window of its own: ``greeting``
 (connect, QUIT), ``login`` (USER/PASS, QUIT), ``full`` (``load.full_session``:
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+import interpreter  # noqa: E402
 import load  # noqa: E402
 import procstat  # noqa: E402
 import run  # noqa: E402
@@ -144,7 +146,9 @@ def collect(pid: int, dump: Path, label: str, action: Callable[[], None]) -> int
     return total(dump)
 
 
-def measure(bench: run.Bench, work: Path, phases: list[str], sessions: int) -> dict[str, float]:
+def measure(
+    bench: run.Bench, work: Path, phases: list[str], sessions: int, python: str
+) -> dict[str, float]:
     """Start one proxy under callgrind and count each phase; millions per session."""
     template = bench.new_proxy()  # its config and ports; also shows the tree starts at all
     template.stop()
@@ -152,7 +156,7 @@ def measure(bench: run.Bench, work: Path, phases: list[str], sessions: int) -> d
     command = [
         *("valgrind", "--tool=callgrind", "--instr-atstart=no"),
         f"--callgrind-out-file={out}",
-        *(sys.executable, "-m", "pop3proxy", "serve", "--config", str(template.config_path)),
+        *(python, "-m", "pop3proxy", "serve", "--config", str(template.config_path)),
     ]
     log = out.with_suffix(".log")
     with log.open("wb") as sink:
@@ -185,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", nargs="*", help="NAME=PATH of a tree holding pop3proxy/")
     parser.add_argument("--sessions", type=int, default=200, help="per phase and tree")
     parser.add_argument("--phases", nargs="+", choices=list(PHASES), default=list(PHASES))
+    interpreter.add_argument(parser)
     args = parser.parse_args(argv)
+    python = interpreter.proxy_python(args.python)
     trees = dict(tree.split("=", 1) for tree in args.trees) or {"pop3proxy": str(HERE.parent)}
     # ``python -m pop3proxy`` looks in its working directory first: run from elsewhere.
     os.chdir(tempfile.gettempdir())
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_backends()
         for name, path in trees.items():
             os.environ["PYTHONPATH"] = str(Path(path).resolve())
-            counts[name] = measure(bench, work, args.phases, args.sessions)
+            counts[name] = measure(bench, work, args.phases, args.sessions, python)
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -212,8 +212,10 @@ def start_pop3proxy(
     idle_port: int,
     max_connections: int,
     workers: int = 1,
+    python: str = sys.executable,
 ) -> ProxyProcess:
-    """pop3proxy with a file directory; logging at ``warning`` keeps logs out of the figures."""
+    """pop3proxy with a file directory; logging at ``warning`` keeps logs out of the figures.
+    ``python`` runs it (see ``bench/interpreter.py``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     tenants = workdir / "tenants.yaml"
     tenants.write_text(
@@ -238,7 +240,7 @@ def start_pop3proxy(
     }
     if workers > 1:
         overrides["workers"] = workers
-    proxy = ProxyProcess(workdir, certs, overrides).start()
+    proxy = ProxyProcess(workdir, certs, overrides, python=python).start()
     if workers > 1:
         wait_until(lambda: len(children(proxy.proc.pid)) >= workers, 15, message="workers")
     return proxy

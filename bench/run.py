@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import interpreter  # noqa: E402
 import load  # noqa: E402
 import peers  # noqa: E402
 import procstat  # noqa: E402
@@ -160,6 +161,8 @@ class Bench:
         self.proxy = None
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         self.workers = settings.get("workers", 1)
+        self.python = settings.get("python", sys.executable)
+        """The interpreter that runs pop3proxy (``bench/interpreter.py``)."""
         self._serial = 0
 
     # -- servers ---------------------------------------------------------------
@@ -196,6 +199,7 @@ class Bench:
             self.idle_backend.port,
             max_connections=2 * self.s["idle"] + 1000,
             workers=self.workers,
+            python=self.python,
         )
 
     def start_proxies(self) -> None:
@@ -558,7 +562,8 @@ def write_doc(results: dict[str, Any], command: str, workers: int) -> None:
         f"command `{command}`.",
         "",
         f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), Linux {meta['kernel']}, "
-        f"Python {meta['python']}, gevent {meta['gevent']}, {meta['openssl']}, "
+        f"pop3proxy on Python {meta.get('proxy_python', meta['python'])}"
+        f" (load generator: {meta['python']}), gevent {meta['gevent']}, {meta['openssl']}, "
         f"{meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}; "
         f"pop3proxy at commit `{meta['pop3proxy_commit']}`.",
         "",
@@ -596,9 +601,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="pop3proxy workers and nginx worker_processes (default 1, for a fair single core)",
     )
+    interpreter.add_argument(parser)
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    settings = {**PROFILES[mode], "workers": args.workers}
+    python = interpreter.proxy_python(args.python, log)
+    settings = {**PROFILES[mode], "workers": args.workers, "python": python}
     command = "python bench/run.py" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
         for k, v in vars(args).items()
@@ -653,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": mode,
             "command": command,
             "settings": settings,
-            "machine": machine(),
+            "machine": {**machine(), "proxy_python": interpreter.describe(python)},
             "background": {
                 "cpu_busy_before": round(busy, 3),
                 "loadavg_before": load_before,
