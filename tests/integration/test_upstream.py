@@ -132,6 +132,20 @@ def test_a_silent_backend_times_out() -> None:
     assert failure.value.reason == "login_timeout"
 
 
+def test_a_connect_that_never_completes_times_out_as_a_connect() -> None:
+    """The login waits for the greeting rather than the connect; when the
+    deadline comes first, it still tells an unanswered connect (here: a full
+    accept queue, where Linux drops the SYN) from a silent backend."""
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = socket.create_connection((LOOPBACK, port))  # fills the queue of one
+        with queued, pytest.raises(BackendUnavailable) as failure:
+            log_in(Backend(LOOPBACK, port, connect_timeout=0.3))
+    assert failure.value.reason == "connect_timeout"
+
+
 def test_deadlines_count_from_now_even_after_the_loop_stood_still(dovecot: Dovecot) -> None:
     """libev caches the time at each wake-up: a deadline armed after the loop
     stood still for longer than the deadline itself must not fire at once."""
