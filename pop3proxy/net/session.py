@@ -35,7 +35,7 @@ from greenlet import greenlet
 
 from pop3proxy import metrics
 from pop3proxy.backends import ClientAddress
-from pop3proxy.config import Config, ListenerConfig
+from pop3proxy.config import Config, LimitsConfig, ListenerConfig
 from pop3proxy.limits import Lease
 from pop3proxy.login import LoginFailed, LoginService, Session
 from pop3proxy.net import tls
@@ -96,7 +96,9 @@ class Services:
     config: Config
     logins: LoginService
     server_tls: ssl.SSLContext | None
-    _settings: dict[str, tuple[ListenerConfig, object, core.Settings]] = field(default_factory=dict)
+    _settings: dict[str, tuple[ListenerConfig, LimitsConfig, core.Settings]] = field(
+        default_factory=dict
+    )
 
     def client_settings(self, listener: ListenerConfig) -> core.Settings:
         """The protocol core's settings for ``listener``, built once per listener

@@ -159,6 +159,8 @@ class LoginAttempt:
         self._timer.start(self._deadline, reason)
 
     def _deadline(self, reason: str) -> None:
+        """Time is up. Waiting for a greeting, the connect may have worked all the
+        same: then the backend is silent, which is the login's timeout."""
         if self._connecting and _is_connected(self._sock):
             reason = "login_timeout"  # accepted, but no greeting
         self._fail(reason)
