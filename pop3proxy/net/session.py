@@ -537,7 +537,7 @@ class ClientSession:
         upstream = self.session.upstream
         self._relay = Relay(
             self.client,
-            upstream.endpoint(),
+            upstream.endpoint,
             self.conn,
             self.services.config.timeouts.idle,
             self.traffic,

@@ -52,13 +52,8 @@ class Upstream:
     backend: Backend
     leftover: bytes
     """Bytes the backend sent after its login reply (none from a sane server)."""
-    _endpoint: Endpoint | None = None
-    """The login's, passed on to the relay."""
-
-    def endpoint(self) -> Endpoint:
-        if self._endpoint is None:
-            self._endpoint = Endpoint(self.sock, self.tls)
-        return self._endpoint
+    endpoint: Endpoint
+    """Reads and writes on ``sock`` (through ``tls`` if any): the login's, for the relay."""
 
     def close(self) -> None:
         """End the connection without a word: the backend never enters UPDATE."""
@@ -372,7 +367,7 @@ class LoginAttempt:
                 self._fail(action.reason)
 
     def _upstream(self, leftover: bytes) -> Upstream:
-        assert self._sock is not None
+        assert self._sock is not None and self._endpoint is not None
         return Upstream(self._sock, self._sslobj, self.dial.backend, leftover, self._endpoint)
 
     def _tls_established(self) -> None:

@@ -41,7 +41,7 @@ def log_in(backend: Backend, password: str = USERS["alice"]) -> Upstream:
 
 def command(upstream: Upstream, line: bytes) -> bytes:
     """One command over the logged-in connection, through the relay's endpoint."""
-    endpoint = upstream.endpoint()
+    endpoint = upstream.endpoint
     assert endpoint.send(line)
     received = bytearray()
     buffer = memoryview(bytearray(4096))
