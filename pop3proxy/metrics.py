@@ -16,6 +16,7 @@ worker that ever ran (a restarted worker does not reset them), gauges by the
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from prometheus_client import (
@@ -122,7 +123,10 @@ OTHER = "other"
 
 Labels = tuple[str, ...]
 _pending: dict[tuple[Counter | Gauge, Labels], float] = {}
-_observed: list[tuple[Histogram, Labels, float]] = []
+_observed: dict[tuple[Histogram, Labels], list[float]] = {}
+"""Per histogram series: an observation count per bucket, then their sum."""
+_children: dict[tuple[Counter | Gauge | Histogram, Labels], object] = {}
+"""Each series' prometheus-client object, looked up once: ``labels()`` takes a lock."""
 _gauge_values: dict[tuple[Gauge, Labels], float] = {}
 
 
@@ -139,8 +143,16 @@ def add(metric: Counter | Gauge, *labels: str, amount: float = 1) -> None:
 
 
 def observe(metric: Histogram, *labels: str, value: float) -> None:
-    """A histogram observation, folded in by :func:`fold` like :func:`add`."""
-    _observed.append((metric, labels, value))
+    """A histogram observation, counted in its bucket here and folded in by
+    :func:`fold` like :func:`add`: prometheus-client's ``observe`` takes a lock
+    per bucket and per sum, for every observation."""
+    key = (metric, labels)
+    bounds = metric._upper_bounds  # type: ignore[attr-defined]
+    counts = _observed.get(key)
+    if counts is None:
+        counts = _observed[key] = [0] * (len(bounds) + 1)
+    counts[bisect_left(bounds, value)] += 1
+    counts[-1] += value
 
 
 def set_gauge(metric: Gauge, *labels: str, value: float) -> None:
@@ -148,7 +160,15 @@ def set_gauge(metric: Gauge, *labels: str, value: float) -> None:
     key = (metric, labels)
     if _gauge_values.get(key) != value:
         _gauge_values[key] = value
-        (metric.labels(*labels) if labels else metric).set(value)
+        _child(metric, labels).set(value)  # type: ignore[attr-defined]
+
+
+def _child(metric: Counter | Gauge | Histogram, labels: Labels) -> object:
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels) if labels else metric
+    return child
 
 
 def fold() -> None:
@@ -160,14 +180,28 @@ def fold() -> None:
     """
     pending = list(_pending.items())
     _pending.clear()
-    observed = _observed[:]
+    observed = list(_observed.items())
     _observed.clear()
     for (metric, labels), amount in pending:
-        child = metric.labels(*labels) if labels else metric  # a series at 0 is still shown
+        child = _child(metric, labels)  # a series at 0 is still shown
         if amount:
-            child.inc(amount)
-    for histogram, labels, value in observed:
-        (histogram.labels(*labels) if labels else histogram).observe(value)
+            child.inc(amount)  # type: ignore[attr-defined]
+    for (histogram, labels), counts in observed:
+        _add_observations(_child(histogram, labels), counts)
+
+
+def _add_observations(child: object, counts: list[float]) -> None:
+    """What ``observe`` would have done for each observation, a bucket at a time.
+
+    Reaches into prometheus-client's ``Histogram`` (``_buckets`` holds each
+    bucket's own count, ``_sum`` the sum), as its ``observe`` does; a unit
+    test holds the result to ``observe``'s.
+    """
+    buckets = child._buckets  # type: ignore[attr-defined]
+    for index, count in enumerate(counts[:-1]):
+        if count:
+            buckets[index].inc(count)
+    child._sum.inc(counts[-1])  # type: ignore[attr-defined]
 
 
 class TenantLabels:

@@ -109,6 +109,31 @@ _has_nul_or_cr = re.compile(b"[\x00\r]").search
 """One scan for both; ``b"\\x00" in line`` first tries the needle as an
 integer and builds a TypeError message before it searches."""
 
+_NAMES = {
+    spelling: name
+    for name in TRANSACTION_COMMANDS
+    for spelling in (name.encode(), name.lower().encode())
+}
+"""Command names by the spellings clients send: a dict lookup instead of
+upper-casing and decoding every keyword."""
+
+
+def _command_name(line: bytes) -> str:
+    """The name a TRANSACTION line is counted under; ``other`` for anything
+    not a command (a metric label is never the client's choice). ``line``
+    may still end in CRLF."""
+    end = line.find(b" ")
+    if end < 0:
+        end = len(line) - 2 if line.endswith(b"\r\n") else len(line)
+    keyword = line[:end]
+    name = _NAMES.get(keyword)
+    if name is None:
+        name = keyword.upper().decode("ascii", "replace")
+        if name not in TRANSACTION_COMMANDS:
+            name = "other"
+    return name
+
+
 SEND_PASS = replies.ok("Send PASS")
 LOGGED_IN = replies.ok("Logged in.")
 BYE = replies.ok("Bye")
@@ -220,6 +245,14 @@ class ClientConnection:
         every session.
         """
         assert self.state is TRANSACTION
+        if not self.client_sent_quit:
+            line = self._reader.whole_line(data)
+            if line is not None and not _has_nul_or_cr(line, 0, len(line) - 2):
+                command = _command_name(line)
+                if command == "QUIT":
+                    self.client_sent_quit = True
+                commands[command] = commands.get(command, 0) + 1
+                return line
         self._reader.feed(data)
         forward = b""
         for line in self._reader.lines():
@@ -252,10 +285,8 @@ class ClientConnection:
         assert isinstance(line, bytes)
         if _has_nul_or_cr(line):
             return BAD_LINE_SUBSTITUTE, "other"
-        command = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
-        if command not in TRANSACTION_COMMANDS:
-            command = "other"
-        elif command == "QUIT":
+        command = _command_name(line)
+        if command == "QUIT":
             self.client_sent_quit = True
         return line + replies.CRLF, command
 

@@ -46,6 +46,19 @@ class LineReader:
         """Append received bytes; ``b""`` (EOF) is a no-op here."""
         self._buffer += data
 
+    def whole_line(self, data: bytes | memoryview) -> bytes | None:
+        """``data`` as bytes when it is exactly one line ending in CRLF, within
+        the cap, and nothing is buffered before it: the relay's usual case,
+        one command per read, taken without going through the buffer.
+        Otherwise ``None``, and ``data`` is left to :meth:`feed`."""
+        if self._buffer or self._skipping:
+            return None
+        line = bytes(data)
+        end = line.find(b"\n")
+        if end == len(line) - 1 and 0 < end < self.max_line and line[end - 1] == 13:
+            return line
+        return None
+
     def next_line(self) -> bytes | _TooLong | None:
         buffer = self._buffer
         end = buffer.find(b"\n")

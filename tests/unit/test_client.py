@@ -661,24 +661,66 @@ def test_any_input_gives_only_actions_and_stays_bounded(
             assert conn._reader.buffered < settings_.max_line
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    lines=st.lists(
-        st.sampled_from([b"STAT", b"list 1", b"RETR 2", b"QUIT", b"XEVIL", b"A\x00B", b"X" * 3000]),
-        max_size=8,
-    ),
-    cut=st.integers(min_value=0, max_value=200),
+RELAYED_LINES = st.sampled_from(
+    [
+        b"STAT\r\n",
+        b"stat\r\n",
+        b"Stat\r\n",
+        b"list 1\r\n",
+        b"RETR 2\r\n",
+        b"QUIT\r\n",
+        b"quit\n",
+        b"XEVIL\r\n",
+        b"\r\n",
+        b"A\x00B\r\n",
+        b"A\rB\r\n",
+        b"NOOP\r\r\n",
+        b"X" * 3000 + b"\r\n",
+    ]
 )
-def test_relay_data_forwards_what_the_forward_actions_would(lines: list[bytes], cut: int) -> None:
-    """The relay's fast path and the actions of ``receive_data`` agree byte for byte."""
-    data = b"".join(line + b"\r\n" for line in lines)
+
+
+def _relay_both_ways(chunks: list[bytes]) -> None:
+    """Feeds ``chunks`` to the relay's fast path and to ``receive_data``: the
+    bytes forwarded, the commands counted and QUIT must agree."""
     by_actions, fast = logged_in(), logged_in()
-    actions = by_actions.receive_data(data[:cut]) + by_actions.receive_data(data[cut:])
+    actions = [action for chunk in chunks for action in by_actions.receive_data(chunk)]
     commands: dict[str, int] = {}
-    forwarded = fast.relay_data(data[:cut], commands) + fast.relay_data(data[cut:], commands)
+    forwarded = b"".join(fast.relay_data(chunk, commands) for chunk in chunks)
     assert forwarded == b"".join(action.data for action in actions)
     expected: dict[str, int] = {}
     for action in actions:
         expected[action.command] = expected.get(action.command, 0) + 1
     assert commands == expected
     assert fast.client_sent_quit == by_actions.client_sent_quit
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(RELAYED_LINES, max_size=8), cut=st.integers(min_value=0, max_value=200))
+def test_relay_data_forwards_what_the_forward_actions_would(lines: list[bytes], cut: int) -> None:
+    """The relay's fast path and the actions of ``receive_data`` agree byte for byte."""
+    data = b"".join(lines)
+    _relay_both_ways([data[:cut], data[cut:]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(RELAYED_LINES, max_size=8))
+def test_a_line_per_read_takes_the_fast_path_to_the_same_bytes(lines: list[bytes]) -> None:
+    """One command per read, the usual case, skips the line buffer: same outcome."""
+    _relay_both_ways(lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=40), max_size=6))
+def test_the_relay_agrees_with_the_actions_on_any_bytes(chunks: list[bytes]) -> None:
+    _relay_both_ways(chunks)
+
+
+def test_a_whole_line_passes_through_unchanged_and_is_counted_by_name() -> None:
+    conn = logged_in()
+    commands: dict[str, int] = {}
+    assert conn.relay_data(memoryview(b"retr 7\r\n"), commands) == b"retr 7\r\n"
+    assert conn.relay_data(b"Quit\r\n", commands) == b"Quit\r\n"
+    assert commands == {"RETR": 1, "QUIT": 1}
+    assert conn.client_sent_quit
+    assert conn.relay_data(b"STAT\r\n", commands) == b""
