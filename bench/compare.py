@@ -143,6 +143,24 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
                     f"  {mode:5} {name:12} {median:6.3f}  x{median / nginx:.2f} nginx"
                     f"  user {user:.3f} system {system:.3f}  ({rounds})"
                 )
+    paired(cpu, list(targets))
+
+
+def paired(cpu: dict[tuple[str, str], list[float]], names: list[str]) -> None:
+    """Each tree against the first, round by round: the rounds of one tree
+    wander together with the machine's load, their ratios much less."""
+    trees = [name for name in names if name not in ("nginx", "floor relay", "floor greenlets")]
+    if len(trees) < 2:
+        return
+    print(f"\nPaired, median of the per-round ratios to {trees[0]}:")
+    for mode in ("plain", "tls"):
+        first = cpu.get((mode, trees[0]))
+        for name in trees[1:]:
+            figures = cpu.get((mode, name))
+            if first and figures:
+                ratios = sorted(b / a for a, b in zip(first, figures, strict=True))
+                spread = f"{ratios[0]:.3f}-{ratios[-1]:.3f}"
+                print(f"  {mode:5} {name:12} x{statistics.median(ratios):.3f}  (range {spread})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ import socket
 import ssl
 from collections import deque
 
+from gevent.hub import get_hub
+
+from pop3proxy.net.sockets import READ, WRITE
+
 CHUNK = 262144
 CLIENT_RECV = 16384
 SHARED_BUFFER = memoryview(bytearray(CHUNK))
@@ -28,19 +32,38 @@ class Endpoint:
     ``raw`` is a kernel socket in non-blocking mode and ``tls`` OpenSSL's
     connection on it, if any; this talks to them directly. ``None`` means
     "would block".
+
+    ``reader`` and ``writer`` are the socket's I/O watchers for its whole
+    life: the session, the backend login and the relay each start and stop
+    them in turn, and whoever owns the socket calls :meth:`close_watchers`.
+    One pair per socket rather than one per stage: a watcher costs more to
+    make and close than its few calls suggest (docs/performance.md).
     """
 
-    __slots__ = ("_offset", "_raw", "_tls", "fd", "outbox")
+    __slots__ = ("_offset", "_raw", "_tls", "fd", "outbox", "reader", "writer")
 
     def __init__(self, raw: socket.socket, tls: object | None = None) -> None:
         self._raw = raw
         self._tls = tls
         self.fd = raw.fileno()
+        loop = get_hub().loop
+        self.reader = loop.io(self.fd, READ)
+        self.writer = loop.io(self.fd, WRITE)
         self.outbox: deque[bytes] | None = None
         """Bytes the peer could not take yet, in order; made when needed and
         dropped when empty (an empty deque is 760 bytes, an idle session's
         largest object)."""
         self._offset = 0
+
+    def stop_watchers(self) -> None:
+        self.reader.stop()
+        self.writer.stop()
+
+    def close_watchers(self) -> None:
+        """Before the socket closes (libev must not watch a closed descriptor)."""
+        for watcher in (self.reader, self.writer):
+            watcher.stop()
+            watcher.close()
 
     @property
     def plain(self) -> bool:

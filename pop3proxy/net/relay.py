@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from gevent.hub import get_hub
 
 from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
-from pop3proxy.net.sockets import READ, WRITE
 from pop3proxy.net.splice import SplicePipe
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
 
@@ -95,12 +94,14 @@ class Relay:
 
     def start(self, pending: list[Action], leftover: bytes) -> None:
         """Relay until the session ends; then ``on_end(reason)``, from the loop, once."""
-        loop = self._loop
+        client, backend = self.client, self.backend
+        client.stop_watchers()
+        backend.stop_watchers()
         watchers = self._watchers
-        watchers["client_read"] = loop.io(self.client.fd, READ)
-        watchers["client_write"] = loop.io(self.client.fd, WRITE)
-        watchers["backend_read"] = loop.io(self.backend.fd, READ)
-        watchers["backend_write"] = loop.io(self.backend.fd, WRITE)
+        watchers["client_read"] = client.reader
+        watchers["client_write"] = client.writer
+        watchers["backend_read"] = backend.reader
+        watchers["backend_write"] = backend.writer
         self._guarded(self._begin, pending, leftover)
 
     def stop(self, reason: str) -> None:
@@ -143,13 +144,16 @@ class Relay:
             watcher.stop()  # type: ignore[attr-defined]
 
     def _finish(self, reason: str) -> None:
-        """End the relay: stop every watcher and tell the session, once."""
+        """End the relay: stop every watcher and tell the session, once. (The
+        endpoints' watchers go with their sockets; only the timer is ours.)"""
         if self.end_reason is not None:
             return
         self.end_reason = reason
         for watcher in self._watchers.values():
             watcher.stop()  # type: ignore[attr-defined]
-            watcher.close()  # type: ignore[attr-defined]
+        timer = self._watchers.get("idle")
+        if timer is not None:
+            timer.close()  # type: ignore[attr-defined]
         self._watchers.clear()
         self._close_pipe()
         # Deferred, so that no callback of this relay is half-run when the session closes.

@@ -189,10 +189,9 @@ class ClientSession:
         self.conn = core.ClientConnection(services.client_settings(listener))
         self.client = Endpoint(sock)
         self._tls: tls.ServerTLS | None = None
-        loop = get_hub().loop
-        self._loop = loop
-        self._reader = loop.io(self.client.fd, READ)
-        self._writer = loop.io(self.client.fd, WRITE)
+        self._loop = get_hub().loop
+        self._reader = self.client.reader
+        self._writer = self.client.writer
         self._timer = None
         self._task: greenlet | None = None
         """The greenlet of a login (or admission) in progress."""
@@ -648,9 +647,7 @@ class ClientSession:
         if self._reader is None:
             return
         self._disarm()
-        for watcher in (self._reader, self._writer):
-            watcher.stop()
-            watcher.close()
+        self.client.close_watchers()
         self._reader = self._writer = None  # type: ignore[assignment]
         shutdown(self.sock)
         self.sock.close()

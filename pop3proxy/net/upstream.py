@@ -53,10 +53,12 @@ class Upstream:
     leftover: bytes
     """Bytes the backend sent after its login reply (none from a sane server)."""
     endpoint: Endpoint
-    """Reads and writes on ``sock`` (through ``tls`` if any): the login's, for the relay."""
+    """Reads and writes on ``sock`` (through ``tls`` if any), and its watchers:
+    the login's, for the relay."""
 
     def close(self) -> None:
         """End the connection without a word: the backend never enters UPDATE."""
+        self.endpoint.close_watchers()
         shutdown(self.sock)
         self.sock.close()
 
@@ -119,7 +121,6 @@ class LoginAttempt:
         self._timer = self._loop.timer(dial.timeout)
         self._sock: socket.socket | None = None
         self._endpoint: Endpoint | None = None
-        self._reader = self._writer = None
         self._lines = LineReader(machine.MAX_STATUS_LINE)
         self._sslobj: object | None = None
         self._then: Callable[[], None] | None = None
@@ -139,9 +140,10 @@ class LoginAttempt:
             self._fail("internal_error")
 
     def _wait(self, event: int, step: Callable[[], None]) -> None:
-        self._reader.stop()
-        self._writer.stop()
-        watcher = self._reader if event == READ else self._writer
+        endpoint = self._endpoint
+        assert endpoint is not None
+        endpoint.stop_watchers()
+        watcher = endpoint.reader if event == READ else endpoint.writer
         watcher.start(self._guarded, step)
 
     def _arm(self, reason: str) -> None:
@@ -160,22 +162,18 @@ class LoginAttempt:
             reason = "login_timeout"  # accepted, but no greeting
         self._fail(reason)
 
-    def _close_watchers(self) -> None:
-        for watcher in (self._reader, self._writer):
-            if watcher is not None:
-                watcher.stop()
-                watcher.close()
-        self._reader = self._writer = None
-
     def _end(self, keep_socket: bool) -> Callable[[Outcome], None] | None:
-        """Stop the attempt once; returns ``on_done`` the first time, else ``None``."""
+        """Stop the attempt once; returns ``on_done`` the first time, else ``None``.
+        A kept socket keeps its endpoint's watchers too, for the relay."""
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             self._timer.stop()
             self._timer.close()
-            self._close_watchers()
-            if not keep_socket and self._sock is not None:
-                self._sock.close()
+            if keep_socket:
+                assert self._endpoint is not None
+                self._endpoint.stop_watchers()
+            elif self._sock is not None:
+                self._release_socket()
         return on_done
 
     def _finish(self, outcome: Outcome) -> None:
@@ -207,13 +205,11 @@ class LoginAttempt:
         # Non-blocking from birth: no fcntl round (two syscalls) after it.
         sock = self._sock = KernelSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         set_nodelay(sock)
-        self._reader = self._loop.io(sock.fileno(), READ)
-        self._writer = self._loop.io(sock.fileno(), WRITE)
+        self._endpoint = Endpoint(sock)
         error = sock.connect_ex(address)
         if error not in (0, errno.EINPROGRESS):
             self._connect_next(_connect_reason(error))
             return
-        self._endpoint = Endpoint(sock)
         if self.dial.header or self.dial.backend.tls == "implicit":
             self._wait(WRITE, self._connected)  # the proxy speaks first
         else:
@@ -236,8 +232,8 @@ class LoginAttempt:
         return True
 
     def _release_socket(self) -> None:
-        assert self._sock is not None
-        self._close_watchers()
+        assert self._sock is not None and self._endpoint is not None
+        self._endpoint.close_watchers()
         self._sock.close()
         self._sock = self._endpoint = None
         self._connecting = False

@@ -63,9 +63,9 @@ class Wired:
         self.backend, backend_side = tcp_pair()
         self.ended = gevent.event.AsyncResult()
         self.traffic = Traffic()
+        self._endpoints = [Endpoint(client_side), Endpoint(backend_side)]
         self.relay = Relay(
-            Endpoint(client_side),
-            Endpoint(backend_side),
+            *self._endpoints,
             logged_in(),
             30.0,
             self.traffic,
@@ -94,6 +94,8 @@ class Wired:
 
     def close(self) -> None:
         self.relay.stop("test_over")
+        for endpoint in self._endpoints:
+            endpoint.close_watchers()
         for sock in (self.client, self.backend, *self._sockets):
             sock.close()
 
