@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import gevent
 from gevent.hub import get_hub
-from greenlet import greenlet
 
 from pop3proxy import metrics
 from pop3proxy.backends import ClientAddress
@@ -43,6 +42,7 @@ from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
 from pop3proxy.net.relay import Relay, Traffic
 from pop3proxy.net.sockets import READ, WRITE, set_nodelay, shutdown
+from pop3proxy.net.tasks import Task, Tasks
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import proxyproto, replies
 
@@ -75,12 +75,6 @@ LINGER_SECONDS = 1.0
 LINGER_BYTES = 65536
 
 
-def _throw(task: greenlet, error: BaseException) -> None:
-    """Raise ``error`` in a running task; one not started yet sees the session closed."""
-    if task and not task.dead:
-        task.throw(error)
-
-
 class SessionEnded(Exception):
     """Ends a login in progress from outside (timeout, drain); ``reason`` goes to the log."""
 
@@ -96,6 +90,8 @@ class Services:
     config: Config
     logins: LoginService
     server_tls: ssl.SSLContext | None
+    tasks: Tasks = field(default_factory=Tasks)
+    """Greenlets for logins and admissions (:mod:`pop3proxy.net.tasks`)."""
     _settings: dict[str, tuple[ListenerConfig, LimitsConfig, core.Settings]] = field(
         default_factory=dict
     )
@@ -193,7 +189,7 @@ class ClientSession:
         self._reader = self.client.reader
         self._writer = self.client.writer
         self._timer = None
-        self._task: greenlet | None = None
+        self._task: Task | None = None
         """The greenlet of a login (or admission) in progress."""
         self._relay: Relay | None = None
         self._when_flushed: Callable[[], None] | None = None
@@ -260,13 +256,14 @@ class ClientSession:
         self._when_flushed = then
 
     def _spawn(self, task: Callable[..., None], *args: object) -> None:
-        self._task = gevent.spawn_raw(self._run_task, task, args)
+        self._task = self.services.tasks.spawn(self._run_task, task, args)
 
     def _abandon_task(self, reason: str) -> None:
-        """Stop a login (or admission) in progress: ``SessionEnded`` at its next wait."""
+        """Stop a login (or admission) in progress: ``SessionEnded`` at its next
+        wait (one not started yet finds the session closed)."""
         task, self._task = self._task, None
-        if task is not None and task is not gevent.getcurrent():
-            self._loop.run_callback(_throw, task, SessionEnded(reason))
+        if task is not None and not task.running_here():
+            self._loop.run_callback(task.throw, SessionEnded(reason))
 
     def _run_task(self, task: Callable[..., None], args: tuple) -> None:
         if self.closed:
@@ -281,7 +278,7 @@ class ClientSession:
             log.exception("session failed", extra={"session": self.id})
             self._close("internal_error")
         finally:
-            if self._task is gevent.getcurrent():
+            if self._task is not None and self._task.running_here():
                 self._task = None
 
     # -- from accept to AUTHORIZATION ------------------------------------------
