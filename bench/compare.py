@@ -42,6 +42,21 @@ import procstat  # noqa: E402
 import run  # noqa: E402
 from harness.ports import free_port, port_is_open, wait_until  # noqa: E402
 
+FLOORS = [("floor relay", []), ("floor greenlets", ["--greenlets"])]
+CALIBRATION = [
+    (f"floor +{kind}", ["--work", f"{kind}:{count}"])
+    for kind, count in (
+        ("tight", 40),
+        ("diverse", 40),
+        ("alloc", 20),
+        ("watchers", 4),
+        ("greenlet", 1),
+    )
+]
+"""What each kind of work adds to the bare relay: about 9,000 bytecodes per
+session of one small method (tight) or of 400 small functions (diverse),
+1,000 small objects, 8 watchers, a greenlet that waits once."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="proxies on the second CPU, Dovecot and the load on the first: less noise for A/B",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also the floor relay with each kind of work added (see bench/floor_relay.py)",
+    )
     interpreter.add_argument(parser)
     args = parser.parse_args(argv)
     trees = dict(tree.split("=", 1) for tree in args.trees) or {"pop3proxy": str(HERE.parent)}
@@ -56,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     # ``python -m pop3proxy`` looks in its working directory first: run from elsewhere.
     os.chdir(tempfile.gettempdir())
     peers.ensure_debian_packages()
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # every process started from here inherits it
     work = Path(tempfile.mkdtemp(prefix="pop3proxy-compare-"))
     work.chmod(0o755)
     bench = run.Bench({**run.PROFILES["quick"], "idle": 10, "workers": 1}, work)
@@ -68,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = {
             "nginx": (bench.nginx.ports["plain"], bench.nginx.ports["pop3s"], bench.nginx.pids())
         }
-        for label, flags in (("floor relay", []), ("floor greenlets", ["--greenlets"])):
+        for label, flags in FLOORS + (CALIBRATION if args.calibrate else []):
             port = free_port()
             relay = [python, str(HERE / "floor_relay.py"), str(port)]
             floor = subprocess.Popen([*relay, str(bench.dovecot.port), *flags])
@@ -84,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             proxies.append(proxy)
             ports = proxy.ports
             targets[name] = (ports["plain"], ports["pop3s"], peers.proxy_pids(proxy))
+        if args.pin:
+            for _, _, pids in targets.values():
+                for pid in pids:
+                    os.sched_setaffinity(pid, {1})
         measure(bench, targets, args)
     finally:
         for proxy in proxies:
@@ -149,7 +180,8 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
 def paired(cpu: dict[tuple[str, str], list[float]], names: list[str]) -> None:
     """Each tree against the first, round by round: the rounds of one tree
     wander together with the machine's load, their ratios much less."""
-    trees = [name for name in names if name not in ("nginx", "floor relay", "floor greenlets")]
+    peers_ = {"nginx"} | {label for label, _ in FLOORS + CALIBRATION}
+    trees = [name for name in names if name not in peers_]
     if len(trees) < 2:
         return
     print(f"\nPaired, median of the per-round ratios to {trees[0]}:")
