@@ -5,11 +5,12 @@ watchers and timers: PROXY header, TLS handshake, AUTHORIZATION (fed to the
 sans-IO core), then the relay. Nothing waits in a greenlet except what has
 to block: the login (directory, Redis, argon2; the backend's own login runs
 on callbacks too, :mod:`pop3proxy.net.upstream`, and the greenlet waits
-once for it) and, when the per-address limit lives in Redis, the admission.
+once for it) and, when the per-address limit lives in Redis, the admission;
+those greenlets are parked between tasks (:mod:`pop3proxy.net.tasks`).
 gevent's socket objects and a greenlet per connection cost about 0.7 ms of
 CPU per session, more than nginx spends on a whole one
-(docs/performance.md); an idle session here holds two watchers and a few
-objects.
+(docs/performance.md); an idle session here holds its socket's two
+watchers and a few objects.
 
 The session owns its timeouts: the TLS handshake, the whole AUTHORIZATION
 phase (``timeouts.auth``), and, through the relay, the idle timeout. It
