@@ -54,7 +54,9 @@ class _Worker(greenlet):
 class Tasks:
     """Runs tasks in greenlets, keeping up to ``keep`` of them parked when idle."""
 
-    def __init__(self, keep: int = 256) -> None:
+    def __init__(self, keep: int = 64) -> None:
+        """``keep``: enough for the logins in flight at once on a busy proxy; a
+        parked greenlet holds its frame stack (16 KiB) and a copy of its C stack."""
         self.keep = keep
         self._parked: list[_Worker] = []
         self._hub = get_hub()
