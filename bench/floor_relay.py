@@ -18,8 +18,8 @@ costs per session.
 ``tight:N`` runs N calls of one small method per read (the same code over
 and over), ``diverse:N`` N calls spread over 400 small functions (the same
 amount of Python, more distinct code), ``alloc:N`` makes N small records per
-read, ``watchers:N`` makes, starts and closes N timers and N I/O watchers per
-session, ``greenlet:1`` runs a greenlet per session that waits once for the
+read, ``watchers:N`` makes and closes N timers (started) and N I/O watchers
+per session, ``greenlet:1`` runs a greenlet per session that waits once for the
 backend's first reply, as a login does.
 """
 

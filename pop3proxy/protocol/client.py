@@ -248,9 +248,7 @@ class ClientConnection:
         if not self.client_sent_quit:
             line = self._reader.whole_line(data)
             if line is not None and not _has_nul_or_cr(line, 0, len(line) - 2):
-                command = _command_name(line)
-                if command == "QUIT":
-                    self.client_sent_quit = True
+                command = self._relayed_command(line)
                 commands[command] = commands.get(command, 0) + 1
                 return line
         self._reader.feed(data)
@@ -285,10 +283,15 @@ class ClientConnection:
         assert isinstance(line, bytes)
         if _has_nul_or_cr(line):
             return BAD_LINE_SUBSTITUTE, "other"
+        return line + replies.CRLF, self._relayed_command(line)
+
+    def _relayed_command(self, line: bytes) -> str:
+        """The name a relayed line is counted under; after QUIT nothing more
+        goes to the backend, which is closing."""
         command = _command_name(line)
         if command == "QUIT":
             self.client_sent_quit = True
-        return line + replies.CRLF, command
+        return command
 
     def _error(self, reply: bytes) -> list[Action]:
         """Send an -ERR and count it; past the budget, say goodbye."""
