@@ -389,8 +389,7 @@ class ClientSession:
         except tls.HandshakeFailed as error:
             self._handshake_failed(error.reason)
             return
-        self._reader.stop()
-        self._writer.stop()
+        self.client.stop_watchers()
         if wait == READ:
             self._reader.start(self._guarded, self._handshake_step)
         elif wait == WRITE:
@@ -525,8 +524,7 @@ class ClientSession:
     def _relay_from(self, pending: list[core.Action]) -> None:
         assert self.session is not None
         self._disarm()
-        self._reader.stop()
-        self._writer.stop()
+        self.client.stop_watchers()
         tenant = metrics.tenant_label(self.session.tenant.name)
         self._tenant_label = tenant
         metrics.add(metrics.SESSIONS_ACTIVE, tenant)
@@ -603,8 +601,7 @@ class ClientSession:
         self.closed = True
         self._disarm()
         self._stop_handshake_timer()
-        self._reader.stop()
-        self._writer.stop()
+        self.client.stop_watchers()
         self._abandon_task(reason)
         linger = reason in _LINGER_ON and not self.logged_in
         lease, self.connection_lease = self.connection_lease, None
