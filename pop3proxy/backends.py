@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gevent
 from gevent.hub import Waiter
@@ -56,10 +56,22 @@ class ClientAddress:
     """Who the client is (``source``) and what it connected to (``destination``).
 
     Behind a load balancer speaking PROXY protocol, both come from its header.
+    Otherwise the destination is asked of the client's ``connection`` only when
+    a PROXY header to the backend needs it: most logins never do, and the
+    question is a system call.
     """
 
     source: Address
     destination: Address | None = None
+    connection: socket.socket | None = field(default=None, compare=False, repr=False)
+
+    def connected_to(self) -> Address | None:
+        if self.destination is not None or self.connection is None:
+            return self.destination
+        try:
+            return self.connection.getsockname()[:2]
+        except OSError:
+            return None
 
 
 class Upstreams:
@@ -269,4 +281,4 @@ def _proxy_header(backend: Backend, client: ClientAddress | None, peer: Address)
     build = proxyproto.build_v1 if backend.forward_client == "proxy_v1" else proxyproto.build_v2
     if client is None:
         return build(None, None)
-    return build(client.source, client.destination or peer)
+    return build(client.source, client.connected_to() or peer)

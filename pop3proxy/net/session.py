@@ -42,7 +42,7 @@ from pop3proxy.net import tls
 from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
 from pop3proxy.net.relay import Relay, Traffic
-from pop3proxy.net.sockets import READ, WRITE, set_nodelay, shutdown
+from pop3proxy.net.sockets import READ, WRITE
 from pop3proxy.net.tasks import Task, Tasks
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import proxyproto, replies
@@ -289,7 +289,6 @@ class ClientSession:
         self._guarded(self._start)
 
     def _start(self) -> None:
-        set_nodelay(self.sock)
         if self.listener.proxy_protocol:
             self._expect_proxy_header()
         else:
@@ -476,13 +475,7 @@ class ClientSession:
     def _client_address(self) -> ClientAddress | None:
         if not self.peer:
             return None
-        local = self.local
-        if local is None:
-            try:
-                local = self.sock.getsockname()[:2]
-            except OSError:
-                local = None
-        return ClientAddress(tuple(self.peer[:2]), local)
+        return ClientAddress(tuple(self.peer[:2]), self.local, self.sock)
 
     def _login(self, action: core.Login, rest: list[core.Action]) -> None:
         self.user = action.user
@@ -644,8 +637,7 @@ class ClientSession:
         self._disarm()
         self.client.close_watchers()
         self._reader = self._writer = None  # type: ignore[assignment]
-        shutdown(self.sock)
-        self.sock.close()
+        self.sock.close()  # the FIN (or a reset, with input unread): no shutdown() first
         self.on_closed(self)
         if log.isEnabledFor(logging.INFO):
             self._log_summary(reason)

@@ -20,17 +20,10 @@ class KernelSocket(_socket.socket):
 
 def set_nodelay(sock: socket.socket) -> None:
     """Disable Nagle: POP3 is request/response, and Nagle plus delayed ACKs
-    stalls every exchange by 40 ms or more."""
-    try:  # noqa: SIM105 (contextlib.suppress: a context manager, twice per session)
+    stalls every exchange by 40 ms or more. Set on a listening socket, it
+    holds for every connection accepted from it (Linux copies it)."""
+    try:  # noqa: SIM105 (contextlib.suppress: a context manager, once per session)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
-def shutdown(sock: socket.socket) -> None:
-    """Wake any greenlet blocked on ``sock`` and end the connection, no goodbye."""
-    try:  # noqa: SIM105 (as above)
-        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 

@@ -26,7 +26,7 @@ from gevent.hub import get_hub
 
 from pop3proxy.net import tls
 from pop3proxy.net.endpoint import SHARED_BUFFER, Endpoint
-from pop3proxy.net.sockets import READ, WRITE, KernelSocket, set_nodelay, shutdown
+from pop3proxy.net.sockets import READ, WRITE, KernelSocket, set_nodelay
 from pop3proxy.protocol import backend as machine
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
 from pop3proxy.tenants import Backend
@@ -59,7 +59,6 @@ class Upstream:
     def close(self) -> None:
         """End the connection without a word: the backend never enters UPDATE."""
         self.endpoint.close_watchers()
-        shutdown(self.sock)
         self.sock.close()
 
 
@@ -219,17 +218,20 @@ class LoginAttempt:
             self._wait(READ, self._readable)
 
     def _connect_succeeded(self) -> bool:
-        """Did the connect work? If not, on to the next address. If so, the
-        deadline starts again for the login."""
+        """Did the connect work? If not, on to the next address."""
         assert self._sock is not None
         error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self._connect_next(_connect_reason(error))
             return False
+        self._connection_up()
+        return True
+
+    def _connection_up(self) -> None:
+        """The deadline starts again, for the login."""
         self._connecting = False
         self._addresses.clear()
         self._arm("login_timeout")
-        return True
 
     def _release_socket(self) -> None:
         assert self._sock is not None and self._endpoint is not None
@@ -304,12 +306,20 @@ class LoginAttempt:
         endpoint = self._endpoint
         if endpoint is None or self._on_done is None:  # a queued read after the end
             return
-        if self._connecting and not self._connect_succeeded():
-            return
         while True:
-            size = endpoint.recv_into(SHARED_BUFFER[:RECV_SIZE])
+            try:
+                size = endpoint.recv_into(SHARED_BUFFER[:RECV_SIZE])
+            except OSError as error:
+                if not self._connecting:
+                    raise
+                # Waiting for the greeting, a failed connect shows here: no
+                # SO_ERROR question on the way of every good one.
+                self._connect_next(_connect_reason(error.errno))
+                return
             if size is None:
                 return
+            if self._connecting:
+                self._connection_up()
             if not size:
                 self._fail("closed_during_login")
                 return
