@@ -65,6 +65,7 @@ PROFILES = {
     "quick": {
         "users": 32,
         "duration": 2.0,
+        "rounds": 2,
         "max_sessions": 3000,
         "ordinary": 30,
         "bulk_reps": 8,
@@ -75,6 +76,7 @@ PROFILES = {
     "full": {
         "users": 128,
         "duration": 6.0,
+        "rounds": 3,
         "max_sessions": 20000,
         "ordinary": 150,
         "bulk_reps": 15,
@@ -250,54 +252,75 @@ class Bench:
                 load.full_session(target.pop3s, context, user, password)
 
     def sessions(self) -> None:
+        """Scenario (a): each cell in ``rounds`` windows, the targets taken in turn.
+
+        A target's CPU per session is the median of its windows. On this
+        shared machine a burst of someone else's work lands in one window: it
+        moves one sample of one target, not that target's whole figure, as it
+        did with one long window each (a cell's ratio wandered by up to a
+        quarter between runs).
+        """
+        rounds = self.s["rounds"]
         for mode in report.MODES:
             for concurrency in report.CONCURRENCY:
-                for name, (target, pids) in self.targets().items():
-                    before = procstat.cpu_seconds(pids) if pids else None
-                    before_ns = procstat.run_seconds(pids) if pids else None
-                    started = time.perf_counter()
-                    # c=1 is slow through a proxy that stalls on Nagle: give it longer.
-                    duration = self.s["duration"] * (2 if concurrency == 1 else 1)
-                    result = load.run_sessions(
-                        target.port(mode == "tls"),
-                        mode == "tls",
-                        self.certs.ca_file,
-                        self.users,
-                        concurrency,
-                        duration,
-                        self.s["max_sessions"],
-                    )
-                    elapsed = time.perf_counter() - started
-                    cpu = procstat.cpu_seconds(pids) - before if pids else None
-                    cpu_ns = procstat.run_seconds(pids) - before_ns if pids else None
-                    figure = {
-                        "sessions": result.sessions,
-                        "errors": result.errors,
-                        "seconds": round(elapsed, 3),
-                        "per_s": result.sessions / elapsed,
-                        "p50_ms": _ms(load.percentile(result.latencies, 50)),
-                        "p99_ms": _ms(load.percentile(result.latencies, 99)),
-                        "cpu_ms": cpu * 1000 / result.sessions
-                        if cpu is not None and result.sessions
-                        else None,
-                        "cpu_ms_schedstat": cpu_ns * 1000 / result.sessions
-                        if cpu_ns is not None and result.sessions
-                        else None,
-                        "first_error": result.first_error,
-                    }
+                windows: dict[str, list[dict[str, Any]]] = {}
+                # c=1 is slow through a proxy that stalls on Nagle: give it longer.
+                duration = self.s["duration"] * (2 if concurrency == 1 else 1) / rounds
+                for _ in range(rounds):
+                    for name, (target, pids) in self.targets().items():
+                        window = self._session_window(target, pids, mode, concurrency, duration)
+                        windows.setdefault(name, []).append(window)
+                for name, measured in windows.items():
+                    figure = _combine_windows(measured)
                     node = self.results["targets"][name].setdefault("sessions", {})
                     node.setdefault(mode, {})[str(concurrency)] = figure
-                    cpu_text = (
-                        f"{figure['cpu_ms']:.2f} ms CPU/session"
-                        f" (schedstat {figure['cpu_ms_schedstat']:.2f})"
-                        if figure["cpu_ms"]
-                        else ""
-                    )
-                    log(
-                        f"sessions {mode:5} c={concurrency:<3} {name:9}: {result.sessions} ok, "
-                        f"{result.errors} errors, {figure['per_s']:.0f}/s {cpu_text}"
-                        + (f" first error: {result.first_error}" if result.errors else "")
-                    )
+                    self._log_sessions(name, mode, concurrency, figure)
+
+    def _session_window(
+        self,
+        target: load.Target,
+        pids: list[int] | None,
+        mode: str,
+        concurrency: int,
+        duration: float,
+    ) -> dict[str, Any]:
+        before = procstat.cpu_seconds(pids) if pids else None
+        before_ns = procstat.run_seconds(pids) if pids else None
+        started = time.perf_counter()
+        result = load.run_sessions(
+            target.port(mode == "tls"),
+            mode == "tls",
+            self.certs.ca_file,
+            self.users,
+            concurrency,
+            duration,
+            max(1, self.s["max_sessions"] // self.s["rounds"]),
+        )
+        elapsed = time.perf_counter() - started
+        done = result.sessions
+        return {
+            "result": result,
+            "seconds": elapsed,
+            "cpu_ms": (procstat.cpu_seconds(pids) - before) * 1000 / done
+            if pids and done
+            else None,
+            "cpu_ms_schedstat": (procstat.run_seconds(pids) - before_ns) * 1000 / done
+            if pids and done
+            else None,
+        }
+
+    def _log_sessions(self, name: str, mode: str, concurrency: int, figure: dict[str, Any]) -> None:
+        cpu_text = (
+            f"{figure['cpu_ms']:.2f} ms CPU/session (windows {figure['cpu_ms_windows']},"
+            f" schedstat {figure['cpu_ms_schedstat']:.2f})"
+            if figure["cpu_ms"]
+            else ""
+        )
+        log(
+            f"sessions {mode:5} c={concurrency:<3} {name:9}: {figure['sessions']} ok, "
+            f"{figure['errors']} errors, {figure['per_s']:.0f}/s {cpu_text}"
+            + (f" first error: {figure['first_error']}" if figure["errors"] else "")
+        )
 
     def ordinary(self) -> None:
         """Sequential poplib sessions, targets taken in turn so background noise hits all alike."""
@@ -459,6 +482,29 @@ class Bench:
             print(format_profile(summary))
             summaries[mode] = summary
         return summaries
+
+
+def _combine_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's figure from a target's windows: counts and latencies pooled,
+    CPU per session the median of the windows (each window's is kept too)."""
+    results = [window["result"] for window in windows]
+    sessions = sum(result.sessions for result in results)
+    latencies = [latency for result in results for latency in result.latencies]
+    seconds = sum(window["seconds"] for window in windows)
+    cpu = [window["cpu_ms"] for window in windows if window["cpu_ms"] is not None]
+    cpu_ns = [w["cpu_ms_schedstat"] for w in windows if w["cpu_ms_schedstat"] is not None]
+    return {
+        "sessions": sessions,
+        "errors": sum(result.errors for result in results),
+        "seconds": round(seconds, 3),
+        "per_s": sessions / seconds if seconds else 0.0,
+        "p50_ms": _ms(load.percentile(latencies, 50)),
+        "p99_ms": _ms(load.percentile(latencies, 99)),
+        "cpu_ms": statistics.median(cpu) if cpu else None,
+        "cpu_ms_windows": [round(value, 3) for value in cpu],
+        "cpu_ms_schedstat": statistics.median(cpu_ns) if cpu_ns else None,
+        "first_error": next((r.first_error for r in results if r.first_error), None),
+    }
 
 
 def _ms(seconds: float | None) -> float | None:

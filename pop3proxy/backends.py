@@ -51,7 +51,9 @@ log = logging.getLogger("pop3proxy.backends")
 Address = tuple[str, int]
 
 
-@dataclass(frozen=True)
+# Made for every login: a slotted record, not a frozen one (which sets each
+# field through object.__setattr__). Not changed after it is made.
+@dataclass(slots=True)
 class ClientAddress:
     """Who the client is (``source``) and what it connected to (``destination``).
 

@@ -84,7 +84,9 @@ def backoff(policy: AuthConfig, failures: int) -> float:
     return min(BASE_DELAY * 2 ** (failures - policy.delay_after), policy.max_delay)
 
 
-@dataclass(frozen=True)
+# Made for every login: a slotted record, not a frozen one (which sets each
+# field through object.__setattr__). Not changed after it is made.
+@dataclass(slots=True)
 class Verdict:
     blocked: bool
     scope: str | None = None
@@ -226,7 +228,9 @@ class Lease:
     keys: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+# Made for every login: a slotted record, not a frozen one (which sets each
+# field through object.__setattr__). Not changed after it is made.
+@dataclass(slots=True)
 class Slot:
     """One limited scope a session needs a slot in."""
 

@@ -131,7 +131,9 @@ def _backend_dict(backend: Backend) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True)
+# Made for every login: a slotted record, not a frozen one (which sets each
+# field through object.__setattr__). Not changed after it is made.
+@dataclass(slots=True)
 class UserName:
     """A client's login name split into the part the backend knows and the tenant."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections import deque
+from typing import Any
 
 from gevent.hub import get_hub
 
@@ -39,33 +40,42 @@ class Endpoint:
     One pair per socket rather than one per stage: fewer objects per
     session, and no descriptor check (``fcntl``) or refused ``epoll_ctl``
     for each new watcher on a descriptor libev already knows
-    (docs/performance.md).
+    (docs/performance.md). The writer is made the first time it is asked
+    for: most sockets never have to wait for a peer to take a write.
     """
 
-    __slots__ = ("_offset", "_raw", "_tls", "fd", "outbox", "reader", "writer")
+    __slots__ = ("_offset", "_raw", "_tls", "_writer", "fd", "outbox", "reader")
 
     def __init__(self, raw: socket.socket, tls: object | None = None) -> None:
         self._raw = raw
         self._tls = tls
         self.fd = raw.fileno()
-        loop = get_hub().loop
-        self.reader = loop.io(self.fd, READ)
-        self.writer = loop.io(self.fd, WRITE)
+        self.reader = get_hub().loop.io(self.fd, READ)
+        self._writer = None
         self.outbox: deque[bytes] | None = None
         """Bytes the peer could not take yet, in order; made when needed and
         dropped when empty (an empty deque is 760 bytes, an idle session's
         largest object)."""
         self._offset = 0
 
+    @property
+    def writer(self) -> Any:  # gevent's io watcher (no public type)
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = get_hub().loop.io(self.fd, WRITE)
+        return writer
+
     def stop_watchers(self) -> None:
         self.reader.stop()
-        self.writer.stop()
+        if self._writer is not None:
+            self._writer.stop()
 
     def close_watchers(self) -> None:
         """Before the socket closes (libev must not watch a closed descriptor)."""
-        for watcher in (self.reader, self.writer):
-            watcher.stop()
-            watcher.close()
+        for watcher in (self.reader, self._writer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
 
     @property
     def plain(self) -> bool:

@@ -97,11 +97,7 @@ class Relay:
         client, backend = self.client, self.backend
         client.stop_watchers()
         backend.stop_watchers()
-        watchers = self._watchers
-        watchers["client_read"] = client.reader
-        watchers["client_write"] = client.writer
-        watchers["backend_read"] = backend.reader
-        watchers["backend_write"] = backend.writer
+        self._watchers.update(client_read=client.reader, backend_read=backend.reader)
         self._guarded(self._begin, pending, leftover)
 
     def stop(self, reason: str) -> None:
@@ -130,9 +126,18 @@ class Relay:
             self._finish("internal_error")
 
     def _start(self, name: str, callback: Callable[[], None]) -> None:
-        watcher = self._watchers.get(name)
+        watcher = self._watchers.get(name) or self._writer(name)
         if watcher is not None and not watcher.active:  # type: ignore[attr-defined]
             watcher.start(self._guarded, callback)  # type: ignore[attr-defined]
+
+    def _writer(self, name: str) -> object | None:
+        """A side's write watcher, taken the first time it cannot take a write
+        at once (the endpoint makes it then; most sessions never need it)."""
+        endpoint = {"client_write": self.client, "backend_write": self.backend}.get(name)
+        if endpoint is None or self.end_reason is not None:
+            return None
+        watcher = self._watchers[name] = endpoint.writer
+        return watcher
 
     def _active(self, name: str) -> bool:
         watcher = self._watchers.get(name)

@@ -136,7 +136,6 @@ class ClientSession:
         "_timer",
         "_tls",
         "_when_flushed",
-        "_writer",
         "client",
         "closed",
         "conn",
@@ -188,7 +187,6 @@ class ClientSession:
         self._tls: tls.ServerTLS | None = None
         self._loop = get_hub().loop
         self._reader = self.client.reader
-        self._writer = self.client.writer
         self._timer = None
         self._task: Task | None = None
         """The greenlet of a login (or admission) in progress."""
@@ -237,11 +235,11 @@ class ClientSession:
         """Write a reply; a client that does not read its replies is not read either."""
         if not self.client.send(data):
             self._reader.stop()
-            self._writer.start(self._guarded, self._flush)
+            self.client.writer.start(self._guarded, self._flush)
 
     def _flush(self) -> None:
         if self.client.flush():
-            self._writer.stop()
+            self.client.writer.stop()
             then, self._when_flushed = self._when_flushed, None
             if then is not None:
                 then()
@@ -392,7 +390,7 @@ class ClientSession:
         if wait == READ:
             self._reader.start(self._guarded, self._handshake_step)
         elif wait == WRITE:
-            self._writer.start(self._guarded, self._handshake_step)
+            self.client.writer.start(self._guarded, self._handshake_step)
         else:
             self._stop_handshake_timer()
             self.client.use_tls(self._tls.sslobj)
@@ -636,7 +634,7 @@ class ClientSession:
             return
         self._disarm()
         self.client.close_watchers()
-        self._reader = self._writer = None  # type: ignore[assignment]
+        self._reader = None  # type: ignore[assignment]
         self.sock.close()  # the FIN (or a reset, with input unread): no shutdown() first
         self.on_closed(self)
         if log.isEnabledFor(logging.INFO):

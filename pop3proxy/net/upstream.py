@@ -82,7 +82,9 @@ class BackendUnavailable(Exception):
 Outcome = Upstream | LoginRefused | BackendUnavailable
 
 
-@dataclass(frozen=True)
+# Made for every login: a slotted record, not a frozen one (which sets each
+# field through object.__setattr__). Not changed after it is made.
+@dataclass(slots=True)
 class Dial:
     """Where and how to reach one backend."""
 
