@@ -18,6 +18,7 @@ from harness.users import USERS
 
 from pop3proxy.backends import ClientAddress, Upstreams, _proxy_header
 from pop3proxy.config import BackendsConfig, ListenerConfig
+from pop3proxy.net.endpoint import Endpoint
 from pop3proxy.net.listener import Listener
 from pop3proxy.protocol import proxyproto
 from pop3proxy.tenants import Backend, Tenant
@@ -86,3 +87,27 @@ def test_a_proxy_header_names_the_address_the_client_connected_to() -> None:
 def test_a_destination_from_an_inbound_header_is_kept() -> None:
     address = ClientAddress(("192.0.2.7", 40000), ("198.51.100.1", 995), None)
     assert address.connected_to() == ("198.51.100.1", 995)
+
+
+def test_a_write_watcher_is_made_only_for_a_write_that_waits() -> None:
+    """An idle session holds one watcher per socket; the writer comes when a
+    peer stops taking bytes, and goes with the reader."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        endpoint = Endpoint(ours)
+        assert endpoint.send(b"+OK\r\n")
+        assert endpoint._writer is None
+        while endpoint.send(b"x" * 65536):
+            pass  # until the peer's buffer is full
+        writer = endpoint.writer
+        assert endpoint.writer is writer
+        waited = gevent.event.Event()
+        writer.start(waited.set)
+        peer.recv(1 << 20)  # the peer reads: the socket is writable again
+        assert waited.wait(timeout=5)
+        endpoint.close_watchers()
+        assert not writer.active
+    finally:
+        ours.close()
+        peer.close()
