@@ -4,6 +4,7 @@
     .venv/bin/python bench/compare.py                       # this checkout
     .venv/bin/python bench/compare.py before=/tmp/old after=.  # A/B of two trees
     .venv/bin/python bench/compare.py venv=.@venv opt=.         # two interpreters, one tree
+    .venv/bin/python bench/compare.py user=.#user_pass plain=.   # two backend login commands
 
 Each ``NAME=PATH`` names a directory holding a ``pop3proxy`` package; every
 tree runs as its own proxy process in the same run, so a change is measured
@@ -18,6 +19,8 @@ the kernel's). For the whole picture (latency, bulk, idle memory, the
 chart) use ``bench/run.py``. Trees run on the interpreter that
 ``bench/interpreter.py`` picks (an optimized build, like the image's), or on
 the one named after an ``@`` (``venv``: this venv's); so do the floor relays.
+A ``#`` names how a tree logs in to Dovecot (``auth_plain``, the default,
+or ``user_pass``).
 """
 
 from __future__ import annotations
@@ -103,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda p=port: port_is_open(peers.LOOPBACK, p), 10, message=label)
             targets[label] = (port, None, [floor.pid])
         for name, spec in trees.items():
+            spec, _, login_command = spec.partition("#")
             path, _, chosen = spec.partition("@")
             os.environ["PYTHONPATH"] = str(Path(path).resolve())
             bench.python = interpreter.proxy_python(chosen) if chosen else python
+            bench.login_command = login_command or "auth_plain"
             print(f"{name}: {path} on Python {interpreter.describe(bench.python)}")
             proxy = bench.new_proxy()
             proxies.append(proxy)

@@ -213,9 +213,12 @@ def start_pop3proxy(
     max_connections: int,
     workers: int = 1,
     python: str = sys.executable,
+    login_command: str = "auth_plain",
 ) -> ProxyProcess:
     """pop3proxy with a file directory; logging at ``warning`` keeps logs out of the figures.
-    ``python`` runs it (see ``bench/interpreter.py``)."""
+    ``python`` runs it (see ``bench/interpreter.py``). ``login_command`` is how
+    it logs in to Dovecot: ``auth_plain`` (one AUTH PLAIN, what an operator
+    with Dovecot backends sets) or ``user_pass`` (USER and PASS, as nginx does)."""
     workdir.mkdir(parents=True, exist_ok=True)
     tenants = workdir / "tenants.yaml"
     tenants.write_text(
@@ -224,11 +227,14 @@ def start_pop3proxy(
                 "tenants": [
                     {
                         "name": name,
-                        "backends": [{"host": LOOPBACK, "port": port}],
+                        "backends": [_backend(port, command)],
                         "login": "{user}",
                         "max_sessions": max_connections,
                     }
-                    for name, port in ((TENANT, backend_port), (IDLE_TENANT, idle_port))
+                    for name, port, command in (
+                        (TENANT, backend_port, login_command),
+                        (IDLE_TENANT, idle_port, "user_pass"),  # the stub speaks USER/PASS
+                    )
                 ]
             }
         )
@@ -244,6 +250,14 @@ def start_pop3proxy(
     if workers > 1:
         wait_until(lambda: len(children(proxy.proc.pid)) >= workers, 15, message="workers")
     return proxy
+
+
+def _backend(port: int, login_command: str) -> dict[str, object]:
+    """The key only when it is not the default: older trees refuse unknown keys."""
+    backend: dict[str, object] = {"host": LOOPBACK, "port": port}
+    if login_command != "user_pass":
+        backend["login_command"] = login_command
+    return backend
 
 
 def proxy_pids(proxy: ProxyProcess) -> list[int]:

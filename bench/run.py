@@ -165,6 +165,8 @@ class Bench:
         self.workers = settings.get("workers", 1)
         self.python = settings.get("python", sys.executable)
         """The interpreter that runs pop3proxy (``bench/interpreter.py``)."""
+        self.login_command = settings.get("login_command", "auth_plain")
+        """How pop3proxy logs in to Dovecot (``peers.start_pop3proxy``)."""
         self._serial = 0
 
     # -- servers ---------------------------------------------------------------
@@ -202,6 +204,7 @@ class Bench:
             max_connections=2 * self.s["idle"] + 1000,
             workers=self.workers,
             python=self.python,
+            login_command=self.login_command,
         )
 
     def start_proxies(self) -> None:
@@ -653,15 +656,28 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="pop3proxy workers and nginx worker_processes (default 1, for a fair single core)",
     )
+    parser.add_argument(
+        "--login-command",
+        choices=("auth_plain", "user_pass"),
+        default="auth_plain",
+        help="how pop3proxy logs in to Dovecot (default auth_plain; nginx can only USER/PASS)",
+    )
     interpreter.add_argument(parser)
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     python = interpreter.proxy_python(args.python, log)
-    settings = {**PROFILES[mode], "workers": args.workers, "python": python}
+    settings = {
+        **PROFILES[mode],
+        "workers": args.workers,
+        "python": python,
+        "login_command": args.login_command,
+    }
     command = "python bench/run.py" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
         for k, v in vars(args).items()
-        if v and not (k == "workers" and v == 1)
+        if v
+        and not (k == "workers" and v == 1)
+        and not (k == "login_command" and v == "auth_plain")
     )
 
     peers.ensure_debian_packages()

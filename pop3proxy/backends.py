@@ -212,6 +212,7 @@ class Upstreams:
             password,
             starttls=backend.tls == "starttls",
             xclient=client.source if forward and client else None,
+            sasl_plain=backend.login_command == "auth_plain",
         )
         upstream = self._attempt(backend, client, login)
         if login.xclient_result not in (None, "sent"):

@@ -22,6 +22,7 @@ RECORD_VERSION = 1
 POLICIES = ("failover", "round_robin", "hash")
 AUTH_MODES = ("passthrough", "local")
 FORWARD_CLIENT = ("none", "xclient", "proxy_v1", "proxy_v2")
+LOGIN_COMMANDS = ("user_pass", "auth_plain")
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_NAMES = ("user", "local", "domain")
@@ -47,6 +48,8 @@ class Backend:
     forward_client: str = "none"
     connect_timeout: float | None = None
     """Seconds to connect (and for each login step); ``None``: ``timeouts.backend_connect``."""
+    login_command: str = "user_pass"
+    """``auth_plain``: log in with one AUTH PLAIN (RFC 5034) instead of USER and PASS."""
 
     @functools.cached_property
     def address(self) -> str:
@@ -124,10 +127,12 @@ class MasterPasswordMissing(Exception):
 
 def _backend_dict(backend: Backend) -> dict[str, Any]:
     data = asdict(backend)
+    # Left out when unset, so records stay readable by proxies that predate
+    # these fields (they refuse unknown keys) during an upgrade.
     if data["connect_timeout"] is None:
-        # Left out when unset, so records stay readable by proxies that
-        # predate the field (they refuse unknown keys) during an upgrade.
         del data["connect_timeout"]
+    if data["login_command"] == "user_pass":
+        del data["login_command"]
     return data
 
 
@@ -239,6 +244,7 @@ def _backend(r: Reader) -> Backend:
         server_name=r.string("server_name", None),
         forward_client=r.choice("forward_client", "none", FORWARD_CLIENT),
         connect_timeout=_optional_timeout(r, "connect_timeout"),
+        login_command=r.choice("login_command", "user_pass", LOGIN_COMMANDS),
     )
     r.finish()
     return backend

@@ -30,6 +30,7 @@ from pop3proxy.filestore import load_tenants_file
 from pop3proxy.tenants import (
     AUTH_MODES,
     FORWARD_CLIENT,
+    LOGIN_COMMANDS,
     POLICIES,
     RecordError,
     Tenant,
@@ -87,6 +88,12 @@ def _add_tenant_set(commands: argparse._SubParsersAction, common: argparse.Argum
     cmd.add_argument("--ca-file", help="CA bundle to verify backend certificates")
     cmd.add_argument("--server-name", help="name for SNI and verification (default: host)")
     cmd.add_argument("--forward-client", choices=FORWARD_CLIENT, default="none")
+    cmd.add_argument(
+        "--login-command",
+        choices=LOGIN_COMMANDS,
+        default="user_pass",
+        help="how the proxy logs in to the backends (auth_plain: one round trip, RFC 5034)",
+    )
     cmd.add_argument("--policy", choices=POLICIES, default="failover")
     cmd.add_argument("--auth", choices=AUTH_MODES, default="passthrough")
     cmd.add_argument("--login", default="{local}", help="backend user name template")
@@ -111,6 +118,7 @@ def _record_from_flags(args: argparse.Namespace) -> dict[str, Any]:
             ca_file=args.ca_file,
             server_name=args.server_name,
             forward_client=args.forward_client,
+            login_command=args.login_command,
         )
         if args.backend_tls == "implicit" and backend["port"] == 110:
             print(f"warning: {backend['host']}:110 with implicit TLS", file=sys.stderr)

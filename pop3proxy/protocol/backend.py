@@ -1,4 +1,5 @@
-"""The backend login, sans-IO: greeting, optional STLS, optional XCLIENT, USER, PASS.
+"""The backend login, sans-IO: greeting, optional STLS, optional XCLIENT, then
+USER and PASS, or AUTH PLAIN.
 
 The proxy logs in to the upstream server with the rewritten user name and
 the client's password (passthrough). Each step waits for the previous reply:
@@ -14,12 +15,20 @@ code the machine asks CAPA once. A backend that offers neither, or refuses
 the command, gets the login anyway (the client's address is lost, not the
 session); ``xclient_result`` says which for the log.
 
+With ``sasl_plain`` (a backend's ``login_command: auth_plain``) the
+credentials go in one ``AUTH PLAIN`` command with the initial response
+(RFC 5034): one round trip where USER and PASS take two, a loop wake-up and
+a few milliseconds less per login. A command that would pass the 255
+octets of RFC 2449 goes without it, and the response follows the server's
+empty challenge (``+``).
+
 The shell feeds one status line at a time (``receive_line``) and executes
 the returned actions. The outcome is :class:`LoggedIn` or :class:`Failed`.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -74,13 +83,17 @@ class _Step(Enum):
     XCLIENT = auto()
     USER = auto()
     PASS = auto()
+    AUTH = auto()
     DONE = auto()
 
 
-_GREETING, _STLS, _TLS_PENDING, _CAPA, _CAPA_BODY, _XCLIENT, _USER, _PASS, _DONE = _Step
+_GREETING, _STLS, _TLS_PENDING, _CAPA, _CAPA_BODY, _XCLIENT, _USER, _PASS, _AUTH, _DONE = _Step
 """The steps as module names (see ``protocol.client``: Enum class attributes
 are slow to read on Python 3.11)."""
 
+
+MAX_COMMAND_LINE = 255
+"""Octets of a command line, CRLF included (RFC 2449 section 4)."""
 
 TEMPORARY_FAILURE = replies.err("Service temporarily unavailable, try again later", Code.SYS_TEMP)
 AUTH_FAILURE = replies.err("Authentication failed", Code.AUTH)
@@ -105,10 +118,12 @@ class BackendLogin:
         *,
         starttls: bool,
         xclient: tuple[str, int] | None = None,
+        sasl_plain: bool = False,
     ) -> None:
         self._user = login_name.encode("utf-8")
         self._password = password
         self._starttls = starttls
+        self._sasl_plain = sasl_plain
         self._xclient = xclient
         self._xclient_offered = False
         self._step = _GREETING
@@ -125,6 +140,8 @@ class BackendLogin:
             return self._unavailable("unexpected_data")
         if self._step is _CAPA_BODY:
             return self._capability(line)
+        if self._step is _AUTH and (line == b"+" or line.startswith(b"+ ")):
+            return self._answer_challenge()
         positive = line.startswith(b"+OK")
         if not positive and not line.startswith(b"-ERR"):
             return self._unavailable("garbage")
@@ -191,8 +208,24 @@ class BackendLogin:
         return [SendToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode("ascii"))]
 
     def _send_user(self) -> list[BackendAction]:
+        """The credentials: USER (then PASS), or AUTH PLAIN."""
+        if self._sasl_plain:
+            self._step = _AUTH
+            command = b"AUTH PLAIN " + self._plain_response() + replies.CRLF
+            if len(command) > MAX_COMMAND_LINE:
+                command = b"AUTH PLAIN" + replies.CRLF  # the response follows the challenge
+            return [SendToBackend(command)]
         self._step = _USER
         return [SendToBackend(b"USER " + self._user + replies.CRLF)]
+
+    def _plain_response(self) -> bytes:
+        """RFC 4616: no authorization identity, then the login name and the password."""
+        return base64.b64encode(b"\0" + self._user + b"\0" + self._password)
+
+    def _answer_challenge(self) -> list[BackendAction]:
+        """The server's empty challenge to AUTH PLAIN sent without the response."""
+        self._step = _PASS
+        return [SendToBackend(self._plain_response() + replies.CRLF)]
 
     def _unavailable(self, reason: str) -> list[BackendAction]:
         self._step = _DONE

@@ -4,7 +4,9 @@ A real Dovecot greets correctly or refuses the connection; these are the
 other ways a legacy backend fails: a wrong service on the port (``garbage``),
 a hung process that accepts and never speaks (``stall``), a server that
 accepts and closes at once (``close``). Each counts the connections it got,
-so a test can tell whether the proxy tried it at all.
+so a test can tell whether the proxy tried it at all. ``agree`` is the
+other way round: it says ``+OK`` to every line and keeps the lines, so a
+test can read what the proxy sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from harness.ports import LOOPBACK
 
 GARBAGE = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
 
-BEHAVIOURS = ("garbage", "stall", "close")
+BEHAVIOURS = ("garbage", "stall", "close", "agree")
 
 
 class FakeBackend:
@@ -27,6 +29,8 @@ class FakeBackend:
             raise ValueError(f"behaviour must be one of {BEHAVIOURS}")
         self.behaviour = behaviour
         self.accepted = 0
+        self.lines: list[bytes] = []
+        """What ``agree`` was sent, each line without its CRLF."""
         self._listener = socket.create_server((LOOPBACK, 0))
         self.host = LOOPBACK
         self.port: int = self._listener.getsockname()[1]
@@ -52,8 +56,18 @@ class FakeBackend:
                 conn.close()
             elif self.behaviour == "close":
                 conn.close()
+            elif self.behaviour == "agree":
+                self._open.append(conn)
+                threading.Thread(target=self._agree, args=(conn,), daemon=True).start()
             else:
                 self._open.append(conn)  # held open, never a word
+
+    def _agree(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn.makefile("rb") as stream:
+            conn.sendall(b"+OK ready\r\n")
+            for line in stream:
+                self.lines.append(line.rstrip(b"\r\n"))
+                conn.sendall(b"+OK\r\n")
 
     def close(self) -> None:
         self._stopped.set()

@@ -116,3 +116,16 @@ def test_no_credentials_to_a_backend_without_stls(make_proxy, make_dovecot):
     assert "alice" not in log and "Login:" not in log, "USER/PASS never reached the backend"
     errors = [r["error"] for r in proxy.log_records() if r.get("message") == "backend unavailable"]
     assert errors == ["stls_refused"]
+
+
+def test_auth_plain_after_stls(make_proxy, dovecot, certs):
+    """``--login-command auth_plain`` reaches the stored record, and the proxy
+    logs in with one AUTH PLAIN once the backend connection is encrypted."""
+    mark = dovecot.log_mark()
+    backend = f"{dovecot.host}:{dovecot.port}"
+    options = ("--backend-tls", "starttls", "--ca-file", str(certs.ca_file))
+    proxy = started(make_proxy, backend, *options, "--login-command", "auth_plain")
+    record = yaml.safe_load(run_cli(proxy.config_path, "tenant", "get", TENANT).stdout)
+    assert record["backends"][0]["login_command"] == "auth_plain"
+    assert attempt(proxy).startswith(b"+OK")
+    assert "TLS" in login_line(dovecot, mark), "Dovecot saw a TLS session"

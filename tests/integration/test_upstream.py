@@ -168,3 +168,46 @@ def test_an_abandoned_login_leaves_no_descriptor() -> None:
         # what is left open is the fake's own side (its listener and the 20 it holds)
         assert open_descriptors() == before + 1 + len(logins)
     assert open_descriptors() == before
+
+
+def test_auth_plain_logs_in_to_dovecot_in_one_command(dovecot: Dovecot) -> None:
+    """``login_command: auth_plain``: Dovecot takes AUTH PLAIN with the
+    initial response, and the connection relays as after USER and PASS."""
+    upstream = log_in(Backend(dovecot.host, dovecot.port, login_command="auth_plain"))
+    try:
+        assert command(upstream, b"STAT\r\n").startswith(b"+OK ")
+    finally:
+        upstream.close()
+
+
+def test_auth_plain_with_a_wrong_password_is_a_refusal(dovecot: Dovecot) -> None:
+    backend = Backend(dovecot.host, dovecot.port, login_command="auth_plain")
+    with pytest.raises(LoginRefused) as refused:
+        log_in(backend, WRONG_PASSWORD)
+    assert refused.value.reply.startswith(b"-ERR [AUTH]")
+
+
+def test_auth_plain_too_long_for_one_line_goes_after_the_challenge(dovecot: Dovecot) -> None:
+    """A password that makes the command pass 255 octets: AUTH PLAIN alone,
+    then the response to Dovecot's empty challenge (here, refused: the
+    password is wrong, but it was read as a password, not as garbage)."""
+    backend = Backend(dovecot.host, dovecot.port, login_command="auth_plain")
+    with pytest.raises(LoginRefused):
+        log_in(backend, "x" * 300)
+
+
+@pytest.mark.parametrize(
+    ("login_command", "sent"),
+    [
+        ("user_pass", [b"USER alice", b"PASS secret"]),
+        ("auth_plain", [b"AUTH PLAIN AGFsaWNlAHNlY3JldA=="]),
+    ],
+)
+def test_the_backend_hears_the_login_command_of_its_record(
+    login_command: str, sent: list[bytes]
+) -> None:
+    with FakeBackend("agree") as fake:
+        backend = Backend(fake.host, fake.port, login_command=login_command)
+        upstream = log_in(backend, "secret")
+        upstream.close()
+        assert fake.lines == sent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -163,7 +165,7 @@ def test_repr_of_actions_never_shows_the_password() -> None:
 
 
 _line = st.one_of(
-    st.sampled_from([b"+OK", b"+OK ready", b"-ERR", b"-ERR [IN-USE] x", b"-ERR [SYS/TEMP]"]),
+    st.sampled_from([b"+OK", b"+OK ready", b"+ ", b"-ERR", b"-ERR [IN-USE] x", b"-ERR [SYS/TEMP]"]),
     st.binary(max_size=60),
 )
 
@@ -173,12 +175,14 @@ _line = st.one_of(
     lines=st.lists(_line, max_size=8),
     starttls=st.booleans(),
     tls_after=st.integers(min_value=0, max_value=8),
+    sasl_plain=st.booleans(),
 )
 def test_any_lines_give_only_actions_and_password_only_after_user_ok(
-    lines: list[bytes], starttls: bool, tls_after: int
+    lines: list[bytes], starttls: bool, tls_after: int, sasl_plain: bool
 ) -> None:
     secret = b"P4ss-\x00-unique"
-    login = BackendLogin("alice", secret, starttls=starttls)
+    encoded = base64.b64encode(b"\0alice\0" + secret)
+    login = BackendLogin("alice", secret, starttls=starttls, sasl_plain=sasl_plain)
     actions: list[object] = []
     tls_done = False
     for index, line in enumerate(lines):
@@ -195,10 +199,74 @@ def test_any_lines_give_only_actions_and_password_only_after_user_ok(
                     AUTH_FAILURE,
                     TEMPORARY_FAILURE,
                 ) or action.client_reply.startswith((b"-ERR [IN-USE]", b"-ERR [LOGIN-DELAY]"))
-            if isinstance(action, SendToBackend) and secret in action.data:
+            if isinstance(action, SendToBackend) and (
+                secret in action.data or encoded in action.data
+            ):
                 assert not starttls or tls_done
         actions += new
         if login.done:
             assert failed(login.receive_line(b"+OK")).kind is FailureKind.UNAVAILABLE
             break
     assert sum(isinstance(a, LoggedIn | Failed) for a in actions) <= 1
+
+
+# -- AUTH PLAIN (login_command: auth_plain) ---------------------------------
+
+
+def plain(user: bytes, password: bytes) -> bytes:
+    return base64.b64encode(b"\0" + user + b"\0" + password)
+
+
+def test_auth_plain_logs_in_in_one_round_trip() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False, sasl_plain=True)
+    assert login.receive_line(b"+OK Dovecot ready.") == [
+        SendToBackend(b"AUTH PLAIN " + plain(b"alice", PASSWORD) + b"\r\n")
+    ]
+    assert login.receive_line(b"+OK Logged in.") == [LoggedIn()]
+    assert login.done
+
+
+def test_auth_plain_after_stls_and_xclient() -> None:
+    login = BackendLogin(
+        "alice", PASSWORD, starttls=True, xclient=("192.0.2.7", 4242), sasl_plain=True
+    )
+    assert login.receive_line(b"+OK [XCLIENT] ready") == [SendToBackend(b"STLS\r\n")]
+    assert login.receive_line(b"+OK Begin TLS") == [StartBackendTLS()]
+    [xclient] = login.tls_established()
+    assert isinstance(xclient, SendToBackend) and xclient.data.startswith(b"XCLIENT ")
+    [auth] = login.receive_line(b"+OK")
+    assert auth == SendToBackend(b"AUTH PLAIN " + plain(b"alice", PASSWORD) + b"\r\n")
+    assert login.receive_line(b"+OK") == [LoggedIn()]
+
+
+def test_auth_plain_too_long_for_one_line_answers_the_challenge() -> None:
+    """RFC 2449 caps a command line at 255 octets: without the initial
+    response, the credentials go after the server's empty challenge."""
+    long_password = b"p" * 300
+    login = BackendLogin("alice", long_password, starttls=False, sasl_plain=True)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"AUTH PLAIN\r\n")]
+    assert login.receive_line(b"+ ") == [SendToBackend(plain(b"alice", long_password) + b"\r\n")]
+    assert login.receive_line(b"+OK Logged in.") == [LoggedIn()]
+
+
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        (b"-ERR [AUTH] Authentication failed.", AUTH_FAILURE),
+        (b"-ERR Unknown command", AUTH_FAILURE),
+        (b"-ERR [SYS/TEMP] Try again", TEMPORARY_FAILURE),
+    ],
+)
+def test_auth_plain_refusals_are_those_of_pass(line: bytes, reply: bytes) -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False, sasl_plain=True)
+    login.receive_line(b"+OK")
+    failure = failed(login.receive_line(line))
+    assert failure.client_reply == reply
+    assert login.done
+
+
+def test_auth_plain_actions_never_show_the_password() -> None:
+    login = BackendLogin("alice", b"hunter2", starttls=False, sasl_plain=True)
+    actions = login.receive_line(b"+OK")
+    encoded = plain(b"alice", b"hunter2").decode()
+    assert all("hunter2" not in repr(a) and encoded not in repr(a) for a in actions)

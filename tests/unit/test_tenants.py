@@ -52,6 +52,18 @@ def test_round_trip_through_to_dict() -> None:
     assert parse_tenant(tenant.to_dict()) == tenant
 
 
+def test_login_command_is_stored_only_when_not_the_default() -> None:
+    """Records stay readable by proxies that predate the key (they refuse
+    unknown keys) unless a backend uses AUTH PLAIN."""
+    plain = parse_tenant(MINIMAL)
+    assert plain.backends[0].login_command == "user_pass"
+    assert "login_command" not in plain.to_dict()["backends"][0]
+    backends = [{"host": "mail1.acme.internal", "login_command": "auth_plain"}]
+    sasl = parse_tenant({**MINIMAL, "backends": backends})
+    assert sasl.backends[0].login_command == "auth_plain"
+    assert parse_tenant(sasl.to_dict()) == sasl
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
@@ -71,6 +83,10 @@ def test_round_trip_through_to_dict() -> None:
             "backends[1].forward_client: expected one of",
         ),
         ({"backends": [{"host": "h", "colour": 1}]}, "backends[0].colour: unknown key"),
+        (
+            {"backends": [{"host": "h", "login_command": "apop"}]},
+            "backends[0].login_command: expected one of user_pass, auth_plain",
+        ),
         ({"enabled": 1}, "enabled: expected true or false"),
         ({"policy": "random"}, "policy: expected one of failover, round_robin, hash"),
         ({"auth": "ldap"}, "auth: expected one of passthrough, local"),
