@@ -18,7 +18,7 @@ import pytest
 from fakes.backend import FakeBackend
 from harness.dovecot import Dovecot
 from harness.ports import LOOPBACK, free_port
-from harness.users import USERS, WRONG_PASSWORD
+from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 
 from pop3proxy.backends import BackendUnavailable, LoginRefused, Upstream, Upstreams
 from pop3proxy.config import BackendsConfig
@@ -174,6 +174,19 @@ def test_auth_plain_logs_in_to_dovecot_in_one_command(dovecot: Dovecot) -> None:
     """``login_command: auth_plain``: Dovecot takes AUTH PLAIN with the
     initial response, and the connection relays as after USER and PASS."""
     upstream = log_in(Backend(dovecot.host, dovecot.port, login_command="auth_plain"))
+    try:
+        assert command(upstream, b"STAT\r\n").startswith(b"+OK ")
+    finally:
+        upstream.close()
+
+
+def test_auth_plain_as_a_master_user(dovecot: Dovecot) -> None:
+    """``auth: local`` tenants log in as ``user*master``: Dovecot reads the
+    separator in AUTH PLAIN's login name as it does in USER's."""
+    (master, password), *_ = MASTER_USERS.items()
+    backend = Backend(dovecot.host, dovecot.port, login_command="auth_plain")
+    name = f"alice*{master}"
+    upstream = upstreams().open(tenant(backend), name, password.encode(), user="alice")
     try:
         assert command(upstream, b"STAT\r\n").startswith(b"+OK ")
     finally:
