@@ -304,10 +304,10 @@ class Bench:
         return {
             "result": result,
             "seconds": elapsed,
-            "cpu_ms": (procstat.cpu_seconds(pids) - before) * 1000 / done
+            "cpu_ms": (procstat.run_seconds(pids) - before_ns) * 1000 / done
             if pids and done
             else None,
-            "cpu_ms_schedstat": (procstat.run_seconds(pids) - before_ns) * 1000 / done
+            "cpu_ms_stat": (procstat.cpu_seconds(pids) - before) * 1000 / done
             if pids and done
             else None,
         }
@@ -500,8 +500,8 @@ def _combine_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
     sessions = sum(result.sessions for result in results)
     latencies = [latency for result in results for latency in result.latencies]
     seconds = sum(window["seconds"] for window in windows)
-    ticks = [window["cpu_ms"] for window in windows if window["cpu_ms"] is not None]
-    cpu = [w["cpu_ms_schedstat"] for w in windows if w["cpu_ms_schedstat"] is not None]
+    cpu = [window["cpu_ms"] for window in windows if window["cpu_ms"] is not None]
+    ticks = [window["cpu_ms_stat"] for window in windows if window["cpu_ms_stat"] is not None]
     return {
         "sessions": sessions,
         "errors": sum(result.errors for result in results),
