@@ -514,8 +514,7 @@ class ClientSession:
 
     def _relay_from(self, pending: list[core.Action]) -> None:
         assert self.session is not None
-        self._disarm()
-        self.client.stop_watchers()
+        self._disarm()  # the client's watchers are Relay.start's to stop as it takes them over
         tenant = metrics.tenant_label(self.session.tenant.name)
         self._tenant_label = tenant
         metrics.add(metrics.SESSIONS_ACTIVE, tenant)
