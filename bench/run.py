@@ -167,6 +167,8 @@ class Bench:
         """The interpreter that runs pop3proxy (``bench/interpreter.py``)."""
         self.login_command = settings.get("login_command", "auth_plain")
         """How pop3proxy logs in to Dovecot (``peers.start_pop3proxy``)."""
+        self.module = settings.get("module", "pop3proxy")
+        """What ``python -m`` runs: ``wakeup_probe`` for ``bench/wakeups.py``."""
         self._serial = 0
 
     # -- servers ---------------------------------------------------------------
@@ -205,6 +207,7 @@ class Bench:
             workers=self.workers,
             python=self.python,
             login_command=self.login_command,
+            module=self.module,
         )
 
     def start_proxies(self) -> None:
