@@ -60,6 +60,8 @@ class Accounts:
         self.hub = get_hub()
         self.current = LOOP
         self.last = _clock()
+        self._hub_account = LOOP
+        """What the hub was charging when it switched to a greenlet: it resumes there."""
 
     def charge_to(self, account: str, *, counted: bool = True) -> None:
         """Charge the time since the last switch to the current account; ``account`` is next."""
@@ -81,8 +83,6 @@ class Accounts:
             self.charge_to(self._hub_account, counted=False)
         else:
             self.charge_to(TASK if isinstance(target, tasks._Worker) else OTHER)
-
-    _hub_account = LOOP
 
     def callback(self, label: Callable[[tuple], str]) -> Callable:
         """Wrap a loop callback: its time, in the hub, goes to ``label(args)``."""
