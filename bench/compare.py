@@ -5,6 +5,7 @@
     .venv/bin/python bench/compare.py before=/tmp/old after=.  # A/B of two trees
     .venv/bin/python bench/compare.py venv=.@venv opt=.         # two interpreters, one tree
     .venv/bin/python bench/compare.py user=.#user_pass plain=.   # two backend login commands
+    .venv/bin/python bench/compare.py --concurrency 16 --rate 100  # the same offered load for all
 
 Each ``NAME=PATH`` names a directory holding a ``pop3proxy`` package; every
 tree runs as its own proxy process in the same run, so a change is measured
@@ -20,7 +21,10 @@ chart) use ``bench/run.py``. Trees run on the interpreter that
 ``bench/interpreter.py`` picks (an optimized build, like the image's), or on
 the one named after an ``@`` (``venv``: this venv's); so do the floor relays.
 A ``#`` names how a tree logs in to Dovecot (``auth_plain``, the default,
-or ``user_pass``).
+or ``user_pass``). With ``--rate`` the clients are paced, so every target
+serves the same sessions per second (below what the slowest can take)
+rather than as many as it can: the CPU per session of proxies run equally
+hard.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="sessions per second for every target (paced clients) instead of flat out",
+    )
     parser.add_argument(
         "--pin",
         action="store_true",
@@ -156,6 +165,7 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
                     args.concurrency,
                     args.seconds,
                     5000,
+                    rate=args.rate,
                 )
                 after = procstat.cpu_split(pids)
                 if result.errors:
@@ -165,7 +175,8 @@ def measure(bench: run.Bench, targets: dict, args: argparse.Namespace) -> None:
                 system = (after[1] - before[1]) * 1000 / sessions
                 cpu.setdefault((mode, name), []).append(user + system)
                 split.setdefault((mode, name), []).append((user, system))
-    print(f"\nCPU per session, c={args.concurrency}, median of {args.rounds} (ms):")
+    pace = f", {args.rate:g} sessions/s offered" if args.rate else ""
+    print(f"\nCPU per session, c={args.concurrency}{pace}, median of {args.rounds} (ms):")
     for mode in ("plain", "tls"):
         nginx = statistics.median(cpu[(mode, "nginx")])
         for name in targets:

@@ -156,7 +156,12 @@ def _session_worker(
     deadline: float,
     max_sessions: int,
     results: multiprocessing.Queue,
+    period: float = 0.0,
+    first: tuple[int, int] = (0, 1),
 ) -> None:
+    """``period``: seconds between one client's session starts (0: back to back);
+    ``first``: this process's first client and the clients in all, to spread
+    the starts evenly over the period."""
     context = client_context(ca_file) if tls else None
     total = LoadResult()
     lock = threading.Lock()
@@ -164,7 +169,12 @@ def _session_worker(
     def loop(index: int) -> None:
         count = 0
         local = LoadResult()
-        while time.monotonic() < deadline and count < max_sessions:
+        start_at = time.monotonic() + period * (first[0] + index) / first[1]
+        while count < max_sessions:
+            if period:
+                time.sleep(max(0.0, start_at + count * period - time.monotonic()))
+            if time.monotonic() >= deadline:
+                break
             user, password = users[(index + count * threads) % len(users)]
             started = time.perf_counter()
             try:
@@ -198,12 +208,18 @@ def run_sessions(
     concurrency: int,
     duration: float,
     max_sessions: int,
+    rate: float | None = None,
 ) -> LoadResult:
     """``concurrency`` clients in a loop of full sessions until ``duration`` or the count.
 
     Clients are threads spread over up to 4 processes (the GIL would serialise
     the TLS work of one process). Every session that starts is finished, so
     CPU read before and after covers complete sessions only.
+
+    With ``rate``, the clients start ``rate`` sessions per second between
+    them (each on its own schedule, a session every ``concurrency / rate``
+    seconds) instead of one after another as fast as they can: every target
+    then serves the same offered load, as long as it keeps up.
     """
     processes = min(concurrency, 4)
     per_process = [
@@ -212,15 +228,16 @@ def run_sessions(
     results: multiprocessing.Queue = multiprocessing.Queue()
     deadline = time.monotonic() + duration
     budget = max(1, max_sessions // concurrency)
+    period = concurrency / rate if rate else 0.0
     procs = []
     offset = 0
     for threads in per_process:
         mine = users[offset:] + users[:offset]
+        spread = (offset, concurrency)
         offset += threads
+        args = (port, tls, str(ca_file), mine, threads, deadline, budget, results)
         proc = multiprocessing.Process(
-            target=_session_worker,
-            args=(port, tls, str(ca_file), mine, threads, deadline, budget, results),
-            daemon=True,
+            target=_session_worker, args=(*args, period, spread), daemon=True
         )
         proc.start()
         procs.append(proc)
