@@ -122,9 +122,12 @@ class Accounts:
         return wrap
 
     def write(self, path: str) -> None:
+        """Whole or not at all: the reader waits for the file to appear."""
         self.charge_to(self.current, counted=False)
-        with open(path, "w") as file:
+        partial = f"{path}.partial"
+        with open(partial, "w") as file:
             json.dump({"accounts": self.totals, "details": self.details}, file)
+        os.replace(partial, path)
 
 
 def _step_name(args: tuple) -> str:

@@ -30,7 +30,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -129,8 +128,7 @@ def snapshot(proxy, accounts: Path) -> dict[str, dict[str, list[int]]]:
     """Ask the proxy for its accounts (SIGWINCH) and read them."""
     accounts.unlink(missing_ok=True)
     os.kill(proxy.proc.pid, signal.SIGWINCH)
-    wait_until(lambda: accounts.exists() and accounts.stat().st_size > 0, 10, message="accounts")
-    time.sleep(0.05)  # the file is written in one call; let it close
+    wait_until(accounts.exists, 10, message="accounts")  # renamed into place when whole
     return json.loads(accounts.read_text())
 
 
