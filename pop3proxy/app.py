@@ -29,6 +29,7 @@ from pop3proxy.directory import Directory, open_directory
 from pop3proxy.login import LoginService
 from pop3proxy.net.listener import Listener
 from pop3proxy.net.session import ClientSession, Services
+from pop3proxy.net.sockets import RawSocket
 from pop3proxy.reload import CertificateWatcher, changes, live_config
 
 log = logging.getLogger("pop3proxy")
@@ -79,7 +80,7 @@ class App:
     def _use_context(self, context: object) -> None:
         self.services.server_tls = context  # type: ignore[assignment]
 
-    def _handle(self, sock: socket.socket, peer: tuple, listener: ListenerConfig) -> None:
+    def _handle(self, sock: RawSocket, peer: tuple, listener: ListenerConfig) -> None:
         """A new connection (from a listener's accept callback): its session takes over."""
         metrics.add(metrics.CONNECTIONS, listener.name)
         metrics.add(metrics.CONNECTIONS_ACTIVE, listener.name)

@@ -30,7 +30,7 @@ from pop3proxy import metrics
 from pop3proxy.config import BackendsConfig
 from pop3proxy.health import Health
 from pop3proxy.net import tls
-from pop3proxy.net.sockets import is_address
+from pop3proxy.net.sockets import RawSocket, is_address
 from pop3proxy.net.upstream import (
     BackendUnavailable,
     Dial,
@@ -65,7 +65,7 @@ class ClientAddress:
 
     source: Address
     destination: Address | None = None
-    connection: socket.socket | None = field(default=None, compare=False, repr=False)
+    connection: RawSocket | None = field(default=None, compare=False, repr=False)
 
     def connected_to(self) -> Address | None:
         if self.destination is not None or self.connection is None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import redis
 from redis.cluster import RedisCluster
 
-from pop3proxy.config import AuthConfig
+from pop3proxy.config import AuthConfig, Network
 
 log = logging.getLogger("pop3proxy.limits")
 
@@ -51,7 +51,7 @@ class AllowList:
     REMEMBERED = 4096
     """Verdicts kept: parsing an address costs more than the rest of a login check."""
 
-    def __init__(self, cidrs: Iterable[str] = ()) -> None:
+    def __init__(self, cidrs: Iterable[str | Network] = ()) -> None:
         self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
         self._verdicts: dict[str, bool] = {}
 

@@ -147,7 +147,7 @@ def observe(metric: Histogram, *labels: str, value: float) -> None:
     :func:`fold` like :func:`add`: prometheus-client's ``observe`` takes a lock
     per bucket and per sum, for every observation."""
     key = (metric, labels)
-    bounds = metric._upper_bounds  # type: ignore[attr-defined]
+    bounds = metric._upper_bounds
     counts = _observed.get(key)
     if counts is None:
         counts = _observed[key] = [0] * (len(bounds) + 1)

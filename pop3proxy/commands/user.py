@@ -180,7 +180,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
                 "backend": record.backend if record else None,
             }
         )
-    users.sort(key=lambda entry: entry["user"])
+    users.sort(key=lambda entry: str(entry["user"]))
     if args.json:
         print(json.dumps(users, indent=2))
         return EXIT_OK

@@ -8,14 +8,13 @@ could not take yet kept in order.
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections import deque
 from typing import Any
 
 from gevent.hub import get_hub
 
-from pop3proxy.net.sockets import READ, WRITE
+from pop3proxy.net.sockets import READ, WRITE, RawSocket
 
 CHUNK = 262144
 CLIENT_RECV = 16384
@@ -46,12 +45,12 @@ class Endpoint:
 
     __slots__ = ("_offset", "_raw", "_tls", "_writer", "fd", "outbox", "reader")
 
-    def __init__(self, raw: socket.socket, tls: object | None = None) -> None:
+    def __init__(self, raw: RawSocket, tls: Any = None) -> None:
         self._raw = raw
         self._tls = tls
         self.fd = raw.fileno()
         self.reader = get_hub().loop.io(self.fd, READ)
-        self._writer = None
+        self._writer: Any = None
         self.outbox: deque[bytes] | None = None
         """Bytes the peer could not take yet, in order; made when needed and
         dropped when empty (an empty deque is 760 bytes, an idle session's
@@ -81,7 +80,7 @@ class Endpoint:
     def plain(self) -> bool:
         return self._tls is None
 
-    def use_tls(self, tls: object) -> None:
+    def use_tls(self, tls: Any) -> None:
         """After a handshake on this socket: from now on, through OpenSSL."""
         self._tls = tls
 

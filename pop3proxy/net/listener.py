@@ -15,16 +15,17 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from gevent.hub import get_hub
 
 from pop3proxy import metrics
 from pop3proxy.config import ListenerConfig
-from pop3proxy.net.sockets import READ, KernelSocket, set_nodelay
+from pop3proxy.net.sockets import READ, KernelSocket, RawSocket, set_nodelay
 
 log = logging.getLogger("pop3proxy.listener")
 
-Handler = Callable[[socket.socket, tuple, ListenerConfig], None]
+Handler = Callable[[RawSocket, tuple, ListenerConfig], None]
 
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 BACKOFF = 0.1
@@ -51,7 +52,7 @@ class Listener:
                 reuse_port=False,
             )
         self._sock = sock
-        self._raw = getattr(sock, "_sock", sock)
+        self._raw: RawSocket = getattr(sock, "_sock", sock)
         """The kernel socket under gevent's wrapper: accepted sockets stay bare."""
         self._raw.setblocking(False)
         set_nodelay(self._raw)  # accepted sockets inherit it: a system call per session saved
@@ -59,7 +60,7 @@ class Listener:
         """What accepted sockets are, read once (the stdlib's socket makes enums of it)."""
         self._loop = get_hub().loop
         self._watcher = self._loop.io(self._raw.fileno(), READ)
-        self._backoff = None
+        self._backoff: Any = None
         self._closed = False
 
     @property

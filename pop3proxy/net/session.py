@@ -21,6 +21,7 @@ client does, the process and the other sessions go on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -29,6 +30,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 from gevent.hub import get_hub
@@ -42,7 +44,7 @@ from pop3proxy.net import tls
 from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
 from pop3proxy.net.relay import Relay, Traffic
-from pop3proxy.net.sockets import READ, WRITE
+from pop3proxy.net.sockets import READ, WRITE, RawSocket
 from pop3proxy.net.tasks import Task, Tasks
 from pop3proxy.protocol import client as core
 from pop3proxy.protocol import proxyproto, replies
@@ -156,7 +158,7 @@ class ClientSession:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: RawSocket,
         peer: tuple,
         listener: ListenerConfig,
         services: Services,
@@ -187,14 +189,14 @@ class ClientSession:
         self._tls: tls.ServerTLS | None = None
         self._loop = get_hub().loop
         self._reader = self.client.reader
-        self._timer = None
+        self._timer: Any = None
         self._task: Task | None = None
         """The greenlet of a login (or admission) in progress."""
         self._relay: Relay | None = None
         self._when_flushed: Callable[[], None] | None = None
         self._header: proxyproto.HeaderReader | None = None
         self._header_bytes = 0
-        self._handshake_timer = None
+        self._handshake_timer: Any = None
         self._handshake_done: Callable[[], None] | None = None
         self._authorizing = False
         """The greeting went out: a farewell can be read (not mid-handshake)."""
@@ -447,7 +449,7 @@ class ClientSession:
                 self._reader.stop()
                 self._spawn(self._login, action, rest)
             elif isinstance(action, core.Close):
-                self._after_flush(lambda reason=action.reason: self._close(reason))
+                self._after_flush(functools.partial(self._close, action.reason))
             return
         if replies_out:
             self._send(bytes(replies_out))
@@ -481,7 +483,7 @@ class ClientSession:
             session = self.services.logins.login(
                 action.user,
                 action.password,
-                sni=tls.server_name(self._tls),  # type: ignore[arg-type]
+                sni=tls.server_name(self._tls),
                 client=self._client_address(),
                 session_id=self.id,
             )
@@ -633,7 +635,7 @@ class ClientSession:
             return
         self._disarm()
         self.client.close_watchers()
-        self._reader = None  # type: ignore[assignment]
+        self._reader = None
         self.sock.close()  # the FIN (or a reset, with input unread): no shutdown() first
         self.on_closed(self)
         if log.isEnabledFor(logging.INFO):

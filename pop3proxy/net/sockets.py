@@ -11,6 +11,12 @@ READ, WRITE = 1, 2
 """libev event masks: what an I/O watcher waits for."""
 
 
+RawSocket = _socket.socket
+"""A kernel socket of any kind: the stdlib's, gevent's ``_sock`` or a :class:`KernelSocket`.
+Annotations say this rather than ``socket.socket``, which under gevent's
+monkey-patching is gevent's wrapper class, a type the bare sockets are not."""
+
+
 class KernelSocket(_socket.socket):
     """The kernel socket with nothing around it (no gevent wrapper); weakly
     referable, as OpenSSL's connection object needs its socket to be."""
@@ -18,7 +24,7 @@ class KernelSocket(_socket.socket):
     __slots__ = ("__weakref__",)
 
 
-def set_nodelay(sock: socket.socket) -> None:
+def set_nodelay(sock: RawSocket) -> None:
     """Disable Nagle: POP3 is request/response, and Nagle plus delayed ACKs
     stalls every exchange by 40 ms or more. Set on a listening socket, it
     holds for every connection accepted from it (Linux copies it)."""

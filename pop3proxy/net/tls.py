@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import ssl
 from collections.abc import Iterator
+from typing import Any
 
 from pop3proxy.config import Config, SNIEntry, TLSConfig
-from pop3proxy.net.sockets import READ, WRITE
+from pop3proxy.net.sockets import READ, WRITE, RawSocket
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -109,10 +109,10 @@ def server_context(config: TLSConfig) -> ssl.SSLContext:
             loaded[pair] = _context(config, entry.cert, entry.key)
         by_name[entry.name] = loaded[pair]
 
-    def choose(sslsock: ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
+    def choose(sslsock: Any, server_name: str | None, _: ssl.SSLContext) -> None:
         if not server_name:
             return
-        sslsock.pop3proxy_server_name = server_name.lower().rstrip(".")  # type: ignore[attr-defined]
+        sslsock.pop3proxy_server_name = server_name.lower().rstrip(".")
         found = match_name(by_name, server_name)  # type: ignore[arg-type]
         if found is not None:
             sslsock.context = by_name[found]
@@ -121,9 +121,10 @@ def server_context(config: TLSConfig) -> ssl.SSLContext:
     return context
 
 
-def server_name(sock: socket.socket) -> str | None:
-    """The SNI name the client sent in the handshake on ``sock``, lowercased."""
-    return getattr(sock, "pop3proxy_server_name", None)
+def server_name(tls: object) -> str | None:
+    """The SNI name the client sent in the handshake of ``tls`` (a :class:`ServerTLS`,
+    or ``None`` before any), lowercased."""
+    return getattr(tls, "pop3proxy_server_name", None)
 
 
 def sni_tenant(config: Config, name: str | None) -> str | None:
@@ -167,7 +168,7 @@ def fingerprint(config: TLSConfig) -> tuple:
     new directory: the path stays, the file behind it changes. ``os.stat``
     follows the links, so the inode, size and mtime here change with it.
     """
-    seen = []
+    seen: list[tuple[object, ...]] = []
     for path in watched_files(config):
         try:
             st = os.stat(path)
@@ -210,7 +211,7 @@ class ServerTLS:
 
     __slots__ = ("__weakref__", "pop3proxy_server_name", "sslobj")
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+    def __init__(self, sock: RawSocket, context: ssl.SSLContext) -> None:
         self.pop3proxy_server_name: str | None = None
         self.sslobj = context._wrap_socket(sock, server_side=True, owner=self)  # type: ignore[attr-defined]
 

@@ -26,7 +26,7 @@ from gevent.hub import get_hub
 
 from pop3proxy.net import tls
 from pop3proxy.net.endpoint import SHARED_BUFFER, Endpoint
-from pop3proxy.net.sockets import READ, WRITE, KernelSocket, set_nodelay
+from pop3proxy.net.sockets import READ, WRITE, KernelSocket, RawSocket, set_nodelay
 from pop3proxy.protocol import backend as machine
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
 from pop3proxy.tenants import Backend
@@ -45,7 +45,7 @@ Resolved = tuple[int, tuple]
 class Upstream:
     """A logged-in backend connection, ready to relay."""
 
-    sock: socket.socket
+    sock: RawSocket
     """The kernel socket, non-blocking."""
     tls: object | None
     """OpenSSL's connection on ``sock`` when the backend speaks TLS."""
@@ -120,7 +120,7 @@ class LoginAttempt:
         self._addresses = list(dial.addresses)
         self._loop = get_hub().loop
         self._timer = self._loop.timer(dial.timeout)
-        self._sock: socket.socket | None = None
+        self._sock: RawSocket | None = None
         self._endpoint: Endpoint | None = None
         self._lines = LineReader(machine.MAX_STATUS_LINE)
         self._sslobj: object | None = None
@@ -316,7 +316,7 @@ class LoginAttempt:
                     raise
                 # Waiting for the greeting, a failed connect shows here: no
                 # SO_ERROR question on the way of every good one.
-                self._connect_next(_connect_reason(error.errno))
+                self._connect_next(_connect_reason(error.errno or 0))
                 return
             if size is None:
                 return
@@ -386,7 +386,7 @@ class LoginAttempt:
             self._read()
 
 
-def _is_connected(sock: socket.socket | None) -> bool:
+def _is_connected(sock: RawSocket | None) -> bool:
     try:
         return sock is not None and bool(sock.getpeername())
     except OSError:

@@ -217,15 +217,15 @@ class ClientConnection:
         actions: list[Action] = []
         while self.state in _READING_LINES:
             if self.state is TRANSACTION:
-                for line in self._reader.lines():
-                    relayed = self._relay_line(line)
+                for pending in self._reader.lines():
+                    relayed = self._relay_line(pending)
                     if relayed is not None:
                         actions.append(Forward(*relayed))
                 break
             line = self._reader.next_line()
             if line is None:
                 break
-            if line is LINE_TOO_LONG:
+            if not isinstance(line, bytes):  # LINE_TOO_LONG
                 if self.state is AUTH_CONTINUATION:
                     # The SASL exchange ends here; the next line is a command.
                     self.state = AUTHORIZATION
@@ -253,8 +253,8 @@ class ClientConnection:
                 return line
         self._reader.feed(data)
         forward = b""
-        for line in self._reader.lines():
-            relayed = self._relay_line(line)
+        for pending in self._reader.lines():
+            relayed = self._relay_line(pending)
             if relayed is not None:
                 forward += relayed[0]
                 command = relayed[1]

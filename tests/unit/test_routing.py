@@ -36,7 +36,8 @@ def test_round_robin_starts_one_further_each_login_and_wraps() -> None:
 
 def test_round_robin_counters_are_per_tenant() -> None:
     rotation = Rotation()
-    a, b = tenant("round_robin"), Tenant("b.example", tenant("round_robin").backends, "round_robin")
+    a = tenant("round_robin")
+    b = Tenant("b.example", a.backends, policy="round_robin")
     candidates(a, "u", rotation)
     assert candidates(b, "u", rotation)[0].host == "10.0.0.1"
 
