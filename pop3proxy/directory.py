@@ -87,7 +87,8 @@ class RedisStore:
 
     @classmethod
     def from_config(cls, config: DirectoryConfig) -> RedisStore:
-        return cls(connect(config), config.key_prefix, RedisHealth(describe(config)))
+        client = connect(config)
+        return cls(client, config.key_prefix, RedisHealth(describe(config), probe=client.ping))
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:tenant:{name}"
@@ -267,6 +268,11 @@ class Directory:
     def redis(self) -> Any:
         """The Redis client shared with the limits, or ``None`` for a file store."""
         return self.store.client if isinstance(self.store, RedisStore) else None
+
+    @property
+    def redis_health(self) -> RedisHealth | None:
+        """The view of that Redis shared with the limits: one outage, one detection."""
+        return self.store.health if isinstance(self.store, RedisStore) else None
 
     def pinned_backend(self, tenant: Tenant, local: str) -> str | None:
         """The pin if it names one of ``tenant``'s backends; a stale pin (the

@@ -3,7 +3,10 @@
 Both live in Redis so that five replicas give an attacker one budget, not
 five. Both fall back to this process's own memory while Redis is down: the
 proxy keeps protecting the backends, per process, instead of failing open
-or refusing everyone.
+or refusing everyone. Every round trip goes through the directory's
+:class:`~pop3proxy.redisconn.RedisHealth`: once Redis is known to be down
+(refusing, or hung), the fallback is taken at once, without waiting for a
+timeout, until a probe finds Redis back.
 
 Failed logins are counted per user name and per client address in fixed
 windows (a key with a TTL). Past ``delay_after`` failures each refusal waits
@@ -18,7 +21,6 @@ on their own, so its slots come back within ``lease_ttl``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import ipaddress
@@ -32,6 +34,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from pop3proxy.config import AuthConfig, Network
+from pop3proxy.redisconn import RedisHealth
 
 log = logging.getLogger("pop3proxy.limits")
 
@@ -136,11 +139,15 @@ class FailureLimiter:
         policy: AuthConfig,
         allow: AllowList | None = None,
         clock: Clock = time.time,
+        *,
+        health: RedisHealth | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.policy = policy
         self.allow = allow or AllowList()
+        self.health = health or RedisHealth("redis")
+        """Shared with the directory and the leases (the app's)."""
         self._local = _LocalWindows(clock)
 
     def _keys(self, user: str, address: str | None) -> tuple[str, str | None]:
@@ -173,40 +180,47 @@ class FailureLimiter:
         """A good login clears the user's budget (not the address's)."""
         user_key, _ = self._keys(user, None)
         self._local.delete(user_key)
-        if self.client is not None:
-            with contextlib.suppress(redis.RedisError):
-                self.client.delete(user_key)
+        client = self.client
+        if client is not None:
+            self.health.call(lambda: client.delete(user_key), lambda: 0)
 
     def _counts(self, user_key: str, address_key: str | None) -> tuple[int, int]:
         keys = [user_key] + ([address_key] if address_key else [])
         values: list[int]
-        if self.client is None:
-            values = [self._local.get(key) for key in keys]
-            return values[0], values[1] if len(values) > 1 else 0
-        try:
+        client = self.client
+
+        def in_redis() -> list[int]:
             # GETs in a pipeline, not MGET: in a Redis Cluster the two keys
             # live in different slots, and MGET across slots is refused.
-            pipe = self.client.pipeline(transaction=False)
+            assert client is not None
+            pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.get(key)
-            values = [int(v or 0) for v in pipe.execute()]
-        except redis.RedisError:
-            values = [self._local.get(key) for key in keys]
+            return [int(v or 0) for v in pipe.execute()]
+
+        def here() -> list[int]:
+            return [self._local.get(key) for key in keys]
+
+        values = here() if client is None else self.health.call(in_redis, here)
         return values[0], values[1] if len(values) > 1 else 0
 
     def _incr(self, keys: list[str]) -> list[int]:
         window = int(self.policy.failure_window)
-        if self.client is None:
-            return [self._local.incr(key, self.policy.failure_window) for key in keys]
-        try:
-            pipe = self.client.pipeline(transaction=False)
+        client = self.client
+
+        def in_redis() -> list[int]:
+            assert client is not None
+            pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.incr(key)
                 pipe.expire(key, window, nx=True)
             results = pipe.execute()
             return [int(results[i * 2]) for i in range(len(keys))]
-        except redis.RedisError:
+
+        def here() -> list[int]:
             return [self._local.incr(key, self.policy.failure_window) for key in keys]
+
+        return here() if client is None else self.health.call(in_redis, here)
 
 
 _ACQUIRE = """
@@ -226,6 +240,9 @@ class Lease:
 
     session: str
     keys: list[str] = field(default_factory=list)
+    shared: bool = False
+    """The slots were taken in Redis (or may have been): giving them back
+    takes a round trip. Slots counted here while Redis was down never do."""
 
 
 # Made for every login: a slotted record, not a frozen one (which sets each
@@ -249,10 +266,14 @@ class LeaseLimiter:
         prefix: str,
         lease_ttl: float = 60.0,
         clock: Clock = time.time,
+        *,
+        health: RedisHealth | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_ttl = lease_ttl
+        self.health = health or RedisHealth("redis")
+        """Shared with the directory and the failure budgets (the app's)."""
         self._clock = clock
         self._held: dict[str, set[str]] = {}
         self._local: dict[str, set[str]] = {}
@@ -266,9 +287,10 @@ class LeaseLimiter:
         """Take a slot in every scope, or none: returns the lease or the full slot."""
         slots = list(slots)
         keys = [self.key(slot) for slot in slots]
-        lease = Lease(session)
+        taken_each, shared = self._take(keys, session, slots)
+        lease = Lease(session, shared=shared)
         full: Slot | None = None
-        for key, slot, taken in zip(keys, slots, self._take(keys, session, slots), strict=True):
+        for key, slot, taken in zip(keys, slots, taken_each, strict=True):
             if taken:
                 lease.keys.append(key)
             elif full is None:
@@ -278,52 +300,80 @@ class LeaseLimiter:
             return None, full
         return lease, None
 
+    def claim(self, session: str, slots: Iterable[Slot]) -> Lease:
+        """Every slot :meth:`acquire` may have taken for ``session``, to give
+        back when the acquire was cut short (its greenlet ended while Redis
+        had the request, which Redis may still carry out)."""
+        keys = [self.key(slot) for slot in slots]
+        return Lease(session, keys, shared=self.client is not None)
+
     def release(self, lease: Lease) -> None:
-        """Give the slots back (in Redis, one round trip for all of them)."""
-        for key in lease.keys:
+        """Give the slots back (in Redis, one round trip for all of them), once:
+        the lease is empty afterwards, so a second release does nothing.
+
+        While Redis is down only this process's book-keeping is cleared; the
+        Redis members, no longer renewed, expire within ``lease_ttl``.
+        """
+        keys, lease.keys = lease.keys, []
+        for key in keys:
             for table in (self._held, self._local):
                 holders = table.get(key)
                 if holders is not None:
                     holders.discard(lease.session)
                     if not holders:
                         del table[key]
-        if self.client is not None and lease.keys:
-            with contextlib.suppress(redis.RedisError):
-                pipe = self.client.pipeline(transaction=False)
-                for key in lease.keys:
-                    pipe.zrem(key, lease.session)
-                pipe.execute()
-        lease.keys.clear()
+        client = self.client
+        if client is None or not keys or not lease.shared:
+            return
+
+        def in_redis() -> None:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zrem(key, lease.session)
+            pipe.execute()
+
+        self.health.call(in_redis, lambda: None)
 
     def renew(self) -> None:
-        """Push every held lease's expiry forward; call every ``lease_ttl / 3``."""
-        if self.client is None or not self._held:
+        """Push every held lease's expiry forward; call every ``lease_ttl / 3``.
+
+        Only leases taken in Redis are held here: those counted in memory
+        while Redis was down are never written to it.
+        """
+        client = self.client
+        if client is None or not self._held:
             return
         expiry = self._clock() + self.lease_ttl
-        try:
-            pipe = self.client.pipeline(transaction=False)
+
+        def in_redis() -> None:
+            pipe = client.pipeline(transaction=False)
             for key, sessions in self._held.items():
                 for session in sessions:
                     pipe.zadd(key, {session: expiry}, xx=True)
                 pipe.pexpire(key, int(self.lease_ttl * 1000))
             pipe.execute()
-        except redis.RedisError as error:
-            log.warning("lease renewal failed", extra={"error": str(error)})
 
-    def _take(self, keys: list[str], session: str, slots: list[Slot]) -> list[bool]:
+        self.health.call(in_redis, lambda: None)
+
+    def _take(self, keys: list[str], session: str, slots: list[Slot]) -> tuple[list[bool], bool]:
         """A slot in each scope: in Redis all in one round trip, else in this
-        process's memory (Redis down, or none configured)."""
-        taken = self._take_in_redis(keys, session, slots) if self.client is not None else None
+        process's memory (Redis down, or none configured). The flag says
+        which: ``True`` for Redis."""
+        taken = None
+        if self.client is not None:
+            taken = self.health.call(
+                lambda: self._take_in_redis(keys, session, slots), lambda: None
+            )
         if taken is None:
             pairs = zip(keys, slots, strict=True)
-            return [self._take_here(key, session, slot.limit) for key, slot in pairs]
+            return [self._take_here(key, session, slot.limit) for key, slot in pairs], False
         for key, got in zip(keys, taken, strict=True):
             if got:
                 self._held.setdefault(key, set()).add(session)
-        return taken
+        return taken, True
 
-    def _take_in_redis(self, keys: list[str], session: str, slots: list[Slot]) -> list[bool] | None:
-        """One EVALSHA per scope, all in one pipeline; ``None`` when Redis fails.
+    def _take_in_redis(self, keys: list[str], session: str, slots: list[Slot]) -> list[bool]:
+        """One EVALSHA per scope, all in one pipeline.
 
         Not redis-py's pipelined ``Script``, which asks ``SCRIPT EXISTS`` in a
         round trip of its own every time: the script is loaded again only
@@ -337,12 +387,9 @@ class LeaseLimiter:
             (key, [now, now + self.lease_ttl, slot.limit, session, ttl_ms])
             for key, slot in zip(keys, slots, strict=True)
         ]
-        try:
-            if isinstance(self.client, RedisCluster):
-                return [bool(self._acquire(keys=[key], args=args)) for key, args in calls]
-            return self._pipelined(calls)
-        except redis.RedisError:
-            return None
+        if isinstance(self.client, RedisCluster):
+            return [bool(self._acquire(keys=[key], args=args)) for key, args in calls]
+        return self._pipelined(calls)
 
     def _pipelined(self, calls: list[tuple[str, list]]) -> list[bool]:
         try:

@@ -103,7 +103,9 @@ class LoginService:
         self.directory = directory
         self.upstreams = Upstreams(config.backends, config.timeouts.backend_connect)
         prefix = config.directory.key_prefix
-        self.leases = LeaseLimiter(directory.redis, prefix, config.limits.lease_ttl)
+        self.leases = LeaseLimiter(
+            directory.redis, prefix, config.limits.lease_ttl, health=directory.redis_health
+        )
         self._renewer: gevent.Greenlet | None = None
         self.config = config
 
@@ -117,7 +119,13 @@ class LoginService:
         self._config = config
         auth = config.auth
         prefix = config.directory.key_prefix
-        self.failures = FailureLimiter(self.directory.redis, prefix, auth, AllowList(auth.allow))
+        self.failures = FailureLimiter(
+            self.directory.redis,
+            prefix,
+            auth,
+            AllowList(auth.allow),
+            health=self.directory.redis_health,
+        )
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
 
@@ -140,10 +148,21 @@ class LoginService:
         limit = self.config.limits.max_connections_per_address
         if not limit or not address:
             return Lease(session_id)
-        lease, full = self.leases.acquire(session_id, [Slot("address", address, limit)])
+        lease, full = self._acquire(session_id, [Slot("address", address, limit)])
         if full is not None:
             metrics.add(metrics.LIMIT_REJECTIONS, "address")
         return lease
+
+    def _acquire(self, session_id: str, slots: list[Slot]) -> tuple[Lease | None, Slot | None]:
+        """:meth:`LeaseLimiter.acquire`, and if it is cut short (the session
+        ended, or the process stops, while Redis had the request), every slot
+        it asked for is given back: Redis may still carry the request out
+        when it gets to it, and reads it before the release sent after it."""
+        try:
+            return self.leases.acquire(session_id, slots)
+        except BaseException:
+            self.release(self.leases.claim(session_id, slots))
+            raise
 
     def release(self, lease: Lease | None, then: Callable[[], None] | None = None) -> None:
         """Give a lease's slots back, then run ``then``.
@@ -153,7 +172,7 @@ class LoginService:
         session closes its client's socket in ``then``, so a client that
         reconnects at once never finds its own old slot still taken.
         """
-        if lease is not None and lease.keys and self.leases.client is not None:
+        if lease is not None and lease.keys and lease.shared and self.leases.client is not None:
             gevent.spawn_raw(self._release, lease, then)
             return
         if lease is not None:
@@ -189,12 +208,23 @@ class LoginService:
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, user, address, started)
             raise
-        if session.failed_before:
-            self.failures.succeeded(user)
+        try:
+            if session.failed_before:
+                self.failures.succeeded(user)
+        except BaseException:  # ended while Redis had the reset: nobody takes the session
+            self.abandon(session)
+            raise
         label = metrics.tenant_label(session.tenant.name)
         metrics.add(metrics.AUTH, label, "ok")
         metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=session.tenant.max_sessions)
         return session
+
+    def abandon(self, session: Session) -> None:
+        """Give back what a login took, for a session nobody will use: the
+        backend connection closes without QUIT (the backend never enters
+        UPDATE, so nothing is deleted) and the slots go back."""
+        session.upstream.close()
+        self.release(session.lease)
 
     def _hold_back(self, failure: LoginFailed, user: str, address: str | None, started: float):
         """Wait before the refusal: the same minimum for every refusal, plus the
@@ -233,7 +263,7 @@ class LoginService:
         upstream = self._open(tenant, name, backend_password, client)
         try:
             lease = self._take_slots(tenant, name, session_id)
-        except LoginFailed:
+        except BaseException:  # refused, or ended while Redis had the request
             upstream.close()  # no QUIT: the backend never enters UPDATE
             raise
         return Session(tenant, upstream, lease, failed_before=verdict.user_failures != 0)
@@ -313,7 +343,7 @@ class LoginService:
         per_user = self.config.limits.max_sessions_per_user
         if per_user:
             slots.append(Slot("user", f"{name.local}@{tenant.name}", per_user))
-        lease, full = self.leases.acquire(session_id, slots)
+        lease, full = self._acquire(session_id, slots)
         if full is None:
             assert lease is not None
             return lease

@@ -9,6 +9,9 @@ environment or a file (a Kubernetes Secret), never from the YAML.
 the outage once and the recovery once (not once per login), keeps
 ``pop3proxy_redis_up`` current, and spaces out retries with a jittered
 exponential backoff so that an outage costs logins nothing but a cache read.
+Every caller of the process shares one: the directory, the failed-login
+budgets and the session leases (:meth:`RedisHealth.call`), so a Redis that
+hangs is waited for once, not once per caller and connection.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import os
 import random
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import gevent
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -40,6 +45,9 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 """Retry delays after a failure: 0.1 s doubling to 5 s, each +-20 % jitter so
 that replicas do not reconnect in lockstep."""
+
+
+T = TypeVar("T")
 
 
 class CredentialsError(Exception):
@@ -140,19 +148,30 @@ class Backoff:
 class RedisHealth:
     """Up or down, with the transitions logged once and retries spaced out.
 
-    While down, :meth:`should_try` lets one caller through per backoff step
-    (a half-open circuit breaker); the others fail at once and the cache
-    serves stale records, so logins never wait on a dead Redis.
+    While down, :meth:`should_try` lets one probe through per backoff step
+    (a half-open circuit breaker); the callers fail at once and fall back
+    (stale cache, per-process limits), so logins never wait on a dead Redis.
+    With a ``probe`` (a PING), the probe runs in a greenlet of its own and
+    no caller waits at all: a Redis that hangs rather than refuses costs a
+    probe its timeout, never a client its greeting. Without one, the caller
+    let through is the probe.
     """
 
-    def __init__(self, where: str, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        where: str,
+        clock: Any = time.monotonic,
+        probe: Callable[[], object] | None = None,
+    ) -> None:
         self.where = where
         self.up: bool | None = None
         """``None`` until the first call tells."""
+        self.probe = probe
         self._clock = clock
         self._backoff = Backoff()
         self._retry_at = 0.0
         self._down_since = 0.0
+        self._probing = False
         self._lock = threading.Lock()
 
     def should_try(self) -> bool:
@@ -160,10 +179,43 @@ class RedisHealth:
             return True
         with self._lock:
             now = self._clock()
-            if now < self._retry_at:
+            if now < self._retry_at or self._probing:
                 return False
-            self._retry_at = now + self._backoff.next()  # one probe per step
-            return True
+            if self.probe is None:
+                self._retry_at = now + self._backoff.next()  # one probe per step
+                return True
+            self._probing = True
+        gevent.spawn(self._probe_once)
+        return False
+
+    def _probe_once(self) -> None:
+        """The next step counts from the probe's end: a hung Redis makes each
+        probe last a timeout, which must not eat the step."""
+        assert self.probe is not None
+        try:
+            self.probe()
+        except (redis.RedisError, OSError) as error:
+            self.failed(error)
+            with self._lock:
+                self._retry_at = self._clock() + self._backoff.next()
+        else:
+            self.ok()
+        finally:
+            self._probing = False
+
+    def call(self, request: Callable[[], T], fallback: Callable[[], T]) -> T:
+        """``request()`` on Redis while it is worth trying, else ``fallback()``
+        at once; a failed request falls back too. What Redis did (answered,
+        failed) is reported here, so every caller feeds the same view."""
+        if not self.should_try():
+            return fallback()
+        try:
+            result = request()
+        except (redis.RedisError, OSError) as error:
+            self.failed(error)
+            return fallback()
+        self.ok()
+        return result
 
     def ok(self) -> None:
         metrics.set_gauge(metrics.REDIS_UP, value=1)
@@ -189,6 +241,6 @@ class RedisHealth:
                 self._retry_at = now + self._backoff.next()
         if was_up:
             log.error(
-                "redis unreachable: serving cached tenants, retrying with backoff",
+                "redis unreachable: serving cached tenants and local limits, retrying with backoff",
                 extra={"redis": self.where, "error": str(error) or type(error).__name__},
             )

@@ -505,8 +505,7 @@ class ClientSession:
             return
         self._task = None
         if self.closed:  # ended while the login finished: drop it, no QUIT
-            session.upstream.close()
-            self.services.logins.release(session.lease)
+            self.services.logins.abandon(session)
             return
         self.session = session
         self.result = "ok"

@@ -31,7 +31,7 @@ def test_outage_and_recovery_are_logged_once_and_retries_back_off(caplog):
     for _ in range(50):  # fifty failed logins: one log line
         health.failed(ConnectionError("refused"))
     assert [r.message for r in caplog.records].count(
-        "redis unreachable: serving cached tenants, retrying with backoff"
+        "redis unreachable: serving cached tenants and local limits, retrying with backoff"
     ) == 1
     assert not health.should_try()  # inside the first backoff step
     clock.now += 0.2
