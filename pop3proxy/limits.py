@@ -358,15 +358,21 @@ class LeaseLimiter:
     def _take(self, keys: list[str], session: str, slots: list[Slot]) -> tuple[list[bool], bool]:
         """A slot in each scope: in Redis all in one round trip, else in this
         process's memory (Redis down, or none configured). The flag says
-        which: ``True`` for Redis."""
+        whether the slots may be in Redis: also after a request that timed
+        out, which a Redis that was only slow may still carry out."""
         taken = None
+        asked = False
         if self.client is not None:
-            taken = self.health.call(
-                lambda: self._take_in_redis(keys, session, slots), lambda: None
-            )
+
+            def in_redis() -> list[bool]:
+                nonlocal asked
+                asked = True
+                return self._take_in_redis(keys, session, slots)
+
+            taken = self.health.call(in_redis, lambda: None)
         if taken is None:
             pairs = zip(keys, slots, strict=True)
-            return [self._take_here(key, session, slot.limit) for key, slot in pairs], False
+            return [self._take_here(key, session, slot.limit) for key, slot in pairs], asked
         for key, got in zip(keys, taken, strict=True):
             if got:
                 self._held.setdefault(key, set()).add(session)
