@@ -95,9 +95,11 @@ def lease_members(redis_server: RedisServer) -> dict[str, list[bytes]]:
 
 
 def log_in_and_quit(proxy: ProxyProcess, user: str = "alice") -> None:
+    """A whole session; returns once the proxy closed it, its slots given back."""
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
         wire.login(f"{user}@{TENANT}", USERS[user])
         assert wire.command("QUIT").startswith(b"+OK")
+        assert wire.read_line() == b""
 
 
 def test_a_login_abandoned_while_redis_hangs_gives_back_its_slot_and_backend(
@@ -122,7 +124,9 @@ def test_a_login_abandoned_while_redis_hangs_gives_back_its_slot_and_backend(
         },
     )
     try:
+        mark = dovecot.log_mark()
         log_in_and_quit(proxy)  # the tenant is cached; Redis is known to work
+        dovecot.wait_for_log(r"pop3\(alice\).*Disconnected: Logged out", since=mark)
         mark = dovecot.log_mark()
         with stopped(private_redis):
             with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
