@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 
+import gevent
 import pytest
 from harness.cluster import RedisClusterSet
+from harness.ports import wait_until
 from harness.redis import RedisServer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pop3proxy.config import AuthConfig
 from pop3proxy.limits import FailureLimiter, LeaseLimiter, Slot
+from pop3proxy.redisconn import RedisHealth
 
 
 @pytest.fixture
@@ -119,3 +124,43 @@ def test_redis_down_falls_back_to_local_counting():
     leases = LeaseLimiter(client, "down")
     assert leases.acquire("s1", [Slot("user", "alice@acme.example", 1)])[0] is not None
     assert leases.acquire("s2", [Slot("user", "alice@acme.example", 1)])[0] is None
+
+
+def test_a_hung_redis_is_waited_for_once_by_every_limiter():
+    """Budgets and leases share one view of Redis: the first request to a
+    stopped Redis waits for its timeout, every later one (check, count,
+    acquire, release, renew) falls back at once, and a lease counted here
+    meanwhile is never written to Redis, not even by a later renewal."""
+    with RedisServer() as server:
+        client = server.client(socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        health = RedisHealth("test", probe=client.ping)
+        failures = FailureLimiter(client, "hung", AuthConfig(block_after=3), health=health)
+        leases = LeaseLimiter(client, "hung", health=health)
+        slot = Slot("user", "alice@acme.example", 1)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            assert not failures.check("alice@acme.example", "192.0.2.1").blocked  # waits, once
+            started = time.monotonic()
+            for _ in range(3):
+                failures.failed("alice@acme.example", "192.0.2.1")
+            assert failures.check("alice@acme.example", "192.0.2.1").blocked
+            lease, _ = leases.acquire("s1", [slot])
+            assert lease is not None and leases.acquire("s2", [slot]) == (None, slot)
+            leases.renew()
+            leases.release(lease)
+            assert time.monotonic() - started < 0.25, "a call waited on the stopped Redis"
+            held, _ = leases.acquire("s3", [slot])
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+        def probed() -> bool | None:
+            failures.check("bob@acme.example", None)  # due: starts the background probe
+            gevent.sleep(0.05)
+            return health.up
+
+        wait_until(probed, 10)
+        leases.renew()
+        assert client.zcard(leases.key(slot)) == 0
+        assert held is not None
+        leases.release(held)

@@ -7,7 +7,10 @@ import itertools
 import json
 import logging
 
+import gevent
+import gevent.event
 import pytest
+import redis
 
 from pop3proxy.config import DirectoryConfig, parse_config
 from pop3proxy.directory import Directory, RedisStore
@@ -41,6 +44,41 @@ def test_outage_and_recovery_are_logged_once_and_retries_back_off(caplog):
     health.ok()
     assert [r.message for r in caplog.records].count("redis reachable again") == 1
     assert health.should_try()
+
+
+def test_while_redis_is_down_no_caller_waits_and_a_background_probe_finds_it_back():
+    """With a probe, every caller falls back at once while Redis is down (a
+    hung Redis costs each caller a timeout otherwise); one probe at a time
+    runs in a greenlet, one per backoff step, and brings it back."""
+    clock = Clock()
+    probes: list[float] = []
+    answering = gevent.event.Event()
+
+    def ping() -> None:
+        probes.append(clock.now)
+        if not answering.is_set():
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    health = RedisHealth("redis://x", clock=clock, probe=ping)
+    asked: list[str] = []
+
+    def request() -> str:
+        asked.append("request")
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    assert health.call(request, lambda: "here") == "here"  # the first caller finds out
+    for _ in range(40):
+        clock.now += 0.25
+        assert health.call(request, lambda: "here") == "here"
+        gevent.sleep(0)  # a probe, if one was started, runs
+    assert asked == ["request"], "no caller asked Redis while it was down"
+    assert 3 <= len(probes) <= 8, probes  # 10 s of backoff steps: 0.1, 0.2, 0.4 ... 5
+    answering.set()
+    clock.now += 10
+    assert health.call(lambda: "redis", lambda: "here") == "here"  # starts the probe
+    gevent.sleep(0)
+    assert health.up
+    assert health.call(lambda: "redis", lambda: "here") == "redis"
 
 
 def test_backoff_grows_to_its_cap_and_resets():
