@@ -261,7 +261,8 @@ class ClientSession:
 
     def _abandon_task(self, reason: str) -> None:
         """Stop a login (or admission) in progress: ``SessionEnded`` at its next
-        wait (one not started yet finds the session closed)."""
+        wait (one not started yet finds the session closed). The login gives
+        back what it has taken by then (:meth:`LoginService.login`)."""
         task, self._task = self._task, None
         if task is not None and not task.running_here():
             self._loop.run_callback(task.throw, SessionEnded(reason))
