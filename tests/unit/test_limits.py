@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from pop3proxy.config import AuthConfig
+from pop3proxy.config import AuthConfig, IPv6Budget
 from pop3proxy.limits import (
     AllowList,
+    ClientNetworks,
     FailureLimiter,
     LeaseLimiter,
     Slot,
+    Verdict,
     backoff,
+    client_networks,
 )
+from pop3proxy.tenants import split_user
+
+
+def budget(user: str, default_tenant: str | None = "acme.example") -> str:
+    """The failure budgets' key for a typed name, as the login service derives it."""
+    return split_user(user, "@", default_tenant).folded
 
 
 class Clock:
@@ -34,7 +43,7 @@ def test_user_is_blocked_from_the_hard_threshold_until_the_window_ends():
         limiter.failed("alice@acme.example", "192.0.2.1")
         assert not limiter.check("alice@acme.example", "192.0.2.1").blocked
     limiter.failed("alice@acme.example", "192.0.2.1")
-    verdict = limiter.check("ALICE@acme.example", "192.0.2.99")
+    verdict = limiter.check(budget("ALICE@acme.example"), "192.0.2.99")
     assert verdict.blocked and verdict.scope == "user", "per user name, case-insensitive"
     assert not limiter.check("bob@acme.example", "192.0.2.99").blocked
     clock.now += 901
@@ -54,7 +63,7 @@ def test_success_clears_the_user_budget():
     limiter = FailureLimiter(None, "t", AuthConfig(block_after=3), clock=Clock())
     for _ in range(2):
         limiter.failed("alice@acme.example", "192.0.2.1")
-    limiter.succeeded("alice@acme.example")
+    limiter.succeeded("alice@acme.example", "192.0.2.1", Verdict(False, user_failures=2))
     for _ in range(2):
         limiter.failed("alice@acme.example", "192.0.2.1")
     assert not limiter.check("alice@acme.example", "192.0.2.1").blocked
@@ -110,5 +119,5 @@ def test_the_verdict_says_whether_a_good_login_has_anything_to_clear():
     limiter.failed("alice@acme.example", "192.0.2.2")
     assert limiter.check("alice@acme.example", "192.0.2.3").user_failures == 2
     assert limiter.check("alice@acme.example", "10.1.2.3").user_failures is None
-    limiter.succeeded("alice@acme.example")
+    limiter.succeeded("alice@acme.example", "192.0.2.3", Verdict(False, user_failures=2))
     assert limiter.check("alice@acme.example", "192.0.2.3").user_failures == 0
