@@ -106,13 +106,28 @@ class LimitsConfig:
     max_errors: int = 10
     max_connections_per_address: int = 100
     """Open connections from one client address, all replicas together; 0: no limit."""
-    max_sessions_per_user: int = 1
-    """Logged-in sessions of one user at once (a maildrop is exclusive); 0: no limit."""
+    max_sessions_per_user: int = 10
+    """Logged-in sessions of one user at once, as many as Dovecot allows per user
+    and address (a phone and a desktop polling one mailbox); 1: RFC 1939's
+    exclusive maildrop; 0: no limit."""
     lease_ttl: float = 60.0
     """How soon a crashed replica's connection and session slots come back."""
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class IPv6Budget:
+    """Failures from all of one IPv6 network of ``prefix`` bits, wider than one client."""
+
+    prefix: int
+    block_after: int
+
+
+DEFAULT_IPV6_NETWORKS = (IPv6Budget(56, 200), IPv6Budget(48, 500))
+"""A /56 is a typical home or small site, a /48 a whole site: an attacker
+who rotates through the /64s of its allocation meets these."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,17 @@ class AuthConfig:
     delay_after: int = 3
     block_after: int = 10
     block_after_per_address: int = 50
+    """Failures from one client: one IPv4 address, or one IPv6 network of ``ipv6_prefix``."""
+    ipv6_prefix: int = 64
+    """An IPv6 client is its /64: one host or household holds all of it."""
+    ipv6_networks: tuple[IPv6Budget, ...] = DEFAULT_IPV6_NETWORKS
+    block_after_names_per_address: int = 20
+    """Distinct user names failing from one client (a password spray); 0: off."""
+    known_address_ttl: float = 30 * 86400.0
+    """A client that logged in as a user within this time is not held back by
+    that user's failure budget (someone else's guessing); 0: off."""
+    known_addresses_per_user: int = 10
+    """The newest clients remembered per user (Redis holds no more)."""
     max_delay: float = 8.0
     allow: tuple[Network, ...] = ()
     argon2_time_cost: int = 3
@@ -445,7 +471,7 @@ def _limits(r: Reader) -> LimitsConfig:
         max_line_length=r.integer("max_line_length", 2048, minimum=255, maximum=65536),
         max_errors=r.integer("max_errors", 10, minimum=1),
         max_connections_per_address=r.integer("max_connections_per_address", 100),
-        max_sessions_per_user=r.integer("max_sessions_per_user", 1),
+        max_sessions_per_user=r.integer("max_sessions_per_user", 10),
         lease_ttl=r.duration("lease_ttl", 60.0),
     )
     if config.lease_ttl < 3:
@@ -455,12 +481,18 @@ def _limits(r: Reader) -> LimitsConfig:
 
 
 def _auth(r: Reader) -> AuthConfig:
+    ipv6_prefix = r.integer("ipv6_prefix", 64, minimum=1, maximum=128)
     config = AuthConfig(
         failure_delay=r.duration("failure_delay", 1.0),
         failure_window=r.duration("failure_window", 900.0),
         delay_after=r.integer("delay_after", 3, minimum=1),
         block_after=r.integer("block_after", 10, minimum=1),
         block_after_per_address=r.integer("block_after_per_address", 50, minimum=1),
+        ipv6_prefix=ipv6_prefix,
+        ipv6_networks=_ipv6_networks(r, ipv6_prefix),
+        block_after_names_per_address=r.integer("block_after_names_per_address", 20),
+        known_address_ttl=r.duration("known_address_ttl", 30 * 86400.0),
+        known_addresses_per_user=r.integer("known_addresses_per_user", 10, minimum=1),
         max_delay=r.duration("max_delay", 8.0),
         allow=_networks(r, "allow"),
         argon2_time_cost=r.integer("argon2_time_cost", 3, minimum=1),
@@ -471,6 +503,21 @@ def _auth(r: Reader) -> AuthConfig:
         r.problem("failure_window", "expected at least 1s")
     r.finish()
     return config
+
+
+def _ipv6_networks(r: Reader, ipv6_prefix: int) -> tuple[IPv6Budget, ...]:
+    """``[{prefix: 56, block_after: 200}, ...]``: each wider than one client."""
+    if not r.has("ipv6_networks"):
+        r.raw("ipv6_networks")
+        return DEFAULT_IPV6_NETWORKS
+    budgets = []
+    for item in r.items("ipv6_networks"):
+        prefix = item.integer("prefix", 0, minimum=1, maximum=128)
+        if prefix >= ipv6_prefix:
+            item.problem("prefix", f"expected a network wider than ipv6_prefix /{ipv6_prefix}")
+        budgets.append(IPv6Budget(prefix, item.integer("block_after", 0, minimum=1)))
+        item.finish()
+    return tuple(budgets)
 
 
 def _metrics(r: Reader) -> MetricsConfig:

@@ -239,7 +239,8 @@ class Directory:
         return tenant
 
     def user_pin(self, tenant_name: str, local: str) -> str | None:
-        """``host:port`` of the backend ``local@tenant_name`` is pinned to, if any.
+        """``host:port`` of the backend ``local@tenant_name`` is pinned to, if any
+        (``local``: the canonical local part, as in every user record call).
 
         A pin is a routing preference: when the user's record cannot be read
         (Redis down and nothing cached, or the record corrupt) the login is
@@ -279,6 +280,7 @@ class Directory:
         tenant moved) is logged once and ignored."""
         if len(tenant.backends) < 2:
             return None
+        local = tenant.canonical_local(local)
         pin = self.user_pin(tenant.name, local)
         if pin is None:
             return None
@@ -298,7 +300,8 @@ class Directory:
         if kind == "tenant" and rest:
             self.cache.invalidate(rest.lower())
         elif kind == "user" and rest:
-            self.users.invalidate(rest.lower())
+            tenant, _, local = rest.partition(":")
+            self.users.invalidate(":".join(user_key_parts(tenant, local)))
         else:  # "all", or a message from a newer version: be safe
             self.cache.clear()
             self.users.clear()

@@ -8,10 +8,23 @@ or refusing everyone. Every round trip goes through the directory's
 (refusing, or hung), the fallback is taken at once, without waiting for a
 timeout, until a probe finds Redis back.
 
-Failed logins are counted per user name and per client address in fixed
-windows (a key with a TTL). Past ``delay_after`` failures each refusal waits
-longer before it is sent; from ``block_after`` on, logins are refused without
-asking the backend until the window ends.
+Failed logins are counted in fixed windows (a key with a TTL) per user
+(the folded ``local@tenant``, one budget whatever the spelling), per client
+and per wider IPv6 network. A client is one IPv4 address, or one IPv6 /64:
+a host or household holds a whole /64, so counting its addresses one by one
+would give it 2**64 budgets; /56 and /48 budgets catch a guesser rotating
+through the /64s of its allocation. Past ``delay_after`` failures each
+refusal waits longer before it is sent; from ``block_after`` on, logins are
+refused without asking the backend until the window ends. A client that
+fails for many distinct names (a password spray: a few guesses at each of
+many users) is blocked from ``block_after_names_per_address`` names on.
+
+A budget per user lets anyone lock its owner out by guessing. So a client
+the owner logged in from recently (a per-user sorted set of client digests,
+scored by time, kept for ``known_address_ttl`` and trimmed to the newest
+``known_addresses_per_user``) is held back only by its own budgets, never by
+the user's: the owner's phone keeps polling while a botnet exhausts the
+user's budget from elsewhere.
 
 Concurrent sessions are leases: a sorted set per scope (tenant, user, client
 address) whose members are session ids scored by their expiry. A holder
@@ -33,7 +46,7 @@ from dataclasses import dataclass, field
 import redis
 from redis.cluster import RedisCluster
 
-from pop3proxy.config import AuthConfig, Network
+from pop3proxy.config import AuthConfig, IPv6Budget, Network
 from pop3proxy.redisconn import RedisHealth
 
 log = logging.getLogger("pop3proxy.limits")
@@ -44,8 +57,48 @@ Clock = Callable[[], float]
 @functools.lru_cache(maxsize=4096)
 def _digest(value: str) -> str:
     """Keys hold a digest of the user name, not the name: Redis is not a log.
-    (Cached: a login asks for it up to three times.)"""
-    return hashlib.sha256(value.lower().encode()).hexdigest()[:24]
+    (Cached: a login asks for it up to three times.) The name is already
+    canonical (:class:`pop3proxy.tenants.Identity`, or a budget's folded
+    name): case is not folded again here, so ``Bob`` and ``bob`` of a tenant
+    with case-sensitive users hold slots of their own."""
+    return hashlib.sha256(value.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNetworks:
+    """Where a client address is counted (see the module docstring)."""
+
+    client: str
+    """One IPv4 address, or the IPv6 network of ``ipv6_prefix`` bits, as text."""
+    wider: tuple[tuple[str, int], ...] = ()
+    """IPv6 only: each wider network and its ``block_after``."""
+
+
+@functools.lru_cache(maxsize=4096)
+def client_networks(
+    address: str, ipv6_prefix: int = 64, wider: tuple[IPv6Budget, ...] = ()
+) -> ClientNetworks:
+    """``2001:db8:1:2::9`` -> client ``2001:db8:1:2::/64``, wider ``2001:db8:1::/56``...
+
+    An IPv4-mapped IPv6 address (a dual-stack listener) counts as its IPv4
+    address, a zone id is dropped; what is not an IP address at all (a
+    Unix socket's peer) counts as itself. Cached: a login asks twice.
+    """
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return ClientNetworks(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ClientNetworks(str(ip))
+    client = ipaddress.IPv6Network((ip, ipv6_prefix), strict=False)
+    networks = tuple(
+        (str(ipaddress.IPv6Network((ip, budget.prefix), strict=False)), budget.block_after)
+        for budget in wider
+        if budget.prefix < ipv6_prefix
+    )
+    return ClientNetworks(str(client), networks)
 
 
 class AllowList:
@@ -93,18 +146,41 @@ def backoff(policy: AuthConfig, failures: int) -> float:
 class Verdict:
     blocked: bool
     scope: str | None = None
-    """``user`` or ``address`` when blocked: for metrics, never the value."""
+    """When blocked, the budget that is spent, for metrics (never the value):
+    ``user``, ``address`` (the client), ``network`` (a wider IPv6 network)
+    or ``names`` (too many names failing from the client)."""
     user_failures: int | None = 0
     """The name's failures so far (``None``: not looked up, from an allowed
     network): a good login has something to clear only when it is not 0."""
+    known: bool = False
+    """The client logged in as this user within ``known_address_ttl``: the
+    user's budget does not hold it back. Its good login leaves that budget
+    as it is: clearing it would hand a guesser elsewhere a fresh one."""
+    remember: bool = False
+    """A good login should record the client as known: it is not yet, or
+    was last recorded long enough ago that the record's TTL needs pushing."""
+
+
+KNOWN_REFRESH = 86400.0
+"""A known client is recorded again on a good login at most this often (or
+every quarter of ``known_address_ttl``, if shorter): a client polling every
+minute costs no Redis write per login."""
 
 
 class _LocalWindows:
-    """Fixed-window counters in memory, the fallback while Redis is down."""
+    """Fixed-window counters in memory, the fallback while Redis is down.
+
+    Besides counters: the distinct names failing from a client (a set per
+    client, capped at the threshold) and the clients each user logged in from.
+    """
+
+    MAX_KEYS = 100_000
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._counts: dict[str, tuple[int, float]] = {}
+        self._names: dict[str, tuple[set[str], float]] = {}
+        self._known: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> int:
@@ -121,16 +197,79 @@ class _LocalWindows:
             if now >= expires:
                 count, expires = 0, now + window
             self._counts[key] = (count + 1, expires)
-            if len(self._counts) > 100_000:
+            if len(self._counts) > self.MAX_KEYS:
                 self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
             return count + 1
 
     def delete(self, key: str) -> None:
         self._counts.pop(key, None)
 
+    def names(self, key: str) -> int:
+        entry = self._names.get(key)
+        if entry is None:
+            return 0
+        names, expires = entry
+        return len(names) if self._clock() < expires else 0
+
+    def add_name(self, key: str, name: str, window: float, cap: int) -> None:
+        """Like PFADD: ``name`` joins the set; no more than ``cap`` are kept
+        (past the threshold, how far past does not matter)."""
+        with self._lock:
+            now = self._clock()
+            names, expires = self._names.get(key, (set(), 0.0))
+            if now >= expires:
+                names, expires = set(), now + window
+            if len(names) < cap:
+                names.add(name)
+            self._names[key] = (names, expires)
+            if len(self._names) > self.MAX_KEYS:
+                self._names = {k: v for k, v in self._names.items() if v[1] > now}
+
+    def known_at(self, key: str, client: str) -> float | None:
+        return self._known.get(key, {}).get(client)
+
+    def remember(self, key: str, client: str, keep: int) -> None:
+        with self._lock:
+            if len(self._known) > self.MAX_KEYS:
+                self._known.clear()
+            clients = self._known.setdefault(key, {})
+            clients[client] = self._clock()
+            if len(clients) > keep:
+                newest = sorted(clients.items(), key=lambda item: item[1])[-keep:]
+                self._known[key] = dict(newest)
+
+
+@dataclass(slots=True)
+class _Keys:
+    """The Redis keys one login's budgets live under."""
+
+    user: str
+    known: str
+    client: str | None = None
+    names: str | None = None
+    """The client's distinct failing names (a HyperLogLog); ``None``: off."""
+    member: str = ""
+    """The client's digest: a member of ``known``, never the address itself."""
+    networks: list[tuple[str, int]] = field(default_factory=list)
+    """Wider IPv6 networks: key and ``block_after``."""
+
+
+@dataclass(slots=True)
+class _Counts:
+    user: int = 0
+    client: int = 0
+    networks: list[int] = field(default_factory=list)
+    names: int = 0
+    known_at: float | None = None
+
 
 class FailureLimiter:
-    """Counts failed logins per user name and per client address."""
+    """Counts failed logins per user, per client and per wider IPv6 network,
+    and the distinct names failing from each client; remembers the clients
+    each user logged in from (see the module docstring).
+
+    ``user`` is always the folded name (:attr:`pop3proxy.tenants.UserName.folded`).
+    """
 
     def __init__(
         self,
@@ -148,63 +287,136 @@ class FailureLimiter:
         self.allow = allow or AllowList()
         self.health = health or RedisHealth("redis")
         """Shared with the directory and the leases (the app's)."""
+        self._clock = clock
         self._local = _LocalWindows(clock)
 
-    def _keys(self, user: str, address: str | None) -> tuple[str, str | None]:
-        user_key = f"{self.prefix}:fail:user:{_digest(user)}"
-        address_key = f"{self.prefix}:fail:addr:{address}" if address else None
-        return user_key, address_key
+    def _keys(self, user: str, address: str | None) -> _Keys:
+        user_digest = _digest(user)
+        keys = _Keys(f"{self.prefix}:fail:user:{user_digest}", f"{self.prefix}:known:{user_digest}")
+        if not address:
+            return keys
+        policy = self.policy
+        networks = client_networks(address, policy.ipv6_prefix, policy.ipv6_networks)
+        keys.client = f"{self.prefix}:fail:addr:{networks.client}"
+        if policy.block_after_names_per_address:
+            keys.names = f"{self.prefix}:fail:names:{networks.client}"
+        keys.member = _digest(networks.client)
+        keys.networks = [
+            (f"{self.prefix}:fail:net:{network}", limit) for network, limit in networks.wider
+        ]
+        return keys
 
     def check(self, user: str, address: str | None) -> Verdict:
         """Before asking the backend: is this login refused outright?"""
         if address in self.allow:
             return Verdict(blocked=False, user_failures=None)
-        user_key, address_key = self._keys(user, address)
-        user_count, address_count = self._counts(user_key, address_key)
-        if user_count >= self.policy.block_after:
+        keys = self._keys(user, address)
+        counts = self._counts(keys)
+        policy = self.policy
+        age = None if counts.known_at is None else self._clock() - counts.known_at
+        known = age is not None and age < policy.known_address_ttl
+        if counts.user >= policy.block_after and not known:
             return Verdict(blocked=True, scope="user")
-        if address_count >= self.policy.block_after_per_address:
+        if counts.client >= policy.block_after_per_address:
             return Verdict(blocked=True, scope="address")
-        return Verdict(blocked=False, user_failures=user_count)
+        for (_, limit), count in zip(keys.networks, counts.networks, strict=True):
+            if count >= limit:
+                return Verdict(blocked=True, scope="network")
+        spray = policy.block_after_names_per_address
+        if spray and counts.names >= spray:
+            return Verdict(blocked=True, scope="names")
+        refresh = min(KNOWN_REFRESH, policy.known_address_ttl / 4)
+        remember = bool(keys.client and policy.known_address_ttl) and (
+            age is None or age >= refresh
+        )
+        return Verdict(False, user_failures=counts.user, known=known, remember=remember)
 
-    def failed(self, user: str, address: str | None) -> float:
-        """Count a failure; returns the delay to wait before refusing."""
+    def failed(self, user: str, address: str | None, known: bool = False) -> float:
+        """Count a failure; returns the delay to wait before refusing: it grows
+        with the user's failures, or for a ``known`` client with its own."""
         if address in self.allow:
             return 0.0
-        user_key, address_key = self._keys(user, address)
-        keys = [k for k in (user_key, address_key) if k]
-        counts = self._incr(keys)
-        return backoff(self.policy, counts[0])
+        keys = self._keys(user, address)
+        counted = [keys.user] + ([keys.client] if keys.client else [])
+        counted += [key for key, _ in keys.networks]
+        counts = self._incr(counted, (keys.names, _digest(user)) if keys.names else None)
+        return backoff(self.policy, counts[1] if known and keys.client else counts[0])
 
-    def succeeded(self, user: str) -> None:
-        """A good login clears the user's budget (not the address's)."""
-        user_key, _ = self._keys(user, None)
-        self._local.delete(user_key)
+    def succeeded(self, user: str, address: str | None, verdict: Verdict) -> None:
+        """After a good login: clear the user's failures (unless the client is
+        known, see :attr:`Verdict.known`) and remember the client for the
+        user; one round trip, none when there is nothing to do."""
+        clear = verdict.user_failures != 0 and not verdict.known
+        if not clear and not verdict.remember:
+            return
+        keys = self._keys(user, address)
+        policy = self.policy
+        if clear:
+            self._local.delete(keys.user)
+        if verdict.remember:
+            self._local.remember(keys.known, keys.member, policy.known_addresses_per_user)
         client = self.client
-        if client is not None:
-            self.health.call(lambda: client.delete(user_key), lambda: 0)
+        if client is None:
+            return
 
-    def _counts(self, user_key: str, address_key: str | None) -> tuple[int, int]:
-        keys = [user_key] + ([address_key] if address_key else [])
-        values: list[int]
+        def in_redis() -> None:
+            pipe = client.pipeline(transaction=False)
+            if clear:
+                pipe.delete(keys.user)
+            if verdict.remember:
+                pipe.zadd(keys.known, {keys.member: self._clock()})
+                pipe.zremrangebyrank(keys.known, 0, -policy.known_addresses_per_user - 1)
+                pipe.expire(keys.known, max(int(policy.known_address_ttl), 1))
+            pipe.execute()
+
+        self.health.call(in_redis, lambda: None)
+
+    def _counts(self, keys: _Keys) -> _Counts:
+        counters = [keys.user] + ([keys.client] if keys.client else [])
+        counters += [key for key, _ in keys.networks]
+        known = bool(keys.client and self.policy.known_address_ttl)
         client = self.client
 
-        def in_redis() -> list[int]:
-            # GETs in a pipeline, not MGET: in a Redis Cluster the two keys
-            # live in different slots, and MGET across slots is refused.
+        def in_redis() -> _Counts:
+            # GETs in a pipeline, not MGET: in a Redis Cluster the keys live
+            # in different slots, and MGET across slots is refused.
             assert client is not None
             pipe = client.pipeline(transaction=False)
-            for key in keys:
+            for key in counters:
                 pipe.get(key)
-            return [int(v or 0) for v in pipe.execute()]
+            if keys.names:
+                pipe.pfcount(keys.names)
+            if known:
+                pipe.zscore(keys.known, keys.member)
+            values = pipe.execute()
+            known_at = values.pop() if known else None
+            names = values.pop() if keys.names else 0
+            counts = [int(v or 0) for v in values]
+            return self._counted(counts, int(names), known_at, bool(keys.client))
 
-        def here() -> list[int]:
-            return [self._local.get(key) for key in keys]
+        def here() -> _Counts:
+            return self._local_counts(keys, counters, known)
 
-        values = here() if client is None else self.health.call(in_redis, here)
-        return values[0], values[1] if len(values) > 1 else 0
+        return here() if client is None else self.health.call(in_redis, here)
 
-    def _incr(self, keys: list[str]) -> list[int]:
+    def _local_counts(self, keys: _Keys, counters: list[str], known: bool) -> _Counts:
+        values = [self._local.get(key) for key in counters]
+        names = self._local.names(keys.names) if keys.names else 0
+        known_at = self._local.known_at(keys.known, keys.member) if known else None
+        return self._counted(values, names, known_at, bool(keys.client))
+
+    @staticmethod
+    def _counted(
+        values: list[int], names: int, known_at: float | None, has_client: bool
+    ) -> _Counts:
+        if not has_client:
+            return _Counts(user=values[0])
+        at = None if known_at is None else float(known_at)
+        return _Counts(values[0], values[1], values[2:], names, at)
+
+    def _incr(self, keys: list[str], name: tuple[str, str] | None = None) -> list[int]:
+        """Count one failure under each key; ``name``: (key, name digest) to add
+        to a client's distinct failing names. One round trip."""
         window = int(self.policy.failure_window)
         client = self.client
 
@@ -214,13 +426,23 @@ class FailureLimiter:
             for key in keys:
                 pipe.incr(key)
                 pipe.expire(key, window, nx=True)
+            if name is not None:
+                pipe.pfadd(name[0], name[1])
+                pipe.expire(name[0], window, nx=True)
             results = pipe.execute()
             return [int(results[i * 2]) for i in range(len(keys))]
 
         def here() -> list[int]:
-            return [self._local.incr(key, self.policy.failure_window) for key in keys]
+            return self._incr_here(keys, name)
 
         return here() if client is None else self.health.call(in_redis, here)
+
+    def _incr_here(self, keys: list[str], name: tuple[str, str] | None) -> list[int]:
+        window = self.policy.failure_window
+        if name is not None:
+            cap = self.policy.block_after_names_per_address
+            self._local.add_name(name[0], name[1], window, cap)
+        return [self._local.incr(key, window) for key in keys]
 
 
 _ACQUIRE = """

@@ -35,12 +35,19 @@ from pop3proxy.backends import (
 )
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
-from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot
+from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot, Verdict
 from pop3proxy.net import tls
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
 from pop3proxy.protocol.replies import Code
-from pop3proxy.tenants import MasterPasswordMissing, Tenant, UserName, split_user
+from pop3proxy.tenants import (
+    Identity,
+    MalformedName,
+    MasterPasswordMissing,
+    Tenant,
+    UserName,
+    split_user,
+)
 
 log = logging.getLogger("pop3proxy.login")
 
@@ -48,7 +55,9 @@ LOCKED_OUT = replies.err("Too many failed logins, try again later", Code.LOGIN_D
 IN_USE = replies.err("Mailbox is in use by another session", Code.IN_USE)
 TENANT_FULL = replies.err("Too many sessions for this domain, try again later", Code.SYS_TEMP)
 
-REFUSALS = frozenset({"bad_credentials", "unknown_tenant", "unknown_user", "disabled"})
+REFUSALS = frozenset(
+    {"bad_credentials", "unknown_tenant", "unknown_user", "disabled", "malformed_name"}
+)
 """Results that mean "wrong credentials" to the client: counted against the
 budgets and held back to the same minimum time."""
 
@@ -69,9 +78,8 @@ class Session:
     tenant: Tenant
     upstream: Upstream
     lease: Lease | None = None
-    failed_before: bool = False
-    """The name had failed logins: this good one clears them (a Redis round
-    trip saved on every other login)."""
+    user: Identity | None = None
+    """Who logged in, canonical: what the logs say, whatever the client typed."""
 
 
 class RefusalClock:
@@ -202,15 +210,28 @@ class LoginService:
         """
         started = time.monotonic()
         address = client.source[0] if client else None
+        tenancy = self.config.tenancy
+        default = tls.sni_tenant(self.config, sni) or tenancy.default_tenant
         try:
-            session = self._login(user, password, sni, client, session_id)
+            name: UserName | None = split_user(user, tenancy.separator, default)
+        except MalformedName:
+            name = None
+        # The failure budgets' key, before the tenant (and its case rule) is
+        # known: see UserName.folded. A malformed name keeps one of its own,
+        # which no well-formed name ever checks.
+        budget = name.folded if name is not None else user.lower()
+        verdict = Verdict(blocked=False)
+        try:
+            verdict = self._check_budgets(budget, address)
+            if name is None:
+                raise LoginFailed(AUTH_FAILURE, "malformed_name")
+            session = self._login(name, password, client, session_id)
         except LoginFailed as failure:
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
-            self._hold_back(failure, user, address, started)
+            self._hold_back(failure, budget, address, verdict, started)
             raise
         try:
-            if session.failed_before:
-                self.failures.succeeded(user)
+            self.failures.succeeded(budget, address, verdict)
         except BaseException:  # ended while Redis had the reset: nobody takes the session
             self.abandon(session)
             raise
@@ -226,47 +247,54 @@ class LoginService:
         session.upstream.close()
         self.release(session.lease)
 
-    def _hold_back(self, failure: LoginFailed, user: str, address: str | None, started: float):
+    def _hold_back(
+        self,
+        failure: LoginFailed,
+        budget: str,
+        address: str | None,
+        verdict: Verdict,
+        started: float,
+    ) -> None:
         """Wait before the refusal: the same minimum for every refusal, plus the
         growing back-off once a name or address has failed often."""
         if failure.result == "bad_credentials" and failure.detail == "backend":
             self.refusal_clock.observe_backend_refusal(time.monotonic() - started)
         if failure.result not in REFUSALS and failure.result != "limited":
             return
-        backoff = self.failures.failed(user, address) if failure.result in REFUSALS else 0.0
+        backoff = 0.0
+        if failure.result in REFUSALS:
+            backoff = self.failures.failed(budget, address, known=verdict.known)
         remaining = self.refusal_clock.minimum() - (time.monotonic() - started)
         delay = max(remaining, 0.0) + backoff
         if delay > 0:
             metrics.add(metrics.LOGIN_DELAYS, amount=delay)
             gevent.sleep(delay)
 
-    def _login(
-        self,
-        user: str,
-        password: bytes,
-        sni: str | None,
-        client: ClientAddress | None,
-        session_id: str,
-    ) -> Session:
-        tenancy = self.config.tenancy
-        default = tls.sni_tenant(self.config, sni) or tenancy.default_tenant
-        name = split_user(user, tenancy.separator, default)
-        verdict = self.failures.check(user, client.source[0] if client else None)
+    def _check_budgets(self, budget: str, address: str | None) -> Verdict:
+        verdict = self.failures.check(budget, address)
         if verdict.blocked:
             metrics.add(metrics.LIMIT_REJECTIONS, f"failures_{verdict.scope}")
             raise LoginFailed(LOCKED_OUT, "limited")
+        return verdict
+
+    def _login(
+        self, name: UserName, password: bytes, client: ClientAddress | None, session_id: str
+    ) -> Session:
         tenant = self._tenant(name)
+        # From here on one identity, however the name was typed: the record,
+        # the pin, the backend login name, the session slot and the logs.
+        user = tenant.identity(name)
         backend_password = password
         if tenant.auth == "local":
-            self._check_local_password(tenant, name, password)
+            self._check_local_password(tenant, user, password)
             backend_password = self._master_password(tenant)
-        upstream = self._open(tenant, name, backend_password, client)
+        upstream = self._open(tenant, user, backend_password, client)
         try:
-            lease = self._take_slots(tenant, name, session_id)
+            lease = self._take_slots(tenant, user, session_id)
         except BaseException:  # refused, or ended while Redis had the request
             upstream.close()  # no QUIT: the backend never enters UPDATE
             raise
-        return Session(tenant, upstream, lease, failed_before=verdict.user_failures != 0)
+        return Session(tenant, upstream, lease, user)
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:
@@ -281,11 +309,11 @@ class LoginService:
             raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
         return tenant
 
-    def _check_local_password(self, tenant: Tenant, name: UserName, password: bytes) -> None:
+    def _check_local_password(self, tenant: Tenant, user: Identity, password: bytes) -> None:
         """argon2id against the user record, off the event loop (argon2 releases
         the GIL, so checks run in parallel on the hub's thread pool)."""
         try:
-            record = self.directory.user_record(tenant.name, name.local)
+            record = self.directory.user_record(tenant.name, user.local)
         except DirectoryUnavailable as error:
             raise LoginFailed(
                 TEMPORARY_FAILURE, "directory_error", tenant.name, str(error)
@@ -297,7 +325,7 @@ class LoginService:
             raise LoginFailed(AUTH_FAILURE, result, tenant.name)
         assert stored is not None
         if self.passwords.needs_rehash(stored):
-            gevent.spawn(self._rehash, tenant.name, name.local, password)
+            gevent.spawn(self._rehash, tenant.name, user.local, password)
 
     def _rehash(self, tenant: str, local: str, password: bytes) -> None:
         """The hash parameters changed since this password was set: store a new hash."""
@@ -318,13 +346,13 @@ class LoginService:
             raise LoginFailed(TEMPORARY_FAILURE, "backend_error", tenant.name, str(error)) from None
 
     def _open(
-        self, tenant: Tenant, name: UserName, password: bytes, client: ClientAddress | None
+        self, tenant: Tenant, user: Identity, password: bytes, client: ClientAddress | None
     ) -> Upstream:
-        pin = self.directory.pinned_backend(tenant, name.local)
-        login_name = tenant.backend_login(name)
+        pin = self.directory.pinned_backend(tenant, user.local)
+        login_name = tenant.backend_login(user)
         try:
             return self.upstreams.open(
-                tenant, login_name, password, user=name.full, client=client, pinned=pin
+                tenant, login_name, password, user=user.full, client=client, pinned=pin
             )
         except LoginRefused as refused:
             if refused.reply != AUTH_FAILURE:
@@ -335,14 +363,14 @@ class LoginService:
                 TEMPORARY_FAILURE, "backend_error", tenant.name, error.reason
             ) from None
 
-    def _take_slots(self, tenant: Tenant, name: UserName, session_id: str) -> Lease:
+    def _take_slots(self, tenant: Tenant, user: Identity, session_id: str) -> Lease:
         """Sessions per tenant and per user, taken only after the credentials
         were accepted: taken before, ``[IN-USE]`` would tell a guesser that
         the user exists and is reading mail right now."""
         slots = [Slot("tenant", tenant.name, tenant.max_sessions)]
         per_user = self.config.limits.max_sessions_per_user
         if per_user:
-            slots.append(Slot("user", f"{name.local}@{tenant.name}", per_user))
+            slots.append(Slot("user", user.full, per_user))
         lease, full = self._acquire(session_id, slots)
         if full is None:
             assert lease is not None

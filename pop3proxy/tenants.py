@@ -74,6 +74,9 @@ class Tenant:
     """``auth: local``: the environment variable holding the master password."""
     master_password_file: str | None = None
     """``auth: local``: or the file holding it (a mounted Secret)."""
+    case_sensitive_users: bool = False
+    """The backends tell ``Bob`` from ``bob``: local parts keep their case.
+    By default they are folded to lower case, so every spelling is one user."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,21 +86,28 @@ class Tenant:
             # that predate local authentication (they refuse unknown keys).
             for key in _MASTER_FIELDS:
                 del data[key]
+        if not self.case_sensitive_users:
+            del data["case_sensitive_users"]  # readable by proxies that predate it
         return data
 
-    def backend_login(self, name: UserName) -> str:
+    def identity(self, name: UserName) -> Identity:
+        """The one user behind however ``name`` was typed: this tenant, and the
+        local part case-folded unless :attr:`case_sensitive_users`."""
+        return Identity(self.canonical_local(name.local), self.name, name.separator)
+
+    def canonical_local(self, local: str) -> str:
+        return local if self.case_sensitive_users else local.lower()
+
+    def backend_login(self, identity: Identity) -> str:
         """The user name the backend sees: the ``login`` template, or with
-        ``auth: local`` the ``master_login`` template around it."""
-        login = self.login.format(user=name.full, local=name.local, domain=name.tenant or self.name)
+        ``auth: local`` the ``master_login`` template around it. Built from
+        the canonical identity, so every spelling of a name logs in to the
+        same mailbox."""
+        fields = {"user": identity.full, "local": identity.local, "domain": identity.tenant}
+        login = self.login.format(**fields)
         if self.auth != "local":
             return login
-        return self.master_login.format(
-            user=name.full,
-            local=name.local,
-            domain=name.tenant or self.name,
-            login=login,
-            master=self.master_user,
-        )
+        return self.master_login.format(**fields, login=login, master=self.master_user)
 
     def master_password(self) -> bytes:
         """Read where the record says, at each login (so a rotated Secret applies).
@@ -140,23 +150,76 @@ def _backend_dict(backend: Backend) -> dict[str, Any]:
 # field through object.__setattr__). Not changed after it is made.
 @dataclass(slots=True)
 class UserName:
-    """A client's login name split into the part the backend knows and the tenant."""
+    """A client's login name split into the part the backend knows and the tenant.
+
+    ``local`` is as typed; ``tenant`` is lower case (tenant names are DNS
+    names, which are case-insensitive), filled in from the SNI name or the
+    default tenant when the name had none.
+    """
 
     full: str
     local: str
     tenant: str | None = field(default=None)
+    separator: str = "@"
+
+    @property
+    def folded(self) -> str:
+        """``local@tenant`` in lower case, whatever was typed and wherever the
+        tenant came from: the failure budgets' key.
+
+        Budgets are checked before the tenant record is read (a blocked
+        guesser costs no directory lookup), so before its case rule is
+        known. Folding is the safe side: on a case-insensitive backend
+        ``Alice`` and ``alice`` are one mailbox and must share one budget,
+        or each spelling would bring ten more guesses; on a case-sensitive
+        one the two users share a budget, which only makes it stricter.
+        """
+        return f"{self.local.lower()}{self.separator}{self.tenant or ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One user of one tenant: what every check, key, slot, pin, log line and
+    backend login name is built from (:meth:`Tenant.identity`)."""
+
+    local: str
+    """Case-folded unless the tenant's backends are case-sensitive."""
+    tenant: str
+    separator: str = "@"
+
+    @property
+    def full(self) -> str:
+        return f"{self.local}{self.separator}{self.tenant}"
+
+    def __str__(self) -> str:
+        return self.full
+
+
+class MalformedName(ValueError):
+    """A login name with the separator more than once, or nothing on one side of it."""
 
 
 def split_user(user: str, separator: str, default_tenant: str | None) -> UserName:
     """``alice@acme.example`` -> local ``alice``, tenant ``acme.example``.
 
-    The last separator wins, so a local part may itself contain it. With no
-    separator the tenant is ``default_tenant`` (which may be ``None``).
+    With no separator the tenant is ``default_tenant`` (which may be
+    ``None``), so ``alice`` and ``alice@acme.example`` are the same user
+    when ``acme.example`` is the default (or the SNI tenant).
+
+    A name with the separator more than once (``alice@acme.example@acme.example``)
+    or with nothing before or after it (``alice@``) raises
+    :class:`MalformedName`. Read either way, such a name would be a second
+    spelling of some user: a local part ``alice@acme.example`` is ``alice``
+    to a backend that drops the domain, and ``alice@`` is ``alice`` to one
+    that ignores an empty one. Each spelling would bring its own failure
+    budget and session slots, so none is accepted.
     """
-    local, sep, tenant = user.rpartition(separator)
-    if not sep or not local or not tenant:
-        return UserName(full=user, local=user, tenant=default_tenant and default_tenant.lower())
-    return UserName(full=user, local=local, tenant=tenant.lower())
+    local, sep, tenant = user.partition(separator)
+    if not sep:
+        return UserName(user, user, default_tenant and default_tenant.lower(), separator)
+    if not local or not tenant or separator in tenant:
+        raise MalformedName(f"expected USER or USER{separator}TENANT, got {user!r}")
+    return UserName(user, local, tenant.lower(), separator)
 
 
 def valid_tenant_name(name: str) -> bool:
@@ -199,6 +262,7 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
         login=login,
         max_sessions=r.integer("max_sessions", 200, minimum=1),
         version=version,
+        case_sensitive_users=r.boolean("case_sensitive_users", False),
         **_master_fields(r),
     )
     if tenant.auth == "local":

@@ -41,8 +41,12 @@ class UserRecord:
 
 
 def user_key_parts(tenant: str, local: str) -> tuple[str, str]:
-    """Tenant and local part as they appear in the key: both lower case."""
-    return tenant.lower(), local.lower()
+    """Tenant and local part as they appear in the key: the tenant lower case,
+    the local part as given. Callers pass the canonical local part
+    (:meth:`pop3proxy.tenants.Tenant.identity`): lower case unless the tenant's
+    backends are case-sensitive, where ``Bob`` and ``bob`` are two users with
+    two records."""
+    return tenant.lower(), local
 
 
 def parse_user_record(tenant: str, local: str, data: object, path: str = "") -> UserRecord:

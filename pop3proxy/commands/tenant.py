@@ -99,6 +99,11 @@ def _add_tenant_set(commands: argparse._SubParsersAction, common: argparse.Argum
     cmd.add_argument("--login", default="{local}", help="backend user name template")
     cmd.add_argument("--max-sessions", type=int, default=200)
     cmd.add_argument("--disabled", action="store_true", help="store the tenant as disabled")
+    cmd.add_argument(
+        "--case-sensitive-users",
+        action="store_true",
+        help="the backends tell Bob from bob: keep the case of user names (default: fold)",
+    )
     cmd.set_defaults(handler=cmd_tenant_set)
 
 
@@ -130,6 +135,7 @@ def _record_from_flags(args: argparse.Namespace) -> dict[str, Any]:
         "backends": backends,
         "login": args.login,
         "max_sessions": args.max_sessions,
+        "case_sensitive_users": args.case_sensitive_users,
     }
 
 

@@ -29,8 +29,15 @@ from pop3proxy.commands import (
     redis_store,
     usage,
 )
-from pop3proxy.directory import DirectoryUnavailable
-from pop3proxy.tenants import UserName, parse_backend_address, split_user
+from pop3proxy.directory import DirectoryUnavailable, RedisStore
+from pop3proxy.tenants import (
+    Identity,
+    MalformedName,
+    Tenant,
+    UserName,
+    parse_backend_address,
+    split_user,
+)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -65,12 +72,30 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 def _name(args: argparse.Namespace) -> UserName:
     tenancy = load(args).tenancy
-    name = split_user(args.user, tenancy.separator, tenancy.default_tenant)
+    try:
+        name = split_user(args.user, tenancy.separator, tenancy.default_tenant)
+    except MalformedName as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
     if name.tenant is None:
         raise CommandError(
             f"{args.user!r} names no tenant (expected USER{tenancy.separator}TENANT)", EXIT_USAGE
         )
     return name
+
+
+def _identity(name: UserName, store: RedisStore, tenant: Tenant | None = None) -> Identity:
+    """The user the proxy logs in for ``name``: the tenant's case rule applies.
+    A tenant that no longer exists (a leftover record to delete) folds case,
+    the default."""
+    assert name.tenant is not None
+    if tenant is None:
+        try:
+            tenant = store.get(name.tenant)
+        except DirectoryUnavailable as error:
+            raise CommandError(str(error)) from None
+    if tenant is None:
+        return Identity(name.local.lower(), name.tenant, name.separator)
+    return tenant.identity(name)
 
 
 def cmd_user_pin(args: argparse.Namespace) -> int:
@@ -91,33 +116,32 @@ def cmd_user_pin(args: argparse.Namespace) -> int:
             f"({', '.join(addresses)})",
             EXIT_USAGE,
         )
-    store.put_user_fields(tenant.name, name.local, {"backend": match})
-    print(f"user {name.local}@{tenant.name} pinned to {match}")
+    user = _identity(name, store, tenant)
+    store.put_user_fields(user.tenant, user.local, {"backend": match})
+    print(f"user {user} pinned to {match}")
     return EXIT_OK
 
 
 def cmd_user_unpin(args: argparse.Namespace) -> int:
-    name = _name(args)
-    assert name.tenant is not None
     store = redis_store(args)
-    store.put_user_fields(name.tenant, name.local, {"backend": None})
-    print(f"user {name.local}@{name.tenant} unpinned")
+    user = _identity(_name(args), store)
+    store.put_user_fields(user.tenant, user.local, {"backend": None})
+    print(f"user {user} unpinned")
     return EXIT_OK
 
 
 def cmd_user_show(args: argparse.Namespace) -> int:
-    name = _name(args)
-    assert name.tenant is not None
     store = redis_store(args)
+    user = _identity(_name(args), store)
     try:
-        record = store.get_user(name.tenant, name.local)
+        record = store.get_user(user.tenant, user.local)
     except DirectoryUnavailable as error:
         raise CommandError(str(error)) from None
     data = dict(record.raw) if record else {}
     if "password_hash" in data:
         # Never print the hash: a marker that one is set.
         data["password_hash"] = "(set)"  # noqa: S105  # nosec B105
-    print(json.dumps({"user": f"{name.local}@{name.tenant}", "record": data or None}, indent=2))
+    print(json.dumps({"user": user.full, "record": data or None}, indent=2))
     return EXIT_OK
 
 
@@ -150,18 +174,19 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
             "stored but not used until it switches to auth: local",
             file=sys.stderr,
         )
+    user = _identity(name, store, tenant)
     stored = Passwords.from_config(config.auth).hash(_read_password())
-    store.put_user_fields(tenant.name, name.local, {"password_hash": stored})
-    print(f"password set for {name.local}@{tenant.name}")
+    store.put_user_fields(user.tenant, user.local, {"password_hash": stored})
+    print(f"password set for {user}")
     return EXIT_OK
 
 
 def cmd_user_delete(args: argparse.Namespace) -> int:
-    name = _name(args)
     store = redis_store(args)
-    if not store.delete_user(name.tenant or "", name.local):
-        raise CommandError(f"no record for {name.local}@{name.tenant}")
-    print(f"user {name.local}@{name.tenant} deleted")
+    user = _identity(_name(args), store)
+    if not store.delete_user(user.tenant, user.local):
+        raise CommandError(f"no record for {user}")
+    print(f"user {user} deleted")
     return EXIT_OK
 
 

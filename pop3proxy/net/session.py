@@ -181,6 +181,7 @@ class ClientSession:
         self._logged_in_at = 0.0
         self.session: Session | None = None
         self.user: str | None = None
+        """Who logged in, canonical (``alice@acme.example`` however it was typed)."""
         self.result = "no_login"
         self.connection_lease: Lease | None = None
         self.closed = False
@@ -479,7 +480,6 @@ class ClientSession:
         return ClientAddress(tuple(self.peer[:2]), self.local, self.sock)
 
     def _login(self, action: core.Login, rest: list[core.Action]) -> None:
-        self.user = action.user
         try:
             session = self.services.logins.login(
                 action.user,
@@ -509,6 +509,7 @@ class ClientSession:
             self.services.logins.abandon(session)
             return
         self.session = session
+        self.user = str(session.user) if session.user else None
         self.result = "ok"
         self._relay_from(self.conn.login_succeeded() + rest)
 
@@ -651,6 +652,7 @@ class ClientSession:
                 "listener": self.listener.name,
                 "client": self.peer[0] if self.peer else None,
                 "tenant": tenant,
+                "user": self.user,
                 "backend": backend,
                 "result": self.result,
                 "end": reason,

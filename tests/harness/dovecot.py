@@ -105,6 +105,8 @@ class Dovecot(process.ServerProcess):
         haproxy_port: add a listener on :attr:`haproxy_port` that expects a
             PROXY protocol header from 127.0.0.0/8.
         mail_user: (root only) the system user mail processes run as.
+        username_format: Dovecot's ``auth_username_format``; ``"%u"`` makes user
+            names case-sensitive (Dovecot's default, ``%Lu``, lower-cases them).
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class Dovecot(process.ServerProcess):
         master_users: Mapping[str, str] | None = None,
         haproxy_port: bool = False,
         mail_user: str | None = None,
+        username_format: str | None = None,
         binary: str = "dovecot",
     ) -> None:
+        self.username_format = username_format
         self.users = dict(users)
         self.certs = certs
         self.login_trusted_networks = login_trusted_networks
@@ -225,6 +229,7 @@ class Dovecot(process.ServerProcess):
             # 127.0.0.1 by 2 s and more (failure delay, then anvil's penalty).
             "auth_failure_delay = 0",
             f"login_trusted_networks = {self.login_trusted_networks}",
+            *([f"auth_username_format = {self.username_format}"] if self.username_format else []),
             *self._ssl_lines(),
             *self._auth_lines(),
             *self._service_lines(),

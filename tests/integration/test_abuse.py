@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 
 import pytest
-from harness.ports import wait_until
+from harness.ports import LOOPBACK, free_port, wait_until
 from harness.proxy import TENANT, ProxyProcess, run_cli
 from harness.proxy import attempt_login as attempt
 from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
+
+from pop3proxy.protocol.proxyproto import build_v1
 
 LOCKED_OUT = b"-ERR [LOGIN-DELAY]"
 MASTER_ENV = "POP3PROXY_TEST_MASTER_PASSWORD"
@@ -79,7 +82,7 @@ def test_tenant_max_sessions_holds_across_replicas(make_proxy, tmp_path, dovecot
     wait_until(lambda: attempt(second, f"bob@{TENANT}", USERS["bob"]).startswith(b"+OK"), 5)
 
 
-def test_one_session_per_user_by_default(make_proxy, fresh_mailbox):
+def test_one_session_per_user_when_limited_to_one(make_proxy, fresh_mailbox):
     fresh_mailbox("erin")
     proxy = make_proxy({"limits": {"max_sessions_per_user": 1}})
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as first:
@@ -236,3 +239,126 @@ def test_refusals_take_the_same_time_whatever_failed(local_tenant, fresh_mailbox
             timings.append(time.monotonic() - started)
         fastest[label] = min(timings)  # the least disturbed by other processes
     assert max(fastest.values()) < 1.35 * min(fastest.values()), fastest
+
+
+# -- budgets that do not lock the owner out ------------------------------------------
+
+
+def lb_proxy(make_proxy, auth: dict) -> ProxyProcess:
+    """A private proxy with one more listener, ``lb``, behind a "load balancer"
+    on 127.0.0.1: each connection presents the client address of its PROXY header."""
+    proxy = make_proxy({"auth": {"allow": [], "failure_delay": "0s", **auth}}, start=False)
+    port = free_port()
+    proxy.config["listeners"].append(
+        {
+            "name": "lb",
+            "address": f"{LOOPBACK}:{port}",
+            "tls": "none",
+            "proxy_protocol": True,
+            "proxy_protocol_trusted": ["127.0.0.1/32"],
+        }
+    )
+    proxy.config_path.write_text(json.dumps(proxy.config))
+    proxy.ports["lb"] = port
+    return proxy.start()
+
+
+def attempt_from(proxy: ProxyProcess, client_ip: str, user: str, password: str) -> bytes:
+    """:func:`attempt`, from ``client_ip`` as the load balancer says."""
+    destination = "::1" if ":" in client_ip else LOOPBACK
+    header = build_v1((client_ip, 40000), (destination, proxy.ports["lb"]))
+    with Pop3Wire(proxy.host, proxy.ports["lb"], proxy_header=header) as wire:
+        assert wire.greeting.startswith(b"+OK"), wire.greeting
+        assert wire.command(f"USER {user}").startswith(b"+OK")
+        reply = wire.command(f"PASS {password}")
+        if reply.startswith(b"+OK"):
+            assert wire.command("STAT").startswith(b"+OK")
+            wire.command("QUIT")
+        return reply
+
+
+OWNER_HOME = "2001:db8:aa:bb::5"
+ATTACKER = "203.0.113.66"
+
+
+def test_an_attack_on_a_user_does_not_lock_the_owner_out(make_proxy, fresh_mailbox):
+    """50 guesses from one address (five connections at a time) spend alice's
+    budget; alice, from the /64 she logged in from before, logs in all the
+    same while the attack goes on. From anywhere else the budget holds."""
+    fresh_mailbox("alice")
+    proxy = lb_proxy(make_proxy, {"block_after": 5, "delay_after": 100})
+    user = f"alice@{TENANT}"
+    assert attempt_from(proxy, OWNER_HOME, user, USERS["alice"]).startswith(b"+OK")
+    replies: list[bytes] = []
+
+    def attack() -> None:
+        for _ in range(10):
+            replies.append(attempt_from(proxy, ATTACKER, user, WRONG_PASSWORD))
+
+    attackers = [threading.Thread(target=attack) for _ in range(5)]
+    for thread in attackers:
+        thread.start()
+    try:
+        wait_until(lambda: LOCKED_OUT in b"".join(replies), 30, message="alice's budget spent")
+        assert attempt_from(proxy, "2001:db8:aa:bb::9", user, USERS["alice"]).startswith(b"+OK")
+        assert attempt_from(proxy, "198.51.100.3", user, USERS["alice"]).startswith(LOCKED_OUT)
+    finally:
+        for thread in attackers:
+            thread.join(60)
+    assert len(replies) == 50
+    guessed = [reply for reply in replies if not reply.startswith(LOCKED_OUT)]
+    assert 5 <= len(guessed) < 10, "the budget of 5 held (give or take the connections in flight)"
+    assert attempt_from(proxy, OWNER_HOME, user, USERS["alice"]).startswith(b"+OK")
+    assert attempt_from(proxy, ATTACKER, user, USERS["alice"]).startswith(LOCKED_OUT), (
+        "the owner's logins do not clear the budget the attacker spent"
+    )
+
+
+def test_an_ipv6_client_is_its_64(make_proxy, fresh_mailbox):
+    """Each of a /64's addresses is the same client: one budget, not 2**64."""
+    fresh_mailbox("bob")
+    proxy = lb_proxy(
+        make_proxy,
+        {"block_after_per_address": 3, "block_after_names_per_address": 0, "delay_after": 100},
+    )
+    for host, name in zip((1, 2, 3), ("ghost1", "ghost2", "ghost3"), strict=True):
+        reply = attempt_from(proxy, f"2001:db8:1:2::{host}", f"{name}@{TENANT}", WRONG_PASSWORD)
+        assert reply.startswith(b"-ERR [AUTH]")
+    user = f"bob@{TENANT}"
+    assert attempt_from(proxy, "2001:db8:1:2:ffff::1", user, USERS["bob"]).startswith(LOCKED_OUT)
+    assert attempt_from(proxy, "2001:db8:1:3::1", user, USERS["bob"]).startswith(b"+OK")
+
+
+def test_a_guesser_rotating_its_64s_meets_the_56(make_proxy, fresh_mailbox):
+    fresh_mailbox("bob")
+    proxy = lb_proxy(
+        make_proxy,
+        {
+            "block_after_names_per_address": 0,
+            "delay_after": 100,
+            "ipv6_networks": [{"prefix": 56, "block_after": 3}],
+        },
+    )
+    for subnet in range(3):
+        client = f"2001:db8:1:{subnet}::1"
+        assert attempt_from(proxy, client, f"ghost@{TENANT}", WRONG_PASSWORD).startswith(b"-ERR")
+    user = f"bob@{TENANT}"
+    assert attempt_from(proxy, "2001:db8:1:ff::1", user, USERS["bob"]).startswith(LOCKED_OUT)
+    assert attempt_from(proxy, "2001:db8:1:100::1", user, USERS["bob"]).startswith(b"+OK")
+
+
+def test_a_password_spray_blocks_its_address(make_proxy, fresh_mailbox):
+    """A few guesses at each of many users: no user budget is spent, but the
+    address is blocked once enough distinct names failed from it."""
+    fresh_mailbox("bob")
+    proxy = lb_proxy(make_proxy, {"block_after_names_per_address": 3, "delay_after": 100})
+    sprayer = "198.51.100.40"
+    for name in ("carol", "dave", "erin"):
+        assert attempt_from(proxy, sprayer, f"{name}@{TENANT}", WRONG_PASSWORD).startswith(
+            b"-ERR [AUTH]"
+        )
+    user = f"bob@{TENANT}"
+    assert attempt_from(proxy, sprayer, user, USERS["bob"]).startswith(LOCKED_OUT)
+    assert attempt_from(proxy, "198.51.100.41", user, USERS["bob"]).startswith(b"+OK")
+    scraped = proxy.metrics()
+    assert 'pop3proxy_limit_rejections_total{scope="failures_names"} 1.0' in scraped

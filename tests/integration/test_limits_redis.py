@@ -15,7 +15,7 @@ from harness.redis import RedisServer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pop3proxy.config import AuthConfig
+from pop3proxy.config import AuthConfig, IPv6Budget
 from pop3proxy.limits import FailureLimiter, LeaseLimiter, Slot
 from pop3proxy.redisconn import RedisHealth
 
@@ -39,6 +39,38 @@ def test_two_limiters_share_one_budget(client, request):
     keys = [k.decode() for k in client.scan_iter(match=f"{request.node.name}:*")]
     assert not any("alice" in key for key in keys), "user names are digested"
     assert all(client.ttl(key) > 0 for key in keys), "every counter expires"
+
+
+def test_the_new_budgets_are_shared_through_redis_and_bounded(client, request):
+    """Networks, sprays and known clients: what one replica learns, the other
+    applies; every key expires, and the known clients of a user are capped."""
+    prefix = request.node.name
+    policy = AuthConfig(
+        block_after=3,
+        block_after_names_per_address=3,
+        ipv6_networks=(IPv6Budget(56, 4),),
+        known_addresses_per_user=2,
+    )
+    first, second = (FailureLimiter(client, prefix, policy) for _ in range(2))
+    for subnet in range(4):
+        first.failed(f"user{subnet}@acme.example", f"2001:db8:0:{subnet}::1")
+    assert second.check("x@acme.example", "2001:db8:0:9::1").scope == "network"
+    for name in ("a", "b", "c"):
+        first.failed(f"{name}@acme.example", "192.0.2.50")
+    assert second.check("x@acme.example", "192.0.2.50").scope == "names"
+    for host in (1, 2, 3):
+        address = f"192.0.2.{host}"
+        first.succeeded("alice@acme.example", address, first.check("alice@acme.example", address))
+    for _ in range(3):
+        first.failed("alice@acme.example", "198.51.100.1")
+    assert second.check("alice@acme.example", "198.51.100.2").scope == "user"
+    assert second.check("alice@acme.example", "192.0.2.3").known
+    assert second.check("alice@acme.example", "192.0.2.1").blocked, "only the newest two"
+    keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*")]
+    assert not any("alice" in key or "192.0.2.3" in key for key in keys if ":known:" in key)
+    assert all(client.ttl(key) > 0 for key in keys), "every key expires"
+    (known,) = [key for key in keys if ":known:" in key]
+    assert client.zcard(known) == 2
 
 
 def test_leases_are_shared_and_expire_when_not_renewed(client, request):
@@ -117,10 +149,22 @@ def test_redis_down_falls_back_to_local_counting():
     dead.start()
     client = dead.client(retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
     dead.stop()
-    limiter = FailureLimiter(client, "down", AuthConfig(block_after=3))
+    policy = AuthConfig(block_after=3, block_after_names_per_address=4)
+    limiter = FailureLimiter(client, "down", policy)
     for _ in range(3):
         limiter.failed("alice@acme.example", "192.0.2.1")
     assert limiter.check("alice@acme.example", "192.0.2.1").blocked
+    owner = limiter.check("alice@acme.example", "192.0.2.200")
+    assert owner.blocked, "the owner has not logged in from here yet"
+    limiter.succeeded(
+        "bob@acme.example", "192.0.2.200", limiter.check("bob@acme.example", "192.0.2.200")
+    )
+    for _ in range(3):
+        limiter.failed("bob@acme.example", "192.0.2.2")
+    assert limiter.check("bob@acme.example", "192.0.2.200").known, "known clients, per process"
+    for name in ("c", "d", "f"):  # and bob: four names
+        limiter.failed(f"{name}@acme.example", "192.0.2.2")
+    assert limiter.check("e@acme.example", "192.0.2.2").scope == "names", "sprays, per process"
     leases = LeaseLimiter(client, "down")
     assert leases.acquire("s1", [Slot("user", "alice@acme.example", 1)])[0] is not None
     assert leases.acquire("s2", [Slot("user", "alice@acme.example", 1)])[0] is None

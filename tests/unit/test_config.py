@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pop3proxy.config import Config, ConfigError, load_config, parse_config
+from pop3proxy.config import (
+    AuthConfig,
+    Config,
+    ConfigError,
+    IPv6Budget,
+    LimitsConfig,
+    load_config,
+    parse_config,
+)
 from pop3proxy.schema import parse_duration
 
 
@@ -267,3 +275,53 @@ def test_load_config_empty_file_is_defaults(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert [p.split(":")[0] for p in info.value.problems] == ["tls.cert", "tls.key"]
+
+
+def test_session_and_abuse_defaults(tls_files: dict[str, str]) -> None:
+    """Written twice (the dataclass and the reader): both say the same."""
+    config = parse_config({"tls": tls_files})
+    assert config.limits == LimitsConfig()
+    assert config.auth == AuthConfig()
+    assert config.limits.max_sessions_per_user == 10, "as many as Dovecot allows"
+    assert config.auth.ipv6_prefix == 64
+    assert config.auth.ipv6_networks == (IPv6Budget(56, 200), IPv6Budget(48, 500))
+    assert config.auth.block_after_names_per_address == 20
+    assert config.auth.known_address_ttl == 30 * 86400
+
+
+def test_abuse_budgets_are_configurable() -> None:
+    auth = {
+        "ipv6_prefix": 60,
+        "ipv6_networks": [{"prefix": 52, "block_after": 7}],
+        "block_after_names_per_address": 0,
+        "known_address_ttl": "7d",
+        "known_addresses_per_user": 3,
+    }
+    config = parse_config({**PLAIN_LISTENER, "auth": auth})
+    assert config.auth.ipv6_networks == (IPv6Budget(52, 7),)
+    assert config.auth.known_address_ttl == 7 * 86400
+    assert parse_config({**PLAIN_LISTENER, "auth": {"ipv6_networks": []}}).auth.ipv6_networks == ()
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        ({"ipv6_prefix": 129}, "auth.ipv6_prefix: expected an integer >= 1 and <= 128, got 129"),
+        (
+            {"ipv6_networks": [{"prefix": 64, "block_after": 5}]},
+            "auth.ipv6_networks[0].prefix: expected a network wider than ipv6_prefix /64",
+        ),
+        (
+            {"ipv6_networks": [{"prefix": 48, "block_after": 0}]},
+            "auth.ipv6_networks[0].block_after: expected an integer >= 1, got 0",
+        ),
+        (
+            {"ipv6_networks": [{"prefix": 48, "block_after": 5, "limit": 1}]},
+            "auth.ipv6_networks[0].limit: unknown key",
+        ),
+        ({"ipv6_networks": "56"}, "auth.ipv6_networks: expected a list, got str"),
+        ({"known_address_ttl": "forever"}, "auth.known_address_ttl: expected a duration"),
+    ],
+)
+def test_bad_abuse_budgets_name_the_key(auth: dict, expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems({**PLAIN_LISTENER, "auth": auth}))

@@ -7,6 +7,8 @@ import pytest
 from pop3proxy.tenants import (
     RECORD_VERSION,
     Backend,
+    Identity,
+    MalformedName,
     RecordError,
     UserName,
     parse_tenant,
@@ -137,15 +139,49 @@ def test_split_user_with_tenant() -> None:
     )
 
 
-def test_split_user_last_separator_wins() -> None:
-    name = split_user("alice@home@acme.example", "@", None)
-    assert (name.local, name.tenant) == ("alice@home", "acme.example")
+@pytest.mark.parametrize(
+    "user",
+    ["alice@home@acme.example", "alice@acme.example@acme.example", "alice@", "@acme.example"],
+)
+def test_a_name_that_could_be_a_second_spelling_is_malformed(user: str) -> None:
+    """The separator more than once, or nothing on one side of it: read either way,
+    the name could reach some user's mailbox with a failure budget of its own."""
+    with pytest.raises(MalformedName):
+        split_user(user, "@", "acme.example")
 
 
-@pytest.mark.parametrize("user", ["alice", "alice@", "@acme.example"])
-def test_split_user_without_tenant_uses_default(user: str) -> None:
-    assert split_user(user, "@", "default.example") == UserName(user, user, "default.example")
-    assert split_user(user, "@", None).tenant is None
+def test_split_user_without_tenant_uses_default() -> None:
+    assert split_user("alice", "@", "default.example") == UserName(
+        "alice", "alice", "default.example"
+    )
+    assert split_user("alice", "@", None).tenant is None
+
+
+@pytest.mark.parametrize(
+    "user", ["alice", "ALICE", "Alice@Acme.Example", "alice@acme.example", "aLiCe@ACME.EXAMPLE"]
+)
+def test_every_spelling_is_one_identity_and_one_budget(user: str) -> None:
+    tenant = parse_tenant({**MINIMAL, "name": "acme.example"})
+    name = split_user(user, "@", "acme.example")
+    assert name.folded == "alice@acme.example"
+    assert tenant.identity(name) == Identity("alice", "acme.example")
+    assert tenant.backend_login(tenant.identity(name)) == "alice"
+
+
+def test_case_sensitive_users_keep_their_case_but_share_a_budget() -> None:
+    tenant = parse_tenant({**MINIMAL, "case_sensitive_users": True})
+    bob, lower = (split_user(user, "@", None) for user in ("Bob@Acme.Example", "bob@acme.example"))
+    assert tenant.identity(bob).full == "Bob@acme.example"
+    assert tenant.identity(bob) != tenant.identity(lower)
+    assert bob.folded == lower.folded, "budgets are checked before the case rule is known"
+    assert tenant.to_dict()["case_sensitive_users"] is True
+    assert "case_sensitive_users" not in parse_tenant(MINIMAL).to_dict(), "older proxies read it"
+
+
+def test_case_sensitive_users_must_be_a_boolean() -> None:
+    assert problems({**MINIMAL, "case_sensitive_users": "yes"}) == [
+        "case_sensitive_users: expected true or false, got 'yes'"
+    ]
 
 
 def test_split_user_other_separator() -> None:
@@ -162,7 +198,8 @@ def test_split_user_default_tenant_is_lowercased_too() -> None:
     ("template", "user", "expected"),
     [
         ("{local}", "alice@acme.example", "alice"),
-        ("{user}", "alice@ACME.example", "alice@ACME.example"),
+        ("{user}", "Alice@ACME.example", "alice@acme.example"),
+        ("{user}", "alice", "alice@acme.example"),  # the tenant from the default or SNI
         ("{local}@{domain}", "alice@ACME.example", "alice@acme.example"),
         ("{local}%{domain}", "alice", "alice%acme.example"),  # default tenant: the record's name
         ("pop-{local}", "bob@acme.example", "pop-bob"),
@@ -170,7 +207,7 @@ def test_split_user_default_tenant_is_lowercased_too() -> None:
 )
 def test_backend_login_templates(template: str, user: str, expected: str) -> None:
     tenant = parse_tenant({**MINIMAL, "login": template})
-    assert tenant.backend_login(split_user(user, "@", None)) == expected
+    assert tenant.backend_login(tenant.identity(split_user(user, "@", None))) == expected
 
 
 def test_backend_address_brackets_ipv6() -> None:
