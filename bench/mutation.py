@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mutation testing of the sans-IO core: how much of it the unit tests pin.
 
-    .venv/bin/python bench/mutation.py                  # score per file and overall (~5 min)
+    .venv/bin/python bench/mutation.py                  # score per file and overall (a few minutes)
     .venv/bin/python bench/mutation.py --survivors      # and the diff of every survivor
 
 mutmut (3.8) rewrites ``pop3proxy/protocol/`` one small change at a time

@@ -271,13 +271,28 @@ def test_the_cap_counts_the_crlf_on_every_path(max_line: int) -> None:
     assert drain(reader) == [LINE_TOO_LONG, at_cap[:-2]]
 
 
-def test_lines_right_after_a_skipped_line_are_kept_whole() -> None:
+@pytest.mark.parametrize("split", [drain, LineReader.lines], ids=["next_line", "lines"])
+def test_lines_right_after_a_skipped_line_are_kept_whole(split) -> None:
+    """The end of an overlong line that never fit the buffer: the lines after
+    it, empty or exactly at the cap, are lines like any other."""
+    at_cap = b"a" * 8 + b"\r\n"
     reader = LineReader(10)
     reader.feed(b"z" * 30)
-    assert drain(reader) == [LINE_TOO_LONG]
-    reader.feed(b"end of z\r\n\r\nA\r\nB\nC")
-    assert drain(reader) == [b"", b"A", b"B"]
+    assert split(reader) == [LINE_TOO_LONG]
+    reader.feed(b"end of z\n" + at_cap + b"A\r\n")
+    assert split(reader) == [at_cap[:-2], b"A"]
+    reader.feed(b"z" * 30)
+    assert split(reader) == [LINE_TOO_LONG]
+    reader.feed(b"end of z\n\nB\nC")
+    assert split(reader) == [b"", b"B"]
     assert reader.buffered == 1
+
+
+def test_a_lone_lf_is_an_empty_line_in_one_pass_too() -> None:
+    reader = LineReader(10)
+    reader.feed(b"\n")
+    assert reader.lines() == [b""]
+    assert reader.buffered == 0
 
 
 def test_the_sentinel_names_itself() -> None:
