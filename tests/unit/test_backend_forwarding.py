@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pop3proxy.protocol.backend import BackendLogin, LoggedIn, SendToBackend, StartBackendTLS
 
 CLIENT = ("192.0.2.10", 50123)
@@ -64,3 +66,24 @@ def test_no_xclient_unless_asked() -> None:
     machine = BackendLogin("alice", b"pw", starttls=False)
     assert machine.receive_line(b"+OK [XCLIENT] ready") == [USER]
     assert machine.xclient_result is None
+
+
+def test_xclient_listed_with_its_attributes_in_capa() -> None:
+    """RFC 2449 section 5: a capability line is its tag, then parameters
+    (Postfix-style servers list the attributes they accept)."""
+    machine = login()
+    machine.receive_line(b"+OK ready")
+    machine.receive_line(b"+OK Capability list follows")
+    for line in (b"TOP", b"", b"SASL PLAIN", b"xclient ADDR PORT NAME"):
+        assert machine.receive_line(line) == []
+    assert machine.receive_line(b".") == [XCLIENT]
+
+
+@pytest.mark.parametrize("line", [b" XCLIENT", b"XCLIENT\tADDR", b"XCLIENTS", b"X-XCLIENT"])
+def test_capa_lines_that_only_look_like_xclient(line: bytes) -> None:
+    machine = login()
+    machine.receive_line(b"+OK ready")
+    machine.receive_line(b"+OK")
+    assert machine.receive_line(line) == []
+    assert machine.receive_line(b".") == [USER]
+    assert machine.xclient_result == "not_offered"

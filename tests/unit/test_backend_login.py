@@ -270,3 +270,103 @@ def test_auth_plain_actions_never_show_the_password() -> None:
     actions = login.receive_line(b"+OK")
     encoded = plain(b"alice", b"hunter2").decode()
     assert all("hunter2" not in repr(a) and encoded not in repr(a) for a in actions)
+
+
+# -- what the log and the client are told ------------------------------------
+
+
+def test_failure_reasons_name_the_step() -> None:
+    """The reason is the label of the log line and the metric: it says where the
+    login stopped, so an operator can tell a bad backend from a bad password."""
+    assert failed(BackendLogin("a", b"p", starttls=False).receive_line(b"-ERR")).reason == (
+        "bad_greeting"
+    )
+    stls = BackendLogin("a", b"p", starttls=True)
+    stls.receive_line(b"+OK")
+    assert failed(stls.receive_line(b"-ERR no")).reason == "stls_refused"
+    pending = BackendLogin("a", b"p", starttls=True)
+    pending.receive_line(b"+OK")
+    pending.receive_line(b"+OK")
+    assert failed(pending.receive_line(b"+OK")).reason == "unexpected_data"
+    done = BackendLogin("a", b"p", starttls=False)
+    for line in (b"+OK", b"+OK", b"+OK"):
+        done.receive_line(line)
+    assert failed(done.receive_line(b"+OK")).reason == "unexpected_data"
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "reason", "reply"),
+    [
+        (
+            b"-ERR [AUTH] Authentication failed.",
+            FailureKind.AUTH,
+            "login_refused",
+            b"-ERR [AUTH] Authentication failed\r\n",
+        ),
+        (
+            b"-ERR [IN-USE] Mailbox [INBOX] is locked",
+            FailureKind.AUTH,
+            "login_refused",
+            b"-ERR [IN-USE] Mailbox is in use by another session\r\n",
+        ),
+        (
+            b"-ERR [LOGIN-DELAY] wait",
+            FailureKind.AUTH,
+            "login_refused",
+            b"-ERR [LOGIN-DELAY] Logged in too recently, try again later\r\n",
+        ),
+        (
+            b"-ERR [SYS/TEMP] Try again",
+            FailureKind.UNAVAILABLE,
+            "backend_temporary_failure",
+            b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n",
+        ),
+        (b"-ERR [\xffIN-USE] garbage", FailureKind.AUTH, "login_refused", AUTH_FAILURE),
+        (b"-ERR [] nothing", FailureKind.AUTH, "login_refused", AUTH_FAILURE),
+    ],
+)
+def test_a_refused_password_tells_the_client_the_code_it_can_act_on(
+    line: bytes, kind: FailureKind, reason: str, reply: bytes
+) -> None:
+    """RFC 3206: IN-USE and LOGIN-DELAY tell the client when to come back,
+    SYS/TEMP to retry; any other refusal is the one [AUTH] reply."""
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    login.receive_line(b"+OK")
+    login.receive_line(b"+OK")
+    failure = failed(login.receive_line(line))
+    assert (failure.kind, failure.reason, failure.client_reply) == (kind, reason, reply)
+
+
+@pytest.mark.parametrize("challenge", [b"+", b"+ "])
+def test_auth_plain_answers_a_bare_or_spaced_challenge(challenge: bytes) -> None:
+    """RFC 5034 section 4 has the server send "+ " and a (here empty) challenge;
+    some servers send a lone "+". Either gets the response, and only once."""
+    long_password = b"p" * 300
+    login = BackendLogin("alice", long_password, starttls=False, sasl_plain=True)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"AUTH PLAIN\r\n")]
+    assert login.receive_line(challenge) == [
+        SendToBackend(plain(b"alice", long_password) + b"\r\n")
+    ]
+    # A second challenge is not answered with the password again.
+    assert failed(login.receive_line(challenge)).reason == "garbage"
+
+
+def test_auth_plain_within_255_octets_goes_in_one_line() -> None:
+    """RFC 2449 section 4: 255 octets, CRLF included. The base64 of the
+    response grows four octets at a time: 253 fits, 257 does not."""
+    fits = b"p" * (180 - len(b"\0alice\0"))  # 180 octets encode to 240
+    command = b"AUTH PLAIN " + plain(b"alice", fits) + b"\r\n"
+    assert len(command) == 253
+    login = BackendLogin("alice", fits, starttls=False, sasl_plain=True)
+    assert login.receive_line(b"+OK") == [SendToBackend(command)]
+    too_long = fits + b"ppp"
+    login = BackendLogin("alice", too_long, starttls=False, sasl_plain=True)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"AUTH PLAIN\r\n")]
+
+
+def test_a_challenge_outside_auth_plain_is_garbage() -> None:
+    login = BackendLogin("alice", PASSWORD, starttls=False)
+    login.receive_line(b"+OK")
+    actions = login.receive_line(b"+ ")
+    assert failed(actions).reason == "garbage"
+    assert not any(isinstance(a, SendToBackend) for a in actions)

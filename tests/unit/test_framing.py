@@ -199,3 +199,107 @@ def test_lines_in_one_call_match_next_line(data: bytes, cuts: list[int], max_lin
         line_by_line.feed(data[a:b])
         assert one_pass.lines() == drain(line_by_line)
         assert one_pass.buffered == line_by_line.buffered
+
+
+# -- the relay's fast path and the exact cap --------------------------------
+
+
+@pytest.mark.parametrize("line", [b"STAT\r\n", b"RETR 1\r\n", b"\r\n", b"x" * 8 + b"\r\n"])
+def test_whole_line_takes_one_crlf_line_within_the_cap(line: bytes) -> None:
+    reader = LineReader(10)
+    assert reader.whole_line(line) == line
+    assert reader.whole_line(memoryview(line)) == line
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"x" * 9 + b"\r\n",  # one octet over the cap of 10
+        b"STAT\n",  # a bare LF: left to the line splitter
+        b"\n",
+        b"STAT",  # no line end yet
+        b"STAT\r",
+        b"A\nB\r\n",  # two lines
+        b"A\r\nB\r\n",
+        b"A\r\nB",  # a line and the start of the next
+        b"",
+    ],
+)
+def test_whole_line_leaves_anything_else_to_feed(data: bytes) -> None:
+    reader = LineReader(10)
+    assert reader.whole_line(data) is None
+    assert reader.buffered == 0
+
+
+def test_whole_line_never_jumps_buffered_bytes() -> None:
+    """Bytes waiting in the buffer come first: a whole line after them is part
+    of the line they start."""
+    reader = LineReader(64)
+    reader.feed(b"RETR")
+    assert reader.whole_line(b" 1\r\n") is None
+    reader.feed(b" 1\r\n")
+    assert drain(reader) == [b"RETR 1"]
+
+
+def test_whole_line_waits_while_an_overlong_line_is_skipped() -> None:
+    reader = LineReader(10)
+    reader.feed(b"y" * 20)
+    assert drain(reader) == [LINE_TOO_LONG]
+    assert reader.buffered == 0
+    # The rest of the long line ends in CRLF: it is not a command of its own.
+    assert reader.whole_line(b"tail\r\n") is None
+    reader.feed(b"tail\r\n")
+    assert drain(reader) == []
+    assert reader.whole_line(b"NEXT\r\n") == b"NEXT\r\n"
+
+
+@pytest.mark.parametrize("max_line", [10, 255, 2048])
+def test_the_cap_counts_the_crlf_on_every_path(max_line: int) -> None:
+    """A line of exactly ``max_line`` octets, CRLF included, is a line; one octet
+    more is too long: in the fast path, in one feed, and after a skipped line."""
+    at_cap = b"a" * (max_line - 2) + b"\r\n"
+    over = b"b" * (max_line - 1) + b"\r\n"
+    reader = LineReader(max_line)
+    assert reader.whole_line(at_cap) == at_cap
+    assert reader.whole_line(over) is None
+    reader.feed(at_cap + over + at_cap)
+    assert reader.lines() == [at_cap[:-2], LINE_TOO_LONG, at_cap[:-2]]
+    reader.feed(at_cap + over + at_cap)
+    assert drain(reader) == [at_cap[:-2], LINE_TOO_LONG, at_cap[:-2]]
+    reader.feed(over + at_cap)  # over first: the rest goes the careful way
+    assert drain(reader) == [LINE_TOO_LONG, at_cap[:-2]]
+
+
+@pytest.mark.parametrize("split", [drain, LineReader.lines], ids=["next_line", "lines"])
+def test_lines_right_after_a_skipped_line_are_kept_whole(split) -> None:
+    """The end of an overlong line that never fit the buffer: the lines after
+    it, empty or exactly at the cap, are lines like any other."""
+    at_cap = b"a" * 8 + b"\r\n"
+    reader = LineReader(10)
+    reader.feed(b"z" * 30)
+    assert split(reader) == [LINE_TOO_LONG]
+    reader.feed(b"end of z\n" + at_cap + b"A\r\n")
+    assert split(reader) == [at_cap[:-2], b"A"]
+    reader.feed(b"z" * 30)
+    assert split(reader) == [LINE_TOO_LONG]
+    reader.feed(b"end of z\n\nB\nC")
+    assert split(reader) == [b"", b"B"]
+    assert reader.buffered == 1
+
+
+def test_a_lone_lf_is_an_empty_line_in_one_pass_too() -> None:
+    reader = LineReader(10)
+    reader.feed(b"\n")
+    assert reader.lines() == [b""]
+    assert reader.buffered == 0
+
+
+def test_the_sentinel_names_itself() -> None:
+    assert repr(LINE_TOO_LONG) == "LINE_TOO_LONG"
+
+
+def test_max_line_too_small_says_why() -> None:
+    with pytest.raises(ValueError, match=r"^max_line must leave room for a command and CRLF$"):
+        LineReader(2)
+    assert LineReader(3).max_line == 3

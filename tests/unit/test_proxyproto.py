@@ -179,3 +179,167 @@ def test_fuzz_near_valid_input_in_chunks(prefix: bytes, tail: bytes, sizes: list
         if header is not None:
             assert header.length == position
             return
+
+
+# -- the bounds of the specification ----------------------------------------
+
+
+def test_the_longest_v1_line_is_107_octets() -> None:
+    """Section 2.1: a v1 header never passes 107 octets, CRLF included, so the
+    receiver stops looking for its end there. UNKNOWN may carry anything up to
+    the CRLF, which the receiver ignores: the padding reaches the limit."""
+    at_limit = b"PROXY UNKNOWN " + b"x" * (107 - 16) + b"\r\n"
+    assert len(at_limit) == 107
+    assert parse(at_limit + b"+OK") == ProxyHeader(1, 107)
+    one_over = at_limit[:-2] + b"x\r\n"
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(one_over)
+    assert error.value.reason == "v1_too_long"
+
+
+def test_v1_without_its_end_is_refused_once_107_octets_are_in() -> None:
+    """Octet 107 without a CRLF before it: no ending can make the line valid."""
+    start = b"PROXY UNKNOWN " + b"x" * (106 - 14)
+    assert parse(start[:106]) is None  # a CRLF may still end it at 107
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(start + b"x")
+    assert error.value.reason == "v1_too_long"
+
+
+def test_the_end_of_v1_is_its_first_crlf() -> None:
+    """The client's own first line follows the header in the same read."""
+    header = build_v1(*V4)
+    assert parse(header + b"CAPA\r\n") == ProxyHeader(1, len(header), *V4)
+    assert parse(b"PROXY UNKNOWN\r\nUSER alice\r\n") == ProxyHeader(1, 15)
+
+
+def test_a_v1_line_followed_by_a_tls_client_hello() -> None:
+    """On an implicit-TLS listener the handshake follows the header at once."""
+    header = build_v1(*V6)
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32))
+    assert parse(header + hello) == ProxyHeader(1, len(header), *V6)
+    parsed, rest = read_all(header + hello)
+    assert parsed.length == len(header)
+    assert rest == hello
+
+
+@pytest.mark.parametrize(
+    ("source_port", "destination_port", "reason"),
+    [
+        ("65535", "0", None),
+        ("65536", "110", "v1_bad_port"),
+        ("110", "65536", "v1_bad_port"),
+        ("99999", "110", "v1_bad_port"),
+        ("123456", "110", "v1_bad_port"),
+        ("+80", "110", "v1_bad_port"),
+        ("-1", "110", "v1_bad_port"),
+        ("80", "", "v1_bad_port"),
+        ("0x50", "110", "v1_bad_port"),
+        ("00", "110", "v1_bad_port"),
+    ],
+)
+def test_v1_ports_are_decimal_without_sign_or_leading_zero(
+    source_port: str, destination_port: str, reason: str | None
+) -> None:
+    line = f"PROXY TCP4 192.0.2.10 198.51.100.1 {source_port} {destination_port}\r\n".encode()
+    if reason is None:
+        header = parse(line)
+        assert header is not None and header.source == ("192.0.2.10", int(source_port))
+        return
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(line)
+    assert error.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"PROXY TCP4  192.0.2.10 198.51.100.1 1 2\r\n",  # two spaces
+        b"PROXY TCP4 192.0.2.10\t198.51.100.1 1 2\r\n",
+        b"PROXY TCP4 192.0.2.10 198.51.100.1 1 2 \r\n",  # a trailing space
+        b"PROXY tcp4 192.0.2.10 198.51.100.1 1 2\r\n",
+        b"PROXY TCP4 192.0.2.\xff 198.51.100.1 1 2\r\n",  # not ASCII
+    ],
+)
+def test_v1_fields_are_separated_by_exactly_one_space(line: bytes) -> None:
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(line)
+    assert error.value.reason == "v1_malformed"
+    assert str(error.value) == "v1_malformed"
+
+
+@pytest.mark.parametrize("partial", [b"PROXY TCP4 \x00", b"PROXY TCP4 1.2.3.4\n"])
+def test_v1_that_cannot_become_a_line_is_refused_before_its_end(partial: bytes) -> None:
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(partial)
+    assert error.value.reason == "v1_malformed"
+
+
+def test_v2_header_of_4096_octets_is_the_largest_accepted() -> None:
+    header = build_v2(*V4)
+    padding = 4096 - len(header) - 3  # one NOOP TLV: type, two length octets, value
+    tlv = b"\x04" + struct.pack("!H", padding) + b"\x00" * padding
+    length = struct.unpack("!H", header[14:16])[0] + len(tlv)
+    largest = header[:14] + struct.pack("!H", length) + header[16:] + tlv
+    assert len(largest) == 4096
+    parsed = parse(largest)
+    assert parsed is not None and parsed.length == 4096 and parsed.source == V4[0]
+    one_over = largest[:14] + struct.pack("!H", length + 1) + largest[16:] + b"\x00"
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(one_over[:16])  # refused on its fixed part, before it is buffered
+    assert error.value.reason == "v2_too_long"
+
+
+@pytest.mark.parametrize(
+    ("family", "length"),
+    [(0x00, 0), (0x12, 12), (0x22, 36), (0x31, 216), (0x32, 216)],
+    ids=["unspec", "udp4", "udp6", "unix-stream", "unix-dgram"],
+)
+def test_v2_families_without_a_tcp_address_give_no_source(family: int, length: int) -> None:
+    """Section 2.2: addresses of a family the receiver cannot use are skipped,
+    and the connection's own peer stands."""
+    header = V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", length) + b"\x01" * length
+    assert parse(header + b"rest") == ProxyHeader(2, 16 + length)
+
+
+def test_v2_local_is_the_command_without_a_family() -> None:
+    assert build_v2(None, None) == V2_SIGNATURE + b"\x20\x00\x00\x00"
+
+
+@pytest.mark.parametrize("build", [build_v1, build_v2])
+def test_a_header_needs_both_addresses(build) -> None:
+    """TCP4 and TCP6 headers carry both ends; with one missing, UNKNOWN or LOCAL."""
+    assert build(V4[0], None) == build(None, None)
+    assert build(None, V4[1]) == build(None, None)
+
+
+def test_a_destination_of_the_other_family_becomes_unspecified() -> None:
+    assert build_v1(V6[0], V4[1]) == b"PROXY TCP6 2001:db8::10 :: 50123 995\r\n"
+    assert build_v1(V4[0], V6[1]) == b"PROXY TCP4 192.0.2.10 0.0.0.0 50123 110\r\n"
+
+
+# -- reading a header in short reads ------------------------------------------
+
+
+def test_short_reads_inside_the_first_15_octets() -> None:
+    reader = HeaderReader()
+    assert reader.wanted() == 15
+    assert reader.feed(b"PROXY") is None
+    assert reader.wanted() == 10
+    assert reader.feed(b" UNKNOWN\r") is None
+    assert reader.wanted() == 1
+    assert reader.feed(b"\n") == ProxyHeader(1, 15)
+
+
+def test_short_reads_inside_a_v2_header() -> None:
+    header = build_v2(*V4)  # 16 fixed octets and 12 of addresses
+    reader = HeaderReader()
+    assert reader.feed(header[:15]) is None
+    assert reader.wanted() == 1  # the rest of the fixed part, where the length is
+    assert reader.feed(header[15:16]) is None
+    assert reader.wanted() == 12
+    assert reader.feed(header[16:20]) is None
+    assert reader.wanted() == 8
+    assert reader.feed(header[20:27]) is None
+    assert reader.wanted() == 1
+    assert reader.feed(header[27:]) == ProxyHeader(2, 28, *V4)
