@@ -102,27 +102,48 @@ class Tenant:
     def master_password(self) -> bytes:
         """Read where the record says, at each login (so a rotated Secret applies).
 
-        Raises :class:`MasterPasswordMissing` without saying more than where
-        it looked: the value itself never reaches an error message.
+        A file's one trailing line end (``echo pw > file``) is not part of the
+        password. Raises :class:`MasterPasswordMissing` (or
+        :class:`MasterPasswordInvalid`) without saying more than where it
+        looked: the value itself never reaches an error message.
         """
         if self.master_password_env:
             value = os.environ.get(self.master_password_env)
-            if value:
-                return value.encode()
-            raise MasterPasswordMissing(f"${self.master_password_env} is not set")
+            if not value:
+                raise MasterPasswordMissing(f"${self.master_password_env} is not set")
+            return _usable(value.encode(), f"${self.master_password_env}")
         if self.master_password_file:
             try:
                 with open(self.master_password_file, "rb") as file:
-                    return file.read().rstrip(b"\r\n")
+                    value = file.read()
             except OSError as error:
                 raise MasterPasswordMissing(
                     f"{self.master_password_file}: {error.strerror}"
                 ) from None
+            value = value.removesuffix(b"\n").removesuffix(b"\r")
+            return _usable(value, self.master_password_file)
         raise MasterPasswordMissing("no master_password_env or master_password_file")
 
 
 class MasterPasswordMissing(Exception):
     """``auth: local`` cannot log in to the backend: its master password is unreadable."""
+
+
+class MasterPasswordInvalid(MasterPasswordMissing):
+    """The master password holds a byte that would end the PASS line (or split
+    the AUTH PLAIN response) it is sent in: CR, LF or NUL. Refused rather
+    than sent, so no secret file can put a command of its own on the wire."""
+
+
+_LINE_BREAKERS = re.compile(b"[\x00\r\n]").search
+
+
+def _usable(password: bytes, where: str) -> bytes:
+    if not password:
+        raise MasterPasswordMissing(f"{where} is empty")
+    if _LINE_BREAKERS(password):
+        raise MasterPasswordInvalid(f"{where} holds a CR, LF or NUL; expected one line")
+    return password
 
 
 def _backend_dict(backend: Backend) -> dict[str, Any]:
