@@ -115,13 +115,13 @@ class Tenant:
         if self.master_password_file:
             try:
                 with open(self.master_password_file, "rb") as file:
-                    value = file.read()
+                    content = file.read()
             except OSError as error:
                 raise MasterPasswordMissing(
                     f"{self.master_password_file}: {error.strerror}"
                 ) from None
-            value = value.removesuffix(b"\n").removesuffix(b"\r")
-            return _usable(value, self.master_password_file)
+            content = content.removesuffix(b"\n").removesuffix(b"\r")
+            return _usable(content, self.master_password_file)
         raise MasterPasswordMissing("no master_password_env or master_password_file")
 
 

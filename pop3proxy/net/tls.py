@@ -19,9 +19,9 @@ without B's certificate ever being shown. :class:`ServerTLS` therefore peeks
 at the ClientHello and makes the connection with the certificate's own
 context: each certificate has its own session cache and ticket keys, and a
 session of another simply does not resume (a full handshake follows). When
-the ClientHello cannot be read that way (spread over several records), the
-SNI callback still switches certificates, but refuses the handshake if it
-is a resumption.
+the ClientHello cannot be read that way (longer than two full records, or
+malformed), the SNI callback still switches certificates, but refuses the
+handshake if it is a resumption.
 """
 
 from __future__ import annotations
@@ -253,8 +253,11 @@ def handshake_failure(error: OSError) -> HandshakeFailed:
     return HandshakeFailed("connection", error.strerror or "")
 
 
-HELLO_RECORD_LIMIT = 5 + 2**14
+RECORD_LIMIT = 5 + 2**14
 """A TLS record header and the largest plaintext record (RFC 8446 section 5.1)."""
+HELLO_PEEK_LIMIT = 2 * RECORD_LIMIT
+"""ClientHellos are a few hundred bytes to a few KiB (post-quantum key shares
+included); one that needs more than two full records is left to OpenSSL."""
 
 _HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
@@ -266,26 +269,33 @@ def hello_server_name(data: bytes) -> str | int | None:
     """The SNI host name of the ClientHello at the start of ``data``.
 
     Returns the name (``str``); ``None`` when there is none to be had (no
-    SNI, not a ClientHello, or one spread over several records: OpenSSL
-    decides what to make of those); or, when ``data`` is too short to
-    tell, the number of bytes needed (``int``).
+    SNI, not a ClientHello, or one longer than :data:`HELLO_PEEK_LIMIT`:
+    OpenSSL decides what to make of those); or, when ``data`` is too short
+    to tell, the number of bytes needed (``int``). The ClientHello may be
+    spread over several handshake records (RFC 8446 section 5.1).
     """
-    if len(data) < 5:
-        return 5
-    if data[0] != _HANDSHAKE or data[1] != 3:
-        return None
-    end = 5 + int.from_bytes(data[3:5], "big")
-    if end > HELLO_RECORD_LIMIT:
-        return None
-    if len(data) < end:
-        return end
-    record = memoryview(data)[5:end]
-    if len(record) < 4 or record[0] != _CLIENT_HELLO:
-        return None
-    hello_end = 4 + int.from_bytes(record[1:4], "big")
-    if hello_end > len(record):
-        return None  # continues in the next record
-    return _server_name(record[4:hello_end])
+    message = bytearray()
+    position = 0
+    while True:
+        if position + 5 > HELLO_PEEK_LIMIT:
+            return None
+        if len(data) < position + 5:
+            return position + 5
+        if data[position] != _HANDSHAKE or data[position + 1] != 3:
+            return None
+        end = position + 5 + int.from_bytes(data[position + 3 : position + 5], "big")
+        if end > HELLO_PEEK_LIMIT:
+            return None
+        if len(data) < end:
+            return end
+        message += data[position + 5 : end]
+        position = end
+        if len(message) >= 4:
+            if message[0] != _CLIENT_HELLO:
+                return None
+            hello_end = 4 + int.from_bytes(message[1:4], "big")
+            if len(message) >= hello_end:
+                return _server_name(memoryview(message)[4:hello_end])
 
 
 def _server_name(hello: memoryview) -> str | None:
@@ -348,7 +358,7 @@ class ServerTLS:
         would spin, the bytes staying readable).
         """
         try:
-            data = self._sock.recv(HELLO_RECORD_LIMIT, socket.MSG_PEEK)
+            data = self._sock.recv(HELLO_PEEK_LIMIT, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return READ
         except OSError:

@@ -16,15 +16,20 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
 import trustme
 from cryptography import x509
+from fakes.tls_backend import TLSMischiefBackend
 from harness.certs import Certs
-from harness.proxy import ProxyProcess
+from harness.ports import wait_until
+from harness.proxy import TENANT, ProxyProcess, attempt_login, run_cli
+from harness.users import USERS
 from harness.wire import Pop3Wire
 
 TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
@@ -99,3 +104,368 @@ def test_no_session_resumed_across_sni_certificates(two_certificates, certs, ver
 
     default = Handshake(proxy, context, "localhost", listener, first.session)
     assert not default.reused and default.serial not in serials.values()
+
+
+# The same, in process, on the paths a client's packets choose: a ClientHello
+# that arrives in pieces (the proxy waits for all of it without spinning), and
+# one spread over two TLS records (which the proxy cannot read ahead: OpenSSL's
+# SNI callback switches the certificate, and refuses a resumption).
+
+
+class BioClient:
+    """A TLS client over memory BIOs on a real socket, so a test can choose how
+    its first flight reaches the server: in pieces, or re-framed."""
+
+    def __init__(self, context: ssl.SSLContext, name: str, session=None) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(
+            self.incoming, self.outgoing, server_hostname=name, session=session
+        )
+        self.done = False
+
+    def step(self) -> bytes:
+        """Advance the handshake; the bytes to send."""
+        if not self.done:
+            try:
+                self.tls.do_handshake()
+                self.done = True
+            except ssl.SSLWantReadError:
+                pass
+        return self.outgoing.read()
+
+
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        server, _ = listener.accept()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server.setblocking(False)
+    return server, client
+
+
+def handshake_in_process(server_context, client_context, name, *, session=None, first_flight=None):
+    """(certificate serial, resumed, session) for one connection; ``first_flight``
+    sends the ClientHello its own way (given the client socket and the bytes)."""
+    import select
+    import time
+
+    from pop3proxy.net.tls import ServerTLS
+
+    server_sock, client_sock = loopback_pair()
+    with server_sock, client_sock:
+        server = ServerTLS(server_sock, server_context)
+        client = BioClient(client_context, name, session)
+        hello = client.step()
+        (first_flight or (lambda sock, data: sock.sendall(data)))(client_sock, hello)
+        server_done = False
+        deadline = time.monotonic() + 10
+        while not (server_done and client.done):
+            assert time.monotonic() < deadline, "handshake stuck"
+            if not server_done:
+                server_done = server.handshake() == 0
+            if select.select([client_sock], [], [], 0.01)[0]:
+                data = client_sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed by the proxy")
+                client.incoming.write(data)
+            out = client.step()
+            if out:
+                client_sock.sendall(out)
+        server.sslobj.write(b"+OK\r\n")  # TLS 1.3: the ticket comes before it
+        while True:
+            data = client_sock.recv(65536)
+            client.incoming.write(data)
+            try:
+                if client.tls.read(100) == b"+OK\r\n":
+                    break
+            except ssl.SSLWantReadError:
+                continue
+        der = client.tls.getpeercert(binary_form=True)
+        serial = x509.load_der_x509_certificate(der).serial_number
+        return serial, client.tls.session_reused, client.tls.session
+
+
+@pytest.fixture
+def sni_contexts(certs: Certs, tmp_path: Path):
+    from pop3proxy.config import SNIEntry, TLSConfig
+    from pop3proxy.net.tls import server_context
+
+    a_files, a_serial = issue(certs.ca, tmp_path, "a.example")
+    b_files, b_serial = issue(certs.ca, tmp_path, "b.example")
+    config = TLSConfig(
+        cert=str(certs.cert_file),
+        key=str(certs.key_file),
+        sni=(SNIEntry("a.example", **a_files), SNIEntry("b.example", **b_files)),
+    )
+    return server_context(config), {"a.example": a_serial, "b.example": b_serial}
+
+
+def in_pieces(sock: socket.socket, hello: bytes) -> None:
+    """The record header and a few bytes, then the rest: the proxy's first look
+    finds it incomplete."""
+    sock.sendall(hello[:9])
+    sock.sendall(hello[9:])
+
+
+def in_two_records(sock: socket.socket, hello: bytes) -> None:
+    payload, header = hello[5:], hello[:3]
+    half = len(payload) // 2
+    for part in (payload[:half], payload[half:]):
+        sock.sendall(header + len(part).to_bytes(2, "big") + part)
+
+
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_a_client_hello_in_pieces_still_gets_its_certificate(sni_contexts, certs, version):
+    server_context, serials = sni_contexts
+    client_context = certs.ssl_client_context()
+    client_context.maximum_version = version
+    serial, _, session = handshake_in_process(
+        server_context, client_context, "a.example", first_flight=in_pieces
+    )
+    assert serial == serials["a.example"]
+    serial, reused, _ = handshake_in_process(
+        server_context, client_context, "b.example", session=session, first_flight=in_pieces
+    )
+    assert serial == serials["b.example"] and not reused
+
+
+def test_the_receive_low_water_mark_holds_the_wake_up_until_the_hello_is_whole(sni_contexts, certs):
+    """While the ClientHello is incomplete the proxy asks to be woken only when
+    all of it is there (no spinning on the bytes it peeked at), and sets the
+    mark back once it has it."""
+    from pop3proxy.net.sockets import READ
+    from pop3proxy.net.tls import ServerTLS
+
+    server_context, _ = sni_contexts
+    server_sock, client_sock = loopback_pair()
+    with server_sock, client_sock:
+        server = ServerTLS(server_sock, server_context)
+        hello = BioClient(certs.ssl_client_context(), "b.example").step()
+        assert server.handshake() == READ and server.sslobj is None  # nothing yet
+        client_sock.sendall(hello[:9])
+        _wait_readable(server_sock, 9)
+        assert server.handshake() == READ and server.sslobj is None
+        low_water = server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+        assert low_water == len(hello)
+        client_sock.sendall(hello[9:])
+        _wait_readable(server_sock, len(hello))
+        server.handshake()
+        assert server.sslobj is not None
+        assert server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
+def _wait_readable(sock: socket.socket, size: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(sock.recv(size, socket.MSG_PEEK)) < size:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_a_hello_in_two_records_is_read_ahead_too(sni_contexts, certs, version):
+    server_context, serials = sni_contexts
+    client_context = certs.ssl_client_context()
+    client_context.maximum_version = version
+    _, _, session = handshake_in_process(server_context, client_context, "localhost")
+    serial, reused, _ = handshake_in_process(
+        server_context, client_context, "b.example", session=session, first_flight=in_two_records
+    )
+    assert serial == serials["b.example"] and not reused
+
+
+class Connection:
+    """What the SNI callback is given: the connection's owner (see ServerTLS)."""
+
+    def __init__(self, reused: bool) -> None:
+        self.sslobj = type("SSLObject", (), {"session_reused": reused})()
+        self.context = None
+        self.pop3proxy_server_name = None
+
+
+def test_unread_hellos_switch_certificates_but_a_resumption_is_refused(sni_contexts):
+    """A ClientHello the proxy could not read ahead (too long, malformed) is
+    made with the default context; the SNI callback switches the certificate,
+    and refuses the handshake if it resumes a session: that session was made
+    under another certificate's keys."""
+    server_context, _ = sni_contexts
+    choose = server_context.sni_callback
+    fresh = Connection(reused=False)
+    assert choose(fresh, "b.example", server_context) is None
+    assert fresh.context is not None and fresh.context is not server_context
+    assert fresh.pop3proxy_server_name == "b.example"
+    resumed = Connection(reused=True)
+    assert choose(resumed, "b.example", server_context) == ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+    same = Connection(reused=True)
+    assert choose(same, "b.example", fresh.context) is None, "resuming b under b is fine"
+    assert choose(Connection(reused=True), "localhost", server_context) is None
+
+
+# -- no backend byte read before the backend's TLS handshake completes -------------
+
+MISCHIEF_TENANT = "mischief.example"
+TEMPORARY = b"-ERR [SYS/TEMP]"
+
+
+def behind(make_proxy, backend, tls_mode: str, certs: Certs) -> ProxyProcess:
+    proxy = make_proxy(start=False, tenants=False)
+    result = run_cli(
+        proxy.config_path,
+        "tenant",
+        "set",
+        MISCHIEF_TENANT,
+        "--backend",
+        backend.address,
+        "--backend-tls",
+        tls_mode,
+        "--ca-file",
+        str(certs.ca_file),
+    )
+    assert result.returncode == 0, result.stderr
+    return proxy.start()
+
+
+def backend_errors(proxy: ProxyProcess) -> list[str]:
+    return [r["error"] for r in proxy.log_records() if r.get("message") == "backend unavailable"]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("stls_same_write", "data_before_tls"),
+        ("stls_before_handshake", "tls_protocol"),
+        ("implicit_plaintext", "tls_protocol"),
+        ("implicit_after_hello", "tls_protocol"),
+    ],
+)
+def test_bytes_outside_the_backend_tls_fail_the_attempt(make_proxy, certs, behaviour, reason):
+    tls_mode = "starttls" if behaviour.startswith("stls") else "implicit"
+    with TLSMischiefBackend(behaviour, certs.ssl_server_context()) as backend:
+        proxy = behind(make_proxy, backend, tls_mode, certs)
+        reply = attempt_login(proxy, f"alice@{MISCHIEF_TENANT}", USERS["alice"])
+        assert reply.startswith(TEMPORARY), reply
+        assert not backend.credentials_seen(), backend.lines
+        wait_until(lambda: backend_errors(proxy), 5, message="the failure is logged")
+        assert set(backend_errors(proxy)) == {reason}
+
+
+@pytest.mark.parametrize("behaviour", ["stls_honest", "implicit_honest"])
+def test_the_same_backend_done_right_logs_in(make_proxy, certs, behaviour):
+    """The control: the fake's TLS is sound, so the failures above are the proxy's
+    refusal, not a broken fake."""
+    tls_mode = "starttls" if behaviour.startswith("stls") else "implicit"
+    with TLSMischiefBackend(behaviour, certs.ssl_server_context()) as backend:
+        proxy = behind(make_proxy, backend, tls_mode, certs)
+        reply = attempt_login(proxy, f"alice@{MISCHIEF_TENANT}", USERS["alice"])
+        assert reply.startswith(b"+OK"), reply
+        assert b"USER alice" in backend.lines
+
+
+# -- control characters in a name: refused before any key is built -------------------
+
+MARK = "zq7"
+"""In every refused name, and in no other: no Redis command may mention it."""
+
+
+class RedisCommands:
+    """Every command the test's Redis runs while this is open (MONITOR)."""
+
+    END = "zq-monitor-end"
+
+    def __init__(self, redis_server) -> None:
+        self._redis = redis_server
+        self._client = redis_server.client(socket_timeout=30)
+        self._monitor = self._client.monitor()
+        self._monitor.__enter__()
+        self.commands: list[str] = []
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        for command in self._monitor.listen():
+            self.commands.append(command["command"])
+            if self.END in command["command"]:
+                return
+
+    def close(self) -> list[str]:
+        with self._redis.client() as other:
+            other.echo(self.END)
+        self._thread.join(10)
+        self._monitor.__exit__(None, None, None)
+        self._client.close()
+        return self.commands
+
+
+def plain_response(authcid: str, password: str = "pw") -> str:
+    return base64.b64encode(f"\0{authcid}\0{password}".encode()).decode()
+
+
+CONTROL_NAMES = [
+    f"{MARK}alice\x01@{TENANT}",
+    f"{MARK}alice\x1b[31m@{TENANT}",
+    f"{MARK}al\x7fice@{TENANT}",
+    f"{MARK}alice\u0085@{TENANT}",  # NEL, a C1 line end
+    f"{MARK}alice\u2028@{TENANT}",  # LINE SEPARATOR
+    f"{MARK}ali\tce@{TENANT}",
+    f"{MARK}alice@{TENANT}\x0b",
+]
+CONTROL_AUTHCIDS = [
+    f"{MARK}alice\r\nDELE 1@{TENANT}",
+    f"{MARK}alice\n@{TENANT}",
+    f"{MARK}alice\r@{TENANT}",
+    f"{MARK}alice\x00@{TENANT}",
+    *CONTROL_NAMES,
+]
+
+
+def lookups(proxy: ProxyProcess) -> float:
+    total = 0.0
+    for line in proxy.metrics().splitlines():
+        if line.startswith("pop3proxy_directory_lookups_total{"):
+            total += float(line.split()[-1])
+    return total
+
+
+def test_control_characters_in_a_name_never_reach_a_key(make_proxy, redis_server, certs):
+    proxy = make_proxy({"tenancy": {"sni_tenant": True}})
+    before = lookups(proxy)
+    commands = RedisCommands(redis_server)
+    try:
+        for name in CONTROL_NAMES:
+            with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+                wire.send(b"USER " + name.encode() + b"\r\n")
+                assert wire.read_line().startswith(b"-ERR"), repr(name)
+                assert wire.command("PASS pw").startswith(b"-ERR"), "no name was taken"
+        for raw in (f"USER {MARK}alice\r@{TENANT}", f"USER {MARK}alice\x00@{TENANT}"):
+            with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+                wire.send(raw.encode() + b"\r\n")
+                assert wire.read_line().startswith(b"-ERR"), repr(raw)
+        for authcid in CONTROL_AUTHCIDS:
+            with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+                reply = wire.command(f"AUTH PLAIN {plain_response(authcid)}")
+                assert reply.startswith(b"-ERR [AUTH]"), (authcid, reply)
+        # A TLS server name is a name too: with sni_tenant it picks the tenant.
+        context = certs.ssl_client_context()
+        context.check_hostname = False
+        for server_name in (f"{MARK}\n.example", f"{MARK} x.example", f"{MARK}\x01.example"):
+            raw = socket.create_connection((proxy.host, proxy.ports["pop3s"]), timeout=10)
+            with context.wrap_socket(raw, server_hostname=server_name) as sock:
+                stream = sock.makefile("rb")
+                assert stream.readline().startswith(b"+OK")
+                sock.sendall(b"USER alice\r\nPASS pw\r\n")
+                assert stream.readline().startswith(b"+OK")
+                assert stream.readline().startswith(b"-ERR [AUTH]")
+        # The control: a proper name is looked up, and MONITOR sees it.
+        raw = socket.create_connection((proxy.host, proxy.ports["pop3s"]), timeout=10)
+        with context.wrap_socket(raw, server_hostname=f"{MARK}-ok.example") as sock:
+            stream = sock.makefile("rb")
+            stream.readline()
+            sock.sendall(b"USER alice\r\nPASS pw\r\n")
+            stream.readline()
+            assert stream.readline().startswith(b"-ERR [AUTH]")
+    finally:
+        seen = commands.close()
+    mentions = [command for command in seen if MARK in command]
+    assert mentions and all(f"{MARK}-ok.example" in command for command in mentions), mentions
+    assert lookups(proxy) == before + 1, "only the proper name was looked up"

@@ -106,9 +106,7 @@ def test_a_zone_id_never_reaches_xclient() -> None:
     """A link-local client's socket address carries its zone; a header's never
     does (the parser refuses it), but whatever the text, XCLIENT gets the
     address alone, one line."""
-    machine = BackendLogin(
-        "alice", b"pw", starttls=False, xclient=("fe80::1%a\nQUIT", 50123)
-    )
+    machine = BackendLogin("alice", b"pw", starttls=False, xclient=("fe80::1%a\nQUIT", 50123))
     command = sent(machine.receive_line(b"+OK [XCLIENT] ready"))
     assert command == b"XCLIENT ADDR=fe80::1 PORT=50123\r\n"
 
