@@ -20,16 +20,19 @@ import base64
 import socket
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import trustme
+import yaml
 from cryptography import x509
 from fakes.tls_backend import TLSMischiefBackend
 from harness.certs import Certs
 from harness.ports import wait_until
 from harness.proxy import TENANT, ProxyProcess, attempt_login, run_cli
-from harness.users import USERS
+from harness.mailbox import sample_messages
+from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
 
 TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
@@ -469,3 +472,140 @@ def test_control_characters_in_a_name_never_reach_a_key(make_proxy, redis_server
     mentions = [command for command in seen if MARK in command]
     assert mentions and all(f"{MARK}-ok.example" in command for command in mentions), mentions
     assert lookups(proxy) == before + 1, "only the proper name was looked up"
+
+
+# -- no login result of one user ever shows for another --------------------------------
+
+MASTER_ENV = "POP3PROXY_TEST_LESSONS_MASTER"
+CHEAP_AUTH = {
+    "argon2_time_cost": 1,
+    "argon2_memory_cost": 1024,
+    "failure_delay": "0.05s",
+    "delay_after": 10_000,
+    "block_after": 10_000,
+    "block_after_per_address": 100_000,
+}
+
+
+@pytest.fixture
+def two_users(make_proxy, dovecot, monkeypatch, tmp_path, request):
+    """A proxy whose tenant has alice (2 messages) and bob (3): passthrough (the
+    harness tenant, Dovecot's passwords) or local (the proxy's own)."""
+    dovecot.reset_mailbox("alice", sample_messages()[:2])
+    dovecot.reset_mailbox("bob", sample_messages()[:3])
+    monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
+    proxy = make_proxy({"auth": CHEAP_AUTH})
+    if request.param == "passthrough":
+        return proxy, TENANT, {"alice": USERS["alice"], "bob": USERS["bob"]}
+    record = tmp_path / "local.yaml"
+    record.write_text(
+        yaml.safe_dump(
+            {
+                "name": "local.example",
+                "backends": [{"host": dovecot.host, "port": dovecot.port}],
+                "auth": "local",
+                "master_user": "proxymaster",
+                "master_password_env": MASTER_ENV,
+            }
+        )
+    )
+    passwords = {"alice": "alice-local-pw", "bob": "bob-local-pw"}
+    steps = [(("tenant", "set", "--from-file", str(record)), None)]
+    steps += [
+        (("user", "set-password", f"{user}@local.example"), f"{password}\n")
+        for user, password in passwords.items()
+    ]
+    for args, stdin in steps:
+        result = run_cli(proxy.config_path, *args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+    return proxy, "local.example", passwords
+
+
+def outcome(proxy: ProxyProcess, user: str, password: str) -> str:
+    """``ok N`` (N messages: whose mailbox it is) or the refusal's code."""
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+        wire.command(f"USER {user}")
+        reply = wire.command(f"PASS {password}")
+        if not reply.startswith(b"+OK"):
+            return reply.split(b"]")[0].decode() + "]"
+        stat = wire.command("STAT")
+        wire.command("QUIT")
+        while wire.read_line():  # closed once its slot is given back
+            pass
+        return f"ok {stat.split()[1].decode()}"
+
+
+@pytest.mark.parametrize("two_users", ["passthrough", "local"], indirect=True)
+def test_no_cache_lets_one_user_in_as_another(two_users):
+    proxy, tenant, passwords = two_users
+    alice, bob = f"alice@{tenant}", f"bob@{tenant}"
+    expected = {
+        (alice, passwords["alice"]): "ok 2",
+        (bob, passwords["alice"]): "-ERR [AUTH]",
+        (bob, passwords["bob"]): "ok 3",
+        (alice, passwords["bob"]): "-ERR [AUTH]",
+        (alice.upper(), passwords["bob"]): "-ERR [AUTH]",
+    }
+    attempts = list(expected)
+    # One after another, each order: every cache warm with the other's result.
+    for first in range(len(attempts)):
+        for user, password in attempts[first:] + attempts[:first]:
+            assert outcome(proxy, user, password) == expected[user, password], (user, first)
+    # At once: single-flight loads shared between concurrent logins.
+    with ThreadPoolExecutor(len(attempts)) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda attempt: outcome(proxy, *attempt), attempts))
+            assert results == [expected[attempt] for attempt in attempts]
+
+
+# -- one malformed SASL line affects only its own session ------------------------------
+
+STORM_TENANT = "storm.example"
+STORM_USERS = {f"user{number:02d}": f"pw-{number:02d}" for number in range(50)}
+BAD_RESPONSES = [b"!!!!", b"abc", b"=====", b"AGFsaWNl\x01", b"*" * 300, b"A" * 5, b"\xff\xfe"]
+
+
+def storm(proxy: ProxyProcess, stop: threading.Event, replies: list[bytes]) -> None:
+    """Invalid base64 in AUTH PLAIN, initial and continuation, connection after
+    connection (each ends at the error budget), until told to stop."""
+    while not stop.is_set():
+        with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+            for number, bad in enumerate(BAD_RESPONSES * 2):
+                if number % 2:
+                    wire.send(b"AUTH PLAIN\r\n")
+                    if not wire.read_line().startswith(b"+"):
+                        break
+                    wire.send(bad + b"\r\n")
+                else:
+                    wire.send(b"AUTH PLAIN " + bad + b"\r\n")
+                reply = wire.read_line()
+                if not reply:
+                    break
+                replies.append(reply)
+
+
+def test_a_sasl_storm_touches_only_its_own_sessions(make_proxy, make_dovecot):
+    backend = make_dovecot(users=STORM_USERS)
+    proxy = make_proxy(start=False, tenants=False)
+    address = f"{backend.host}:{backend.port}"
+    result = run_cli(proxy.config_path, "tenant", "set", STORM_TENANT, "--backend", address)
+    assert result.returncode == 0, result.stderr
+    proxy.start()
+    stop, replies = threading.Event(), []
+    stormer = threading.Thread(target=storm, args=(proxy, stop, replies), daemon=True)
+    stormer.start()
+    try:
+        wait_until(lambda: len(replies) > 20, 10, message="the storm is on")
+        with ThreadPoolExecutor(50) as pool:
+            logins = list(
+                pool.map(
+                    lambda user: outcome(proxy, f"{user}@{STORM_TENANT}", STORM_USERS[user]),
+                    STORM_USERS,
+                )
+            )
+        during = len(replies)
+    finally:
+        stop.set()
+        stormer.join(10)
+    assert logins == ["ok 0"] * 50
+    assert during > 20 and all(reply.startswith(b"-ERR") for reply in replies), replies[:5]
