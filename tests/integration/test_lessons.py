@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import base64
+import select
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,11 +31,15 @@ import yaml
 from cryptography import x509
 from fakes.tls_backend import TLSMischiefBackend
 from harness.certs import Certs
+from harness.mailbox import sample_messages
 from harness.ports import wait_until
 from harness.proxy import TENANT, ProxyProcess, attempt_login, run_cli
-from harness.mailbox import sample_messages
 from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
+
+from pop3proxy.config import SNIEntry, TLSConfig
+from pop3proxy.net.sockets import READ
+from pop3proxy.net.tls import ServerTLS, server_context
 
 TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
 
@@ -149,11 +155,6 @@ def loopback_pair() -> tuple[socket.socket, socket.socket]:
 def handshake_in_process(server_context, client_context, name, *, session=None, first_flight=None):
     """(certificate serial, resumed, session) for one connection; ``first_flight``
     sends the ClientHello its own way (given the client socket and the bytes)."""
-    import select
-    import time
-
-    from pop3proxy.net.tls import ServerTLS
-
     server_sock, client_sock = loopback_pair()
     with server_sock, client_sock:
         server = ServerTLS(server_sock, server_context)
@@ -190,9 +191,6 @@ def handshake_in_process(server_context, client_context, name, *, session=None, 
 
 @pytest.fixture
 def sni_contexts(certs: Certs, tmp_path: Path):
-    from pop3proxy.config import SNIEntry, TLSConfig
-    from pop3proxy.net.tls import server_context
-
     a_files, a_serial = issue(certs.ca, tmp_path, "a.example")
     b_files, b_serial = issue(certs.ca, tmp_path, "b.example")
     config = TLSConfig(
@@ -236,9 +234,6 @@ def test_the_receive_low_water_mark_holds_the_wake_up_until_the_hello_is_whole(s
     """While the ClientHello is incomplete the proxy asks to be woken only when
     all of it is there (no spinning on the bytes it peeked at), and sets the
     mark back once it has it."""
-    from pop3proxy.net.sockets import READ
-    from pop3proxy.net.tls import ServerTLS
-
     server_context, _ = sni_contexts
     server_sock, client_sock = loopback_pair()
     with server_sock, client_sock:
@@ -246,24 +241,16 @@ def test_the_receive_low_water_mark_holds_the_wake_up_until_the_hello_is_whole(s
         hello = BioClient(certs.ssl_client_context(), "b.example").step()
         assert server.handshake() == READ and server.sslobj is None  # nothing yet
         client_sock.sendall(hello[:9])
-        _wait_readable(server_sock, 9)
+        assert select.select([server_sock], [], [], 5)[0]
         assert server.handshake() == READ and server.sslobj is None
         low_water = server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
         assert low_water == len(hello)
+        assert not select.select([server_sock], [], [], 0.05)[0], "woken by what it peeked at"
         client_sock.sendall(hello[9:])
-        _wait_readable(server_sock, len(hello))
+        assert select.select([server_sock], [], [], 5)[0], "woken once it is whole"
         server.handshake()
         assert server.sslobj is not None
         assert server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
-
-
-def _wait_readable(sock: socket.socket, size: int) -> None:
-    import time
-
-    deadline = time.monotonic() + 5
-    while len(sock.recv(size, socket.MSG_PEEK)) < size:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
 
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
