@@ -180,6 +180,14 @@ def split_user(user: str, separator: str, default_tenant: str | None) -> UserNam
     return UserName(full=user, local=local, tenant=tenant.lower())
 
 
+_NOT_ONE_WORD = "expected one word: no spaces or control characters (it is sent in USER)"
+
+
+def one_word(text: str) -> bool:
+    """Fit to be a USER argument: no space, no control or format character."""
+    return text.isprintable() and " " not in text
+
+
 def valid_tenant_name(name: str) -> bool:
     return bool(_TENANT_NAME.match(name))
 
@@ -211,6 +219,8 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
             r.problem(
                 "login", f"unknown placeholder {{{used}}}; use {{user}}, {{local}} or {{domain}}"
             )
+    if not one_word(login):
+        r.problem("login", _NOT_ONE_WORD)
     tenant = Tenant(
         name=name.lower(),
         backends=backends,
@@ -245,8 +255,13 @@ def _master_fields(r: Reader) -> dict[str, Any]:
         template.format(user="u", local="l", domain="d", login="x", master="m")
     except (ValueError, KeyError, IndexError, AttributeError):
         r.problem("master_login", f"not a valid template: {template!r}")
+    if not one_word(template):
+        r.problem("master_login", _NOT_ONE_WORD)
+    master_user = r.string("master_user", None)
+    if master_user is not None and not one_word(master_user):
+        r.problem("master_user", _NOT_ONE_WORD)
     return {
-        "master_user": r.string("master_user", None),
+        "master_user": master_user,
         "master_login": template,
         "master_password_env": r.string("master_password_env", None),
         "master_password_file": r.string("master_password_file", None),

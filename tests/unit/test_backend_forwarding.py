@@ -17,6 +17,7 @@ from pop3proxy.protocol.backend import (
     StartBackendTLS,
     xtext,
 )
+from pop3proxy.tenants import RecordError, parse_tenant
 
 CLIENT = ("192.0.2.10", 50123)
 XCLIENT = SendToBackend(b"XCLIENT ADDR=192.0.2.10 PORT=50123\r\n")
@@ -153,3 +154,31 @@ def test_auth_plain_carries_a_name_with_a_space_inside_base64() -> None:
     machine = BackendLogin("alice smith", b"pw", starttls=False, sasl_plain=True)
     command = sent(machine.receive_line(b"+OK ready"))
     assert command == b"AUTH PLAIN " + base64.b64encode(b"\0alice smith\0pw") + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("login", "{local} x"),
+        ("login", "{local}\r\nDELE 1"),
+        ("master_login", "{login}*{master}\n"),
+        ("master_user", "proxy master"),
+        ("master_user", "master\rDELE 1"),
+    ],
+)
+def test_a_record_that_would_put_a_second_word_in_user_is_refused(field: str, value: str) -> None:
+    """Caught when the record is written (the CLI names the field), long
+    before the login machine's last check."""
+    record = {
+        "name": "acme.example",
+        "backends": [{"host": "mail.acme.internal"}],
+        "auth": "local",
+        "master_user": "proxymaster",
+        "master_password_env": "ACME_MASTER",
+        field: value,
+    }
+    with pytest.raises(RecordError) as error:
+        parse_tenant(record)
+    assert any(
+        problem.startswith(field) and "one word" in problem for problem in error.value.problems
+    )
