@@ -160,6 +160,7 @@ def test_a_master_password_with_a_line_break_is_refused_unquoted(
     assert "CR, LF or NUL" in refusals[0]["error"]
     assert "proxymaster" not in dovecot.read_log()[mark:], "nothing was sent to the backend"
     prefix = proxy.config["directory"]["key_prefix"]
-    stored = json.loads(redis_server.client().get(f"{prefix}:user:local.example:alice"))
+    with redis_server.client() as client:
+        stored = json.loads(client.get(f"{prefix}:user:local.example:alice"))
     for secret in (master, stored["password_hash"], "local-pass"):
         assert secret not in proxy.read_log() + proxy.metrics()
