@@ -67,7 +67,8 @@ class SentinelConfig:
 @dataclass(frozen=True)
 class DirectoryConfig:
     store: str = "redis"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    """May hold a password (``redis://:pw@host``), so never in a repr."""
     key_prefix: str = "pop3proxy"
     cache_ttl: float = 30.0
     negative_ttl: float = 5.0
@@ -81,6 +82,16 @@ class DirectoryConfig:
     sentinel: SentinelConfig | None = None
     cluster: bool = False
     file: str | None = None
+
+
+def _without_user_info(url: str) -> str:
+    """``url`` with whatever stands before an ``@`` in its authority (a user
+    name and password) replaced, for error messages."""
+    scheme, sep, rest = url.partition("//")
+    authority, at, tail = rest.partition("@")
+    if not sep or not at or "/" in authority:
+        return url
+    return f"{scheme}//***@{tail}"
 
 
 @dataclass(frozen=True)
@@ -401,7 +412,9 @@ def _directory(r: Reader, base: Path | None) -> DirectoryConfig:
     )
     if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
         r.problem(
-            "redis_url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis_url!r}"
+            "redis_url",
+            "expected a redis://, rediss:// or unix:// URL, "
+            f"got {_without_user_info(config.redis_url)!r}",
         )
     if config.redis_timeout <= 0:
         r.problem("redis_timeout", "expected a duration greater than zero")

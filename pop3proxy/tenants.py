@@ -112,27 +112,48 @@ class Tenant:
     def master_password(self) -> bytes:
         """Read where the record says, at each login (so a rotated Secret applies).
 
-        Raises :class:`MasterPasswordMissing` without saying more than where
-        it looked: the value itself never reaches an error message.
+        A file's one trailing line end (``echo pw > file``) is not part of the
+        password. Raises :class:`MasterPasswordMissing` (or
+        :class:`MasterPasswordInvalid`) without saying more than where it
+        looked: the value itself never reaches an error message.
         """
         if self.master_password_env:
             value = os.environ.get(self.master_password_env)
-            if value:
-                return value.encode()
-            raise MasterPasswordMissing(f"${self.master_password_env} is not set")
+            if not value:
+                raise MasterPasswordMissing(f"${self.master_password_env} is not set")
+            return _usable(value.encode(), f"${self.master_password_env}")
         if self.master_password_file:
             try:
                 with open(self.master_password_file, "rb") as file:
-                    return file.read().rstrip(b"\r\n")
+                    content = file.read()
             except OSError as error:
                 raise MasterPasswordMissing(
                     f"{self.master_password_file}: {error.strerror}"
                 ) from None
+            content = content.removesuffix(b"\n").removesuffix(b"\r")
+            return _usable(content, self.master_password_file)
         raise MasterPasswordMissing("no master_password_env or master_password_file")
 
 
 class MasterPasswordMissing(Exception):
     """``auth: local`` cannot log in to the backend: its master password is unreadable."""
+
+
+class MasterPasswordInvalid(MasterPasswordMissing):
+    """The master password holds a byte that would end the PASS line (or split
+    the AUTH PLAIN response) it is sent in: CR, LF or NUL. Refused rather
+    than sent, so no secret file can put a command of its own on the wire."""
+
+
+_LINE_BREAKERS = re.compile(b"[\x00\r\n]").search
+
+
+def _usable(password: bytes, where: str) -> bytes:
+    if not password:
+        raise MasterPasswordMissing(f"{where} is empty")
+    if _LINE_BREAKERS(password):
+        raise MasterPasswordInvalid(f"{where} holds a CR, LF or NUL; expected one line")
+    return password
 
 
 def _backend_dict(backend: Backend) -> dict[str, Any]:
@@ -222,6 +243,14 @@ def split_user(user: str, separator: str, default_tenant: str | None) -> UserNam
     return UserName(user, local, tenant.lower(), separator)
 
 
+_NOT_ONE_WORD = "expected one word: no spaces or control characters (it is sent in USER)"
+
+
+def one_word(text: str) -> bool:
+    """Fit to be a USER argument: no space, no control or format character."""
+    return text.isprintable() and " " not in text
+
+
 def valid_tenant_name(name: str) -> bool:
     return bool(_TENANT_NAME.match(name))
 
@@ -253,6 +282,8 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
             r.problem(
                 "login", f"unknown placeholder {{{used}}}; use {{user}}, {{local}} or {{domain}}"
             )
+    if not one_word(login):
+        r.problem("login", _NOT_ONE_WORD)
     tenant = Tenant(
         name=name.lower(),
         backends=backends,
@@ -288,8 +319,13 @@ def _master_fields(r: Reader) -> dict[str, Any]:
         template.format(user="u", local="l", domain="d", login="x", master="m")
     except (ValueError, KeyError, IndexError, AttributeError):
         r.problem("master_login", f"not a valid template: {template!r}")
+    if not one_word(template):
+        r.problem("master_login", _NOT_ONE_WORD)
+    master_user = r.string("master_user", None)
+    if master_user is not None and not one_word(master_user):
+        r.problem("master_user", _NOT_ONE_WORD)
     return {
-        "master_user": r.string("master_user", None),
+        "master_user": master_user,
         "master_login": template,
         "master_password_env": r.string("master_password_env", None),
         "master_password_file": r.string("master_password_file", None),

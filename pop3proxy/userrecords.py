@@ -36,8 +36,9 @@ class UserRecord:
     """``host:port`` of the pinned backend, one of the tenant's."""
     password_hash: str | None = field(default=None, repr=False)
     """argon2id hash for tenants with ``auth: local``."""
-    raw: tuple[tuple[str, Any], ...] = ()
-    """Every stored field, for writers that must keep what they do not own."""
+    raw: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    """Every stored field, for writers that must keep what they do not own;
+    ``password_hash`` among them, so never in a repr."""
 
 
 def user_key_parts(tenant: str, local: str) -> tuple[str, str]:

@@ -9,18 +9,34 @@ rotation, see :mod:`pop3proxy.reload`): :func:`server_context` builds a whole
 new context (the default certificate plus one per SNI name), and the caller
 swaps the reference sessions read at handshake time. Sessions already past
 their handshake keep the context they started with.
+
+A TLS session never moves from one certificate to another (the hole of
+nginx's CVE-2025-23419). OpenSSL keeps sessions and ticket keys in the
+context a connection was *made* with, whatever context the SNI callback
+switches to later, so with one context for every connection a session
+resumed under tenant A's certificate would resume under tenant B's name too,
+without B's certificate ever being shown. :class:`ServerTLS` therefore peeks
+at the ClientHello and makes the connection with the certificate's own
+context: each certificate has its own session cache and ticket keys, and a
+session of another simply does not resume (a full handshake follows). When
+the ClientHello cannot be read that way (longer than two full records, or
+malformed), the SNI callback still switches certificates, but refuses the
+handshake if it is a resumption.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
 import ssl
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from pop3proxy.config import Config, SNIEntry, TLSConfig
 from pop3proxy.net.sockets import READ, WRITE, RawSocket
+from pop3proxy.tenants import valid_tenant_name
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -92,6 +108,34 @@ def match_name(names: dict[str, object], server_name: str) -> str | None:
     return wildcard if dot and wildcard in names else None
 
 
+_CERTIFICATES: weakref.WeakKeyDictionary[ssl.SSLContext, dict[str, ssl.SSLContext]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The SNI contexts of each listeners' context, by server name."""
+
+
+def usable_server_name(server_name: str | None) -> str | None:
+    """A client's SNI name, lowercased, if it is a host name at all.
+
+    OpenSSL passes on any bytes but NUL, and Python any ASCII: a name with a
+    space or a control character would become a cache key, a Redis key and,
+    with ``tenancy.sni_tenant``, a tenant. Such a name is treated as no name.
+    """
+    if not server_name:
+        return None
+    name = server_name.lower().rstrip(".")
+    return name if valid_tenant_name(name) else None
+
+
+def certificate_context(context: ssl.SSLContext, server_name: str | None) -> ssl.SSLContext:
+    """The context holding the certificate ``server_name`` gets: its SNI
+    entry's, else the default one (``context`` itself)."""
+    name = usable_server_name(server_name)
+    by_name = _CERTIFICATES.get(context)
+    found = match_name(by_name, name) if by_name and name else None  # type: ignore[arg-type]
+    return by_name[found] if by_name and found is not None else context
+
+
 def server_context(config: TLSConfig) -> ssl.SSLContext:
     """The listeners' context: TLS 1.2 at least, no compression, no renegotiation.
 
@@ -108,16 +152,25 @@ def server_context(config: TLSConfig) -> ssl.SSLContext:
         if pair not in loaded:
             loaded[pair] = _context(config, entry.cert, entry.key)
         by_name[entry.name] = loaded[pair]
+    _CERTIFICATES[context] = by_name
 
-    def choose(sslsock: Any, server_name: str | None, _: ssl.SSLContext) -> None:
-        if not server_name:
-            return
-        sslsock.pop3proxy_server_name = server_name.lower().rstrip(".")
-        found = match_name(by_name, server_name)  # type: ignore[arg-type]
-        if found is not None:
-            sslsock.context = by_name[found]
+    def choose(sslsock: Any, server_name: str | None, current: ssl.SSLContext) -> int | None:
+        """OpenSSL's word on the server name: noted for the tenant, and the
+        certificate switched if the ClientHello was not read beforehand."""
+        name = usable_server_name(server_name)
+        if name is None:
+            return None
+        sslsock.pop3proxy_server_name = name
+        wanted = certificate_context(context, name)
+        if wanted is current:
+            return None
+        if sslsock.sslobj.session_reused:
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # a session made under another
+        sslsock.context = wanted
+        return None
 
-    context.sni_callback = choose
+    for each in (context, *loaded.values()):
+        each.sni_callback = choose
     return context
 
 
@@ -132,8 +185,9 @@ def sni_tenant(config: Config, name: str | None) -> str | None:
 
     A ``tls.sni`` entry with a ``tenant`` names it; any other name is taken as
     the tenant name itself (``acme.example`` for a client that connects to
-    ``acme.example``).
+    ``acme.example``), if it can be one.
     """
+    name = usable_server_name(name)
     if not config.tenancy.sni_tenant or not name:
         return None
     entries = {entry.name: entry for entry in config.tls.sni}
@@ -199,21 +253,128 @@ def handshake_failure(error: OSError) -> HandshakeFailed:
     return HandshakeFailed("connection", error.strerror or "")
 
 
+RECORD_LIMIT = 5 + 2**14
+"""A TLS record header and the largest plaintext record (RFC 8446 section 5.1)."""
+HELLO_PEEK_LIMIT = 2 * RECORD_LIMIT
+"""ClientHellos are a few hundred bytes to a few KiB (post-quantum key shares
+included); one that needs more than two full records is left to OpenSSL."""
+
+_HANDSHAKE = 0x16
+_CLIENT_HELLO = 0x01
+_SERVER_NAME = 0x0000
+_HOST_NAME = 0x00
+
+
+def hello_server_name(data: bytes) -> str | int | None:
+    """The SNI host name of the ClientHello at the start of ``data``.
+
+    Returns the name (``str``); ``None`` when there is none to be had (no
+    SNI, not a ClientHello, or one longer than :data:`HELLO_PEEK_LIMIT`:
+    OpenSSL decides what to make of those); or, when ``data`` is too short
+    to tell, the number of bytes needed (``int``). The ClientHello may be
+    spread over several handshake records (RFC 8446 section 5.1).
+    """
+    message = bytearray()
+    position = 0
+    while True:
+        if position + 5 > HELLO_PEEK_LIMIT:
+            return None
+        if len(data) < position + 5:
+            return position + 5
+        if data[position] != _HANDSHAKE or data[position + 1] != 3:
+            return None
+        end = position + 5 + int.from_bytes(data[position + 3 : position + 5], "big")
+        if end > HELLO_PEEK_LIMIT:
+            return None
+        if len(data) < end:
+            return end
+        message += data[position + 5 : end]
+        position = end
+        if len(message) >= 4:
+            if message[0] != _CLIENT_HELLO:
+                return None
+            hello_end = 4 + int.from_bytes(message[1:4], "big")
+            if len(message) >= hello_end:
+                return _server_name(memoryview(message)[4:hello_end])
+
+
+def _server_name(hello: memoryview) -> str | None:
+    """RFC 8446 section 4.1.2 and RFC 6066 section 3, bounds checked."""
+    position = 2 + 32  # legacy_version, random
+    for width in (1, 2, 1):  # session id, cipher suites, compression methods
+        if position + width > len(hello):
+            return None
+        position += width + int.from_bytes(hello[position : position + width], "big")
+    if position + 2 > len(hello):
+        return None
+    extensions_end = position + 2 + int.from_bytes(hello[position : position + 2], "big")
+    position += 2
+    while position + 4 <= min(extensions_end, len(hello)):
+        kind = int.from_bytes(hello[position : position + 2], "big")
+        size = int.from_bytes(hello[position + 2 : position + 4], "big")
+        body = hello[position + 4 : position + 4 + size]
+        position += 4 + size
+        if kind != _SERVER_NAME:
+            continue
+        if len(body) < 5 or body[2] != _HOST_NAME:
+            return None
+        length = int.from_bytes(body[3:5], "big")
+        if 5 + length > len(body):
+            return None
+        try:
+            return bytes(body[5 : 5 + length]).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
 class ServerTLS:
     """Server-side TLS on a client's non-blocking socket, driven by the event loop.
 
     ``sslobj`` is OpenSSL's connection itself, read and written without any
-    wrapper (see :class:`pop3proxy.net.relay.Endpoint`). This object is its
-    owner, which is what the SNI callback of :func:`server_context` gets: it
-    notes the client's server name here and picks the certificate through
-    ``context``.
+    wrapper (see :class:`pop3proxy.net.relay.Endpoint`), made once the
+    ClientHello has arrived, with the context of the certificate its server
+    name picks (see the module's docstring). This object is its owner, which
+    is what the SNI callback of :func:`server_context` gets: it notes the
+    client's server name here.
     """
 
-    __slots__ = ("__weakref__", "pop3proxy_server_name", "sslobj")
+    __slots__ = ("__weakref__", "_awaited", "_context", "_sock", "pop3proxy_server_name", "sslobj")
 
     def __init__(self, sock: RawSocket, context: ssl.SSLContext) -> None:
         self.pop3proxy_server_name: str | None = None
-        self.sslobj = context._wrap_socket(sock, server_side=True, owner=self)  # type: ignore[attr-defined]
+        self.sslobj: Any = None
+        self._sock = sock
+        self._context = context
+        self._awaited = 0
+        """Bytes of ClientHello waited for (the socket's low-water mark)."""
+
+    def _connect(self) -> int:
+        """Make ``sslobj`` once the ClientHello is readable; else the event to wait for.
+
+        The ClientHello is peeked at, not read: OpenSSL reads it after. While
+        it is incomplete, the socket's receive low-water mark holds the
+        wake-up until all of it is there (peeking again at every segment
+        would spin, the bytes staying readable).
+        """
+        try:
+            data = self._sock.recv(HELLO_PEEK_LIMIT, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return READ
+        except OSError:
+            data = b""  # OpenSSL meets the same error and reports it
+        found = hello_server_name(data) if data else None
+        if isinstance(found, int):
+            if found != self._awaited:
+                self._awaited = found
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, found)
+                return READ
+            found = None  # woken without it: the client closed, OpenSSL will say so
+        if self._awaited:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        context = certificate_context(self._context, found)
+        self.sslobj = context._wrap_socket(self._sock, server_side=True, owner=self)  # type: ignore[attr-defined]
+        return 0
 
     def _sslsock(self) -> ServerTLS:
         """gevent's ``SSLContext`` runs the SNI callback on ``owner._sslsock()``."""
@@ -229,6 +390,10 @@ class ServerTLS:
 
     def handshake(self) -> int:
         """One step: 0 when done, else the event to wait for; raises :class:`HandshakeFailed`."""
+        if self.sslobj is None:
+            wait = self._connect()
+            if wait:
+                return wait
         try:
             self.sslobj.do_handshake()
         except ssl.SSLWantReadError:

@@ -13,7 +13,16 @@ code (``+OK [XCLIENT] Dovecot ready.``, only to trusted peers) and not in
 CAPA; other servers may list it in CAPA instead, so without the greeting
 code the machine asks CAPA once. A backend that offers neither, or refuses
 the command, gets the login anyway (the client's address is lost, not the
-session); ``xclient_result`` says which for the log.
+session); ``xclient_result`` says which for the log. Every XCLIENT value is
+sent as xtext (RFC 3461 section 4, as nginx does): whatever a value holds,
+it cannot end the line or start another attribute.
+
+Nothing goes into a line raw that could end it: a login name or password
+holding CR, LF or NUL (or, for USER, a space or another control character)
+fails the login before anything is sent (``unsafe_credentials``). The
+client side refuses such names and passwords already; this is the last
+check before the wire, for whatever a template or a secret file made of
+them.
 
 With ``sasl_plain`` (a backend's ``login_command: auth_plain``) the
 credentials go in one ``AUTH PLAIN`` command with the initial response
@@ -29,10 +38,11 @@ the returned actions. The outcome is :class:`LoggedIn` or :class:`Failed`.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from pop3proxy.protocol import replies
+from pop3proxy.protocol import proxyproto, replies
 from pop3proxy.protocol.replies import Code
 
 MAX_STATUS_LINE = 8192
@@ -92,6 +102,37 @@ _GREETING, _STLS, _TLS_PENDING, _CAPA, _CAPA_BODY, _XCLIENT, _USER, _PASS, _AUTH
 are slow to read on Python 3.11)."""
 
 
+def xtext(value: str) -> bytes:
+    """RFC 3461 section 4: every octet outside ``!``..``~``, and ``+`` and
+    ``=``, becomes ``+`` and two upper-case hex digits."""
+    encoded = bytearray()
+    for octet in value.encode("utf-8"):
+        if 0x21 <= octet <= 0x7E and octet not in _XTEXT_SPECIALS:
+            encoded.append(octet)
+        else:
+            encoded += b"+%02X" % octet
+    return bytes(encoded)
+
+
+_XTEXT_SPECIALS = frozenset(b"+=")
+_LINE_BREAKERS = re.compile(b"[\x00\r\n]").search
+
+
+def _unsafe_credentials(user: bytes, password: bytes, sasl_plain: bool) -> bool:
+    """Would writing these credentials end or split a command line?
+
+    With AUTH PLAIN both are inside base64, but NUL separates the fields of
+    the decoded response (RFC 4616), and a backend decodes CR and LF back
+    into its own buffers. With USER, the name is a single argument: no
+    spaces, no control characters at all.
+    """
+    if not user or _LINE_BREAKERS(password) or _LINE_BREAKERS(user):
+        return True
+    if sasl_plain:
+        return False
+    return b" " in user or not user.decode("utf-8").isprintable()
+
+
 MAX_COMMAND_LINE = 255
 """Octets of a command line, CRLF included (RFC 2449 section 4)."""
 
@@ -124,6 +165,8 @@ class BackendLogin:
         self._password = password
         self._starttls = starttls
         self._sasl_plain = sasl_plain
+        if xclient is not None:
+            xclient = (str(proxyproto.address_to_forward(xclient[0])), xclient[1])
         self._xclient = xclient
         self._xclient_offered = False
         self._step = _GREETING
@@ -205,10 +248,14 @@ class BackendLogin:
         assert self._xclient is not None
         host, port = self._xclient
         self._step = _XCLIENT
-        return [SendToBackend(f"XCLIENT ADDR={host} PORT={port}\r\n".encode("ascii"))]
+        command = b"XCLIENT ADDR=" + xtext(host) + b" PORT=" + xtext(str(port)) + replies.CRLF
+        return [SendToBackend(command)]
 
     def _send_user(self) -> list[BackendAction]:
         """The credentials: USER (then PASS), or AUTH PLAIN."""
+        if _unsafe_credentials(self._user, self._password, self._sasl_plain):
+            self._step = _DONE
+            return [Failed(FailureKind.AUTH, "unsafe_credentials", AUTH_FAILURE)]
         if self._sasl_plain:
             self._step = _AUTH
             command = b"AUTH PLAIN " + self._plain_response() + replies.CRLF

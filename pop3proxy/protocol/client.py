@@ -338,7 +338,9 @@ class ClientConnection:
         if not self._auth_allowed():
             return self._tls_required()
         try:
-            name = argument.decode("utf-8").strip()
+            # Spaces only: str.strip() would also take a vertical tab, a NEL or
+            # a LINE SEPARATOR off the ends, and a name with one is refused.
+            name = argument.decode("utf-8").strip(" ")
         except UnicodeDecodeError:
             return self._error(replies.err("User name must be UTF-8"))
         if not valid_user_name(name):

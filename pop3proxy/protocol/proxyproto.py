@@ -98,12 +98,31 @@ def _v1_address(host: str, port: str, version: int) -> Address:
     if number > 65535:
         raise ProxyProtocolError("v1_bad_port")
     try:
-        address = ipaddress.ip_address(host)
+        address = plain_address(host)
     except ValueError:
         raise ProxyProtocolError("v1_bad_address") from None
     if address.version != version:
         raise ProxyProtocolError("v1_bad_address")
     return str(address), number
+
+
+_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF:.")
+
+
+def plain_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``text`` as an IP address, refusing anything but the address itself.
+
+    ``ipaddress`` accepts an IPv6 zone id (``fe80::1%eth0``) holding any
+    character, a line feed included, and gives it back in ``str()``: a load
+    balancer's header could then put a line of its choosing into the
+    XCLIENT command or the PROXY header the proxy sends a backend. A zone id
+    names an interface of the host that wrote it, meaningless anywhere else,
+    so an address with one is refused like any other text that is not an
+    address. Raises ``ValueError``.
+    """
+    if not text or not _ADDRESS_CHARACTERS.issuperset(text):
+        raise ValueError("not a plain IP address")
+    return ipaddress.ip_address(text)
 
 
 def _parse_v2(data: bytes) -> ProxyHeader | None:
@@ -130,8 +149,10 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         raise ProxyProtocolError("v2_short_address")
     block = data[V2_FIXED_LENGTH : V2_FIXED_LENGTH + wanted]
     size = 4 if family == _V2_TCP4 else 16
-    source_ip = ipaddress.ip_address(block[:size])
-    destination_ip = ipaddress.ip_address(block[size : 2 * size])
+    # Packed addresses carry no zone id; checked all the same, so that what
+    # the header gives is a plain address whichever version carried it.
+    source_ip = _checked(ipaddress.ip_address(block[:size]))
+    destination_ip = _checked(ipaddress.ip_address(block[size : 2 * size]))
     source_port, destination_port = struct.unpack("!HH", block[2 * size : 2 * size + 4])
     return ProxyHeader(
         2, total, (str(source_ip), source_port), (str(destination_ip), destination_port)
@@ -196,11 +217,29 @@ def _same_family(source: Address, destination: Address) -> tuple[tuple[_IP, int]
     IPv4-mapped IPv6 addresses (a dual-stack socket) become IPv4; a
     destination of the other family becomes the unspecified address.
     """
-    src_ip = _unmapped(ipaddress.ip_address(source[0]))
-    dst_ip = _unmapped(ipaddress.ip_address(destination[0]))
+    src_ip = _unmapped(address_to_forward(source[0]))
+    dst_ip = _unmapped(address_to_forward(destination[0]))
     if dst_ip.version != src_ip.version:
         dst_ip = ipaddress.ip_address("0.0.0.0" if src_ip.version == 4 else "::")
     return (src_ip, source[1]), (dst_ip, destination[1])
+
+
+def _checked(address: _IP) -> _IP:
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ProxyProtocolError("v2_bad_address")
+    return address
+
+
+def address_to_forward(text: str) -> _IP:
+    """The address a PROXY header or XCLIENT may tell a backend.
+
+    A socket's peer can hold a zone id (a link-local client,
+    ``fe80::1%eth0``): it means nothing to the backend, and a v2 header
+    cannot carry one, so v1 and XCLIENT drop it too. Whatever else the text
+    holds, what goes out is ``ipaddress``'s own rendering of the address,
+    never the text; anything else raises ``ValueError``.
+    """
+    return plain_address(text.partition("%")[0])
 
 
 def _unmapped(address: _IP) -> _IP:

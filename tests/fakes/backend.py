@@ -6,7 +6,8 @@ a hung process that accepts and never speaks (``stall``), a server that
 accepts and closes at once (``close``). Each counts the connections it got,
 so a test can tell whether the proxy tried it at all. ``agree`` is the
 other way round: it says ``+OK`` to every line and keeps the lines, so a
-test can read what the proxy sent.
+test can read what the proxy sent (a PROXY v1 line is kept too, and gets
+no reply, as from a ``haproxy = yes`` listener).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ BEHAVIOURS = ("garbage", "stall", "close", "agree")
 
 
 class FakeBackend:
-    def __init__(self, behaviour: str) -> None:
+    def __init__(self, behaviour: str, greeting: bytes = b"+OK ready") -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {BEHAVIOURS}")
         self.behaviour = behaviour
+        self.greeting = greeting
+        """What ``agree`` says first (``+OK [XCLIENT] ...`` offers XCLIENT)."""
         self.accepted = 0
         self.lines: list[bytes] = []
         """What ``agree`` was sent, each line without its CRLF."""
@@ -64,10 +67,11 @@ class FakeBackend:
 
     def _agree(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn.makefile("rb") as stream:
-            conn.sendall(b"+OK ready\r\n")
+            conn.sendall(self.greeting + b"\r\n")
             for line in stream:
                 self.lines.append(line.rstrip(b"\r\n"))
-                conn.sendall(b"+OK\r\n")
+                if not line.startswith(b"PROXY "):
+                    conn.sendall(b"+OK\r\n")
 
     def close(self) -> None:
         self._stopped.set()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakes.backend import FakeBackend
 from harness.certs import Certs
 from harness.dovecot import Dovecot
 from harness.ports import LOOPBACK, free_port, wait_until
@@ -235,3 +236,33 @@ def test_health_check_connect_and_close_is_not_an_error(lb_proxy):
     socket.create_connection((LOOPBACK, proxy.ports["lb"]), timeout=10).close()
     wait_until(lambda: any(s.get("listener") == "lb" for s in proxy.sessions()), 5)
     assert "pop3proxy_proxy_protocol_errors_total{" not in proxy.metrics()
+
+
+@pytest.mark.parametrize("zone", [b"a\rQUIT", b"a\nQUIT", b"eth0"], ids=["cr", "lf", "plain"])
+@pytest.mark.parametrize("forward", ["xclient", "proxy_v1"])
+def test_a_zone_id_in_the_header_never_reaches_the_backend(lb_proxy, forward, zone):
+    """A trusted balancer's v1 header whose address carries a zone id (with a
+    CR or LF in it, which a lenient backend may take for a line end): refused
+    as malformed, so no byte of it is written to the backend, in XCLIENT or
+    in the PROXY header sent on."""
+    with FakeBackend("agree", greeting=b"+OK [XCLIENT] ready") as fake:
+        proxy = lb_proxy(["127.0.0.0/8"], start=False)
+        store(proxy, fake.address, forward)
+        proxy.start()
+        injected = b"PROXY TCP6 fe80::1%" + zone + b" 2001:db8::1 40000 110\r\n"
+        refused = closed_without_greeting(proxy.ports["lb"], injected)
+        if not refused:  # greeted: show what a login would have sent on
+            login_from(LOOPBACK, proxy.ports["lb"], injected)
+        assert refused, "the header was accepted"
+        wait_until(lambda: errors(proxy, "malformed") == 1, 5, message="counted as malformed")
+
+        header = build_v1(("2001:db8::7", 40000), ("2001:db8::1", 110))
+        assert login_from(LOOPBACK, proxy.ports["lb"], header).startswith(b"+OK")
+        wait_until(lambda: b"QUIT" in fake.lines, 5, message="the good session ended")
+        assert fake.accepted == 1, "only the good header's session reached the backend"
+        first = {
+            "xclient": b"XCLIENT ADDR=2001:db8::7 PORT=40000",
+            "proxy_v1": b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 110",
+        }[forward]
+        assert fake.lines[0] == first
+        assert not any(b"%" in line for line in fake.lines)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 
-from harness.proxy import TENANT
+from harness.proxy import TENANT, attempt_login, run_cli
 from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
 
@@ -119,3 +120,47 @@ def test_no_password_in_any_reply_log_or_metric(proxy, certs, fresh_mailbox, tmp
             assert secret not in text, f"{secret!r} leaked into a {where}"
         encoded = base64.b64encode(secret.encode()).decode()
         assert encoded not in own + others, f"{secret!r} leaked base64-encoded"
+
+
+def test_a_master_password_with_a_line_break_is_refused_unquoted(
+    make_proxy, dovecot, tmp_path, redis_server
+):
+    """``auth: local`` with a master password file holding a second line: the
+    client gets ``[SYS/TEMP]``, the log says which file and why, and neither
+    the password nor the stored hash of the user shows anywhere."""
+    master = MASTER_USERS["proxymaster"]
+    secret_file = tmp_path / "master"
+    secret_file.write_text(f"{master}\nDELE 1\n")
+    proxy = make_proxy({"auth": {"argon2_time_cost": 1, "argon2_memory_cost": 1024}})
+    record = tmp_path / "local.yaml"
+    record.write_text(
+        json.dumps(
+            {
+                "name": "local.example",
+                "backends": [{"host": dovecot.host, "port": dovecot.port}],
+                "auth": "local",
+                "master_user": "proxymaster",
+                "master_password_file": str(secret_file),
+            }
+        )
+    )
+    for args, stdin in (
+        (("tenant", "set", "--from-file", str(record)), None),
+        (("user", "set-password", "alice@local.example"), "local-pass\n"),
+    ):
+        result = run_cli(proxy.config_path, *args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+    mark = dovecot.log_mark()
+
+    reply = attempt_login(proxy, "alice@local.example", "local-pass")
+
+    assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
+    refusals = [r for r in proxy.log_records() if r.get("message") == "master password unavailable"]
+    assert refusals and str(secret_file) in refusals[0]["error"]
+    assert "CR, LF or NUL" in refusals[0]["error"]
+    assert "proxymaster" not in dovecot.read_log()[mark:], "nothing was sent to the backend"
+    prefix = proxy.config["directory"]["key_prefix"]
+    with redis_server.client() as client:
+        stored = json.loads(client.get(f"{prefix}:user:local.example:alice"))
+    for secret in (master, stored["password_hash"], "local-pass"):
+        assert secret not in proxy.read_log() + proxy.metrics()

@@ -1,10 +1,23 @@
-"""XCLIENT in the backend login machine: when it is sent, and what is never lost."""
+"""XCLIENT in the backend login machine: when it is sent, what is never lost,
+and that no value can put a line of its own on the backend's wire."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from pop3proxy.protocol.backend import BackendLogin, LoggedIn, SendToBackend, StartBackendTLS
+from pop3proxy.protocol.backend import (
+    AUTH_FAILURE,
+    BackendLogin,
+    Failed,
+    FailureKind,
+    LoggedIn,
+    SendToBackend,
+    StartBackendTLS,
+    xtext,
+)
+from pop3proxy.tenants import RecordError, parse_tenant
 
 CLIENT = ("192.0.2.10", 50123)
 XCLIENT = SendToBackend(b"XCLIENT ADDR=192.0.2.10 PORT=50123\r\n")
@@ -87,3 +100,106 @@ def test_capa_lines_that_only_look_like_xclient(line: bytes) -> None:
     assert machine.receive_line(line) == []
     assert machine.receive_line(b".") == [USER]
     assert machine.xclient_result == "not_offered"
+
+
+# -- nothing injected ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        ("192.0.2.10", b"192.0.2.10"),
+        ("2001:db8::1", b"2001:db8::1"),
+        ("a+b=c", b"a+2Bb+3Dc"),
+        ("x y\r\nQUIT", b"x+20y+0D+0AQUIT"),
+        ("\x00\x7f~!", b"+00+7F~!"),
+        ("\u00e9", b"+C3+A9"),  # octets of the UTF-8 form
+    ],
+)
+def test_xtext_as_rfc_3461_defines_it(value: str, encoded: bytes) -> None:
+    assert xtext(value) == encoded
+
+
+def sent(actions: list) -> bytes:
+    return b"".join(a.data for a in actions if isinstance(a, SendToBackend))
+
+
+def test_a_zone_id_never_reaches_xclient() -> None:
+    """A link-local client's socket address carries its zone; a header's never
+    does (the parser refuses it), but whatever the text, XCLIENT gets the
+    address alone, one line."""
+    machine = BackendLogin("alice", b"pw", starttls=False, xclient=("fe80::1%a\nQUIT", 50123))
+    command = sent(machine.receive_line(b"+OK [XCLIENT] ready"))
+    assert command == b"XCLIENT ADDR=fe80::1 PORT=50123\r\n"
+
+
+def test_xclient_refuses_text_that_is_not_an_address() -> None:
+    with pytest.raises(ValueError):
+        BackendLogin("alice", b"pw", starttls=False, xclient=("mail.example QUIT", 1))
+
+
+UNSAFE_CREDENTIALS = [
+    ("alice\r\nDELE 1", b"pw"),
+    ("alice\nDELE 1", b"pw"),
+    ("al\x00ice", b"pw"),
+    ("alice", b"pw\r\nDELE 1"),
+    ("alice", b"pw\nDELE 1"),
+    ("alice", b"pw\rDELE 1"),
+    ("alice", b"p\x00w"),
+    ("", b"pw"),
+]
+
+
+@pytest.mark.parametrize("sasl_plain", [False, True], ids=["user_pass", "auth_plain"])
+@pytest.mark.parametrize(("name", "password"), UNSAFE_CREDENTIALS)
+def test_credentials_that_would_break_a_line_are_never_sent(
+    name: str, password: bytes, sasl_plain: bool
+) -> None:
+    machine = BackendLogin(name, password, starttls=False, sasl_plain=sasl_plain)
+    actions = machine.receive_line(b"+OK ready")
+    assert actions == [Failed(FailureKind.AUTH, "unsafe_credentials", AUTH_FAILURE)]
+    assert machine.done
+
+
+@pytest.mark.parametrize("name", ["alice smith", "alice\t", "alice\x1b[2J", "alice\u2028"])
+def test_user_takes_one_printable_argument(name: str) -> None:
+    machine = BackendLogin(name, b"pw", starttls=False)
+    actions = machine.receive_line(b"+OK ready")
+    assert [type(a) for a in actions] == [Failed]
+    assert sent(actions) == b""
+
+
+def test_auth_plain_carries_a_name_with_a_space_inside_base64() -> None:
+    """RFC 4616 allows any UTF-8 but NUL in the identity; the line stays one
+    base64 word."""
+    machine = BackendLogin("alice smith", b"pw", starttls=False, sasl_plain=True)
+    command = sent(machine.receive_line(b"+OK ready"))
+    assert command == b"AUTH PLAIN " + base64.b64encode(b"\0alice smith\0pw") + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("login", "{local} x"),
+        ("login", "{local}\r\nDELE 1"),
+        ("master_login", "{login}*{master}\n"),
+        ("master_user", "proxy master"),
+        ("master_user", "master\rDELE 1"),
+    ],
+)
+def test_a_record_that_would_put_a_second_word_in_user_is_refused(field: str, value: str) -> None:
+    """Caught when the record is written (the CLI names the field), long
+    before the login machine's last check."""
+    record = {
+        "name": "acme.example",
+        "backends": [{"host": "mail.acme.internal"}],
+        "auth": "local",
+        "master_user": "proxymaster",
+        "master_password_env": "ACME_MASTER",
+        field: value,
+    }
+    with pytest.raises(RecordError) as error:
+        parse_tenant(record)
+    assert any(
+        problem.startswith(field) and "one word" in problem for problem in error.value.problems
+    )

@@ -343,3 +343,73 @@ def test_short_reads_inside_a_v2_header() -> None:
     assert reader.feed(header[20:27]) is None
     assert reader.wanted() == 1
     assert reader.feed(header[27:]) == ProxyHeader(2, 28, *V4)
+
+
+# -- nothing but an address comes out, nothing but an address goes in -------------
+
+PLAIN_ADDRESS_CHARACTERS = set("0123456789abcdef:.")
+
+
+def assert_plain(header: ProxyHeader) -> None:
+    for address in (header.source, header.destination):
+        assert address is not None
+        assert set(address[0]) <= PLAIN_ADDRESS_CHARACTERS, address
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        b"fe80::1%a\nXCLIENT",  # a second line for XCLIENT or a v1 header to a backend
+        b"fe80::1%a\nQUIT",
+        b"fe80::1%eth0",  # even a plausible zone id: it names the balancer's interface
+        b"fe80::1%25",
+        b"fe80::1%\x00",
+        b"fe80::1%\xff",
+        b"::ffff:192.0.2.1%1",
+    ],
+)
+def test_v1_address_with_a_zone_id_is_refused(source: bytes) -> None:
+    line = b"PROXY TCP6 " + source + b" 2001:db8::1 50123 110\r\n"
+    with pytest.raises(ProxyProtocolError) as error:
+        parse(line)
+    assert error.value.reason in ("v1_bad_address", "v1_malformed")
+
+
+@settings(max_examples=300)
+@given(st.text(st.characters(blacklist_characters="\r\n "), min_size=1, max_size=30))
+def test_v1_never_yields_a_zone_whatever_it_holds(zone: str) -> None:
+    line = f"PROXY TCP6 fe80::1%{zone} 2001:db8::1 1 2\r\n".encode("utf-8", "surrogatepass")
+    try:
+        header = parse(line)
+    except ProxyProtocolError:
+        return
+    assert header is not None
+    assert_plain(header)
+
+
+@pytest.mark.parametrize("build", [build_v1, build_v2])
+def test_a_zone_id_never_reaches_a_header_sent_to_a_backend(build) -> None:
+    """A socket's peer may carry one (a link-local client); the header sent on
+    carries the address alone, one line for v1."""
+    header = build(("fe80::1%a\nQUIT", 50123), ("fe80::2%eth0", 110))
+    parsed = parse(header)
+    assert parsed is not None and parsed.length == len(header)
+    assert parsed.source == ("fe80::1", 50123)
+    assert_plain(parsed)
+    if build is build_v1:
+        assert header.count(b"\n") == 1 and header.endswith(b"\r\n")
+
+
+@pytest.mark.parametrize("build", [build_v1, build_v2])
+def test_text_that_is_not_an_address_is_never_sent(build) -> None:
+    with pytest.raises(ValueError):
+        build(("192.0.2.1 PROXY", 1), ("192.0.2.2", 2))
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=36, max_size=36))
+def test_v2_addresses_are_plain(block: bytes) -> None:
+    header = V2_SIGNATURE + bytes([0x21, 0x21, 0x00, 36]) + block
+    parsed = parse(header)
+    assert parsed is not None
+    assert_plain(parsed)
