@@ -15,6 +15,7 @@ worker that ever ran (a restarted worker does not reset them), gauges by the
 
 from __future__ import annotations
 
+import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -250,8 +251,10 @@ def init_listener_labels(names: Iterable[str]) -> None:
 
 def set_certificate_expiries(expiries: Mapping[str, float]) -> None:
     """Replace the certificates' expiry series: a certificate no longer served
-    leaves no series behind (in one process; with workers, until a restart)."""
-    CERTIFICATE_EXPIRY.clear()
+    leaves no series behind (in one process; with workers, until a restart:
+    prometheus-client cannot remove a series in its multiprocess mode)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        CERTIFICATE_EXPIRY.clear()
     for name, expires in expiries.items():
         CERTIFICATE_EXPIRY.labels(name).set(expires)
 
