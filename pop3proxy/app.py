@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Mapping
 
 import gevent
@@ -54,12 +55,12 @@ class App:
         self.directory = directory or open_directory(config.directory)
         metrics.configure(config.metrics.max_tenant_labels)
         self.services = Services(
-            config=config, logins=LoginService(config, self.directory), server_tls=None
+            config=config, logins=LoginService(config, self.directory), server_tls={}
         )
         self.certificates: CertificateWatcher | None = None
         if any(listener.tls != "none" for listener in config.listeners):
-            self.certificates = CertificateWatcher(config.tls, self._use_context)
-            self.services.server_tls = self.certificates.context
+            self.certificates = CertificateWatcher(config.tls, config.listeners, self._use_contexts)
+            self.services.server_tls = self.certificates.contexts
         sockets = sockets or {}
         self.listeners = [
             Listener(item, self._handle, sock=sockets.get(item.name)) for item in config.listeners
@@ -77,8 +78,8 @@ class App:
         self.stopping = Event()
         self._background: list[gevent.Greenlet] = []
 
-    def _use_context(self, context: object) -> None:
-        self.services.server_tls = context  # type: ignore[assignment]
+    def _use_contexts(self, contexts: dict[str, ssl.SSLContext]) -> None:
+        self.services.server_tls = contexts
 
     def _handle(self, sock: RawSocket, peer: tuple, listener: ListenerConfig) -> None:
         """A new connection (from a listener's accept callback): its session takes over."""

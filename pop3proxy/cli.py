@@ -14,6 +14,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import redis  # noqa: E402
@@ -29,9 +30,10 @@ from pop3proxy.commands import (  # noqa: E402
     tenant,
     user,
 )
-from pop3proxy.config import ConfigError  # noqa: E402
+from pop3proxy.config import Config, ConfigError  # noqa: E402
 from pop3proxy.directory import DirectoryUnavailable  # noqa: E402
 from pop3proxy.filestore import load_tenants_file  # noqa: E402
+from pop3proxy.net import tls  # noqa: E402
 from pop3proxy.tenants import RecordError  # noqa: E402
 
 
@@ -85,12 +87,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXPIRY_WARNING_DAYS = 14
+"""``check-config`` warns of a certificate that expires sooner than this."""
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load(args)
     if config.directory.store == "file" and config.directory.file:
         tenants = load_tenants_file(Path(config.directory.file))
         print(f"tenants file: {len(tenants)} tenant(s)")
     for listener in config.listeners:
-        print(f"listener {listener.name}: {listener.host}:{listener.port} tls={listener.tls}")
+        line = f"listener {listener.name}: {listener.host}:{listener.port} tls={listener.tls}"
+        if listener.tls != "none":
+            line += " " + config.tls.policy(listener.tls_profile).describe()
+        print(line)
+    if any(listener.tls != "none" for listener in config.listeners):
+        _check_certificates(config)
     print(f"configuration OK: {config.source}")
     return EXIT_OK
+
+
+def _check_certificates(config: Config) -> None:
+    """Every certificate loads with its key (else ``serve`` would not start), and
+    a warning for each that expires within :data:`EXPIRY_WARNING_DAYS`."""
+    try:
+        tls.server_contexts(config.tls, config.listeners)
+    except tls.CertificateError as error:
+        raise CommandError(f"tls: {error}", EXIT_USAGE) from None
+    now = time.time()
+    for name, expires in sorted(tls.certificate_expiries(config.tls).items()):
+        days = (expires - now) / 86400
+        if days < EXPIRY_WARNING_DAYS:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+            state = "has expired" if days < 0 else f"expires in {days:.1f} days"
+            print(f"warning: certificate {name} {state} ({when})", file=sys.stderr)

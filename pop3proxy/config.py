@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from pop3proxy import tlspolicy
 from pop3proxy.schema import Reader, SchemaError, parse_address
 
 TLS_MODES = ("none", "starttls", "implicit")
-TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -36,6 +36,8 @@ class ListenerConfig:
     proxy_protocol_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Peers allowed to send it; any other peer is disconnected."""
     proxy_protocol_timeout: float = 5.0
+    tls_profile: str | None = None
+    """This listener's Mozilla TLS profile; ``None``: ``tls.profile``."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,26 @@ class SNIEntry:
 class TLSConfig:
     cert: str | None = None
     key: str | None = None
-    min_version: str = "TLSv1.2"
+    profile: str = "intermediate"
+    """Mozilla's ``modern``, ``intermediate`` or ``old`` (:mod:`pop3proxy.tlspolicy`)."""
+    min_version: str | None = None
+    """Overrides the profile's lowest TLS version."""
+    ciphers: str | None = None
+    """Overrides the profile's TLS 1.2 (and older) suites: an OpenSSL cipher string."""
+    groups: tuple[str, ...] | None = None
+    """Overrides the profile's key exchange groups."""
     sni: tuple[SNIEntry, ...] = ()
     sni_dir: str | None = None
     watch_interval: float = 1.0
+
+    def policy(self, listener_profile: str | None = None) -> tlspolicy.TLSPolicy:
+        """The effective settings of a listener with ``tls_profile: listener_profile``."""
+        return tlspolicy.policy(
+            listener_profile or self.profile,
+            min_version=self.min_version,
+            ciphers=self.ciphers,
+            groups=self.groups,
+        )
 
 
 @dataclass(frozen=True)
@@ -287,6 +305,11 @@ def _listener(r: Reader) -> ListenerConfig:
     header_timeout = r.duration("proxy_protocol_timeout", 5.0)
     if header_timeout <= 0:
         r.problem("proxy_protocol_timeout", "expected a duration greater than zero")
+    profile = r.raw("tls_profile")
+    if profile is not None:
+        profile = r.choice("tls_profile", "intermediate", tlspolicy.PROFILES)
+        if tls == "none":
+            r.problem("tls_profile", "has no effect with tls: none")
     r.finish()
     return ListenerConfig(
         name=name,
@@ -297,6 +320,7 @@ def _listener(r: Reader) -> ListenerConfig:
         proxy_protocol=proxy_protocol,
         proxy_protocol_trusted=trusted,
         proxy_protocol_timeout=header_timeout,
+        tls_profile=profile,
     )
 
 
@@ -349,7 +373,10 @@ def _tls(r: Reader, base: Path | None) -> TLSConfig:
     config = TLSConfig(
         cert=_resolve(r.string("cert", None), base),
         key=_resolve(r.string("key", None), base),
-        min_version=r.choice("min_version", "TLSv1.2", TLS_VERSIONS),
+        profile=r.choice("profile", "intermediate", tlspolicy.PROFILES),
+        min_version=_optional_choice(r, "min_version", tlspolicy.VERSIONS),
+        ciphers=_ciphers(r),
+        groups=_groups(r),
         sni=_sni(r.section("sni"), base),
         sni_dir=_resolve(r.string("sni_dir", None), base),
         watch_interval=r.duration("watch_interval", 1.0),
@@ -358,6 +385,39 @@ def _tls(r: Reader, base: Path | None) -> TLSConfig:
         r.problem("sni_dir", f"no such directory: {config.sni_dir}")
     r.finish()
     return config
+
+
+def _optional_choice(r: Reader, key: str, choices: tuple[str, ...]) -> str | None:
+    if r.raw(key) is None:
+        return None
+    return r.choice(key, choices[0], choices)
+
+
+def _ciphers(r: Reader) -> str | None:
+    ciphers = r.string("ciphers", None)
+    if ciphers is not None:
+        problem = tlspolicy.cipher_string_problem(ciphers)
+        if problem:
+            r.problem("ciphers", problem)
+            return None
+    return ciphers
+
+
+def _groups(r: Reader) -> tuple[str, ...] | None:
+    value = r.raw("groups")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        r.problem("groups", f"expected a list such as [X25519, prime256v1], got {value!r}")
+        return None
+    groups = []
+    for i, group in enumerate(value):
+        if group not in tlspolicy.GROUPS:
+            expected = ", ".join(tlspolicy.GROUPS)
+            r.problem(f"groups[{i}]", f"expected one of {expected}, got {group!r}")
+        else:
+            groups.append(group)
+    return tuple(groups) or None
 
 
 def _sni(r: Reader, base: Path | None) -> tuple[SNIEntry, ...]:

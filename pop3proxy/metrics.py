@@ -15,9 +15,10 @@ worker that ever ran (a restarted worker does not reset them), gauges by the
 
 from __future__ import annotations
 
+import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,6 +50,18 @@ TLS_FAILURES = Counter(
     "pop3proxy_tls_handshake_failures",
     "TLS handshakes with clients that failed",
     ["listener", "reason"],
+)
+TLS_HANDSHAKES = Counter(
+    "pop3proxy_tls_handshakes",
+    "TLS handshakes with clients that completed, by protocol version and cipher suite",
+    ["listener", "version", "cipher"],
+)
+CERTIFICATE_EXPIRY = Gauge(
+    "pop3proxy_tls_certificate_expiry_timestamp_seconds",
+    "When each certificate the listeners serve expires, in Unix time",
+    ["name"],
+    # With workers: the earliest, so a worker still serving an old certificate shows.
+    multiprocess_mode="livemin",
 )
 AUTH = Counter("pop3proxy_auth", "Login attempts by outcome", ["tenant", "result"])
 LIMIT_REJECTIONS = Counter(
@@ -234,6 +247,16 @@ def init_listener_labels(names: Iterable[str]) -> None:
     for name in names:
         CONNECTIONS.labels(name)
         CONNECTIONS_ACTIVE.labels(name)
+
+
+def set_certificate_expiries(expiries: Mapping[str, float]) -> None:
+    """Replace the certificates' expiry series: a certificate no longer served
+    leaves no series behind (in one process; with workers, until a restart:
+    prometheus-client cannot remove a series in its multiprocess mode)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        CERTIFICATE_EXPIRY.clear()
+    for name, expires in expiries.items():
+        CERTIFICATE_EXPIRY.labels(name).set(expires)
 
 
 def configure(max_tenant_labels: int) -> None:

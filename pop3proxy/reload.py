@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import gevent
 
-from pop3proxy.config import Config, TLSConfig
+from pop3proxy import metrics
+from pop3proxy.config import Config, ListenerConfig, TLSConfig
 from pop3proxy.net import tls
 
 log = logging.getLogger("pop3proxy.reload")
@@ -75,19 +76,28 @@ def live_config(old: Config, new: Config) -> Config:
 
 
 class CertificateWatcher:
-    """Holds the listeners' TLS context; rebuilds it when the files change.
+    """Holds the listeners' TLS contexts; rebuilds them when the files change.
 
-    ``apply`` receives each new context: the app stores it where sessions
-    read it at handshake time, so handshakes from then on present the new
-    certificate and sessions already running are untouched.
+    ``apply`` receives each new set of contexts (by listener name): the app
+    stores it where sessions read it at handshake time, so handshakes from
+    then on present the new certificate and sessions already running are
+    untouched. Each load also sets the certificates' expiry metric.
     """
 
-    def __init__(self, config: TLSConfig, apply: Callable[[ssl.SSLContext], None]) -> None:
+    def __init__(
+        self,
+        config: TLSConfig,
+        listeners: tuple[ListenerConfig, ...],
+        apply: Callable[[dict[str, ssl.SSLContext]], None],
+    ) -> None:
         self.config = config
+        self.listeners = listeners
+        """Fixed for the process's life: listeners change only with a restart."""
         self.apply = apply
         self.fingerprint = tls.fingerprint(config)
-        self.context = tls.server_context(config)
+        self.contexts = tls.server_contexts(config, listeners)
         """Raises at start: without a certificate there is nothing to keep."""
+        metrics.set_certificate_expiries(tls.certificate_expiries(config))
         self._failed: tuple | None = None
         self._greenlet: gevent.Greenlet | None = None
 
@@ -109,21 +119,21 @@ class CertificateWatcher:
                 log.exception("certificate watch failed")
 
     def check(self) -> bool:
-        """Reload if the files changed since the last load; True if a new context applies."""
+        """Reload if the files changed since the last load; True if new contexts apply."""
         now = tls.fingerprint(self.config)
         if now == self.fingerprint or now == self._failed:
             return False
         return self.reload(fingerprint=now)
 
     def reload(self, config: TLSConfig | None = None, fingerprint: tuple | None = None) -> bool:
-        """Build a context from ``config`` (default: the current one) and apply it.
+        """Build contexts from ``config`` (default: the current one) and apply them.
 
-        On failure the running context stays, and the reason is logged.
+        On failure the running contexts stay, and the reason is logged.
         """
         config = config or self.config
         fingerprint = fingerprint or tls.fingerprint(config)
         try:
-            context = tls.server_context(config)
+            contexts = tls.server_contexts(config, self.listeners)
         except tls.CertificateError as error:
             self._failed = fingerprint
             log.error(
@@ -134,8 +144,9 @@ class CertificateWatcher:
         if config.watch_interval != self.config.watch_interval:
             self.stop()
         self.config, self.fingerprint, self._failed = config, fingerprint, None
-        self.context = context
-        self.apply(context)
+        self.contexts = contexts
+        self.apply(contexts)
+        metrics.set_certificate_expiries(tls.certificate_expiries(config))
         self.start()
         log.info(
             "certificate loaded",

@@ -98,7 +98,8 @@ class Supervisor:
         assert config.source is not None, "workers read the configuration file"
         self.config = config
         if any(item.tls != "none" for item in config.listeners):
-            tls.server_context(config.tls)  # a bad certificate stops us here, not each worker
+            # A bad certificate stops us here, not each worker.
+            tls.server_contexts(config.tls, config.listeners)
         self.sockets = {item.name: bind(item) for item in config.listeners}
         self.metrics_dir = tempfile.mkdtemp(prefix="pop3proxy-metrics-")
         self.directory = open_directory(config.directory)

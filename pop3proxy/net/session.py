@@ -28,7 +28,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,8 @@ class Services:
 
     config: Config
     logins: LoginService
-    server_tls: ssl.SSLContext | None
+    server_tls: Mapping[str, ssl.SSLContext]
+    """Each TLS listener's context, by listener name (swapped whole on a reload)."""
     tasks: Tasks = field(default_factory=Tasks)
     """Greenlets for logins and admissions (:mod:`pop3proxy.net.tasks`)."""
     _settings: dict[str, tuple[ListenerConfig, LimitsConfig, core.Settings]] = field(
@@ -368,8 +369,7 @@ class ClientSession:
             self._authorize()
 
     def _start_tls(self, then: Callable[[], None]) -> None:
-        context = self.services.server_tls
-        assert context is not None
+        context = self.services.server_tls[self.listener.name]
         self._reader.stop()
         self._tls = tls.ServerTLS(self.sock, context)
         self._handshake_done = then
@@ -397,7 +397,11 @@ class ClientSession:
             self.client.writer.start(self._guarded, self._handshake_step)
         else:
             self._stop_handshake_timer()
-            self.client.use_tls(self._tls.sslobj)
+            sslobj = self._tls.sslobj
+            self.client.use_tls(sslobj)
+            metrics.add(
+                metrics.TLS_HANDSHAKES, self.listener.name, sslobj.version(), sslobj.cipher()[0]
+            )
             assert self._handshake_done is not None
             self._handshake_done()
 

@@ -26,19 +26,31 @@ handshake if it is a resumption.
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import functools
 import os
 import socket
 import ssl
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from pop3proxy.config import Config, SNIEntry, TLSConfig
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from pop3proxy.config import Config, ListenerConfig, SNIEntry, TLSConfig
 from pop3proxy.net.sockets import READ, WRITE, RawSocket
 from pop3proxy.tenants import valid_tenant_name
+from pop3proxy.tlspolicy import TLSPolicy
 
-_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
 
 
 class HandshakeFailed(Exception):
@@ -55,11 +67,59 @@ class CertificateError(OSError):
     An ``OSError``, so that ``pop3proxy serve`` reports it as "cannot start"."""
 
 
-def _context(config: TLSConfig, cert: str | None, key: str | None) -> ssl.SSLContext:
+class _OpenSSL:
+    """The one OpenSSL call Python's ``ssl`` lacks: the list of key exchange groups.
+
+    ``SSLContext.set_ecdh_curve`` sets a single curve; Mozilla's profiles name
+    three (X25519, P-256, P-384), and OpenSSL's default list adds P-521, X448
+    and the FFDHE groups, which scanners report as non-compliant. So this
+    calls ``SSL_CTX_set1_groups_list`` (a macro over ``SSL_CTX_ctrl``) in the
+    OpenSSL that ``_ssl`` itself is linked with, on the ``SSL_CTX`` pointer
+    that follows the object header of CPython's ``PySSLContext``. Before the
+    call, the pointer is checked: OpenSSL's options on it must be the
+    context's own, else this raises rather than write through a wrong pointer.
+    """
+
+    SET_GROUPS_LIST = 92  # SSL_CTRL_SET_GROUPS_LIST in ssl.h
+
+    def __init__(self) -> None:
+        library = ctypes.CDLL(_ssl.__file__)
+        self.ctrl = library.SSL_CTX_ctrl
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        self.ctrl.restype = ctypes.c_long
+        self.get_options = library.SSL_CTX_get_options
+        self.get_options.argtypes = [ctypes.c_void_p]
+        self.get_options.restype = ctypes.c_uint64
+
+    def set_groups(self, context: ssl.SSLContext, groups: tuple[str, ...]) -> None:
+        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not pointer or self.get_options(pointer) != context.options:
+            raise RuntimeError("cannot reach OpenSSL's context to set tls.groups")
+        if self.ctrl(pointer, self.SET_GROUPS_LIST, 0, ":".join(groups).encode()) != 1:
+            raise ValueError(f"OpenSSL refused tls.groups {list(groups)}")
+
+
+@functools.cache
+def _openssl() -> _OpenSSL:
+    return _OpenSSL()
+
+
+def _apply_policy(context: ssl.SSLContext, policy: TLSPolicy) -> None:
+    with warnings.catch_warnings():
+        # The ssl module deprecates TLS 1.0 and 1.1; the "old" profile exists for
+        # the clients that still need them, and says so in its documentation.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = _VERSIONS[policy.min_version]
+    context.set_ciphers(policy.ciphers)
+    if policy.server_preference:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    _openssl().set_groups(context, policy.groups)
+
+
+def _context(policy: TLSPolicy, cert: str | None, key: str | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _VERSIONS[config.min_version]
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    _apply_policy(context, policy)
     # Resumption, deliberately: mail clients poll, reconnecting every few
     # minutes, and a resumed handshake skips the key exchange and signature.
     # One TLS 1.3 ticket per handshake is enough for a client that connects
@@ -72,6 +132,8 @@ def _context(config: TLSConfig, cert: str | None, key: str | None) -> ssl.SSLCon
             context.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as error:
             reason = getattr(error, "reason", None) or error.strerror or str(error)
+            if reason == "KEY_VALUES_MISMATCH":
+                reason = "the key does not belong to the certificate"
             raise CertificateError(f"{cert} / {key}: {reason}") from None
     return context
 
@@ -136,21 +198,40 @@ def certificate_context(context: ssl.SSLContext, server_name: str | None) -> ssl
     return by_name[found] if by_name and found is not None else context
 
 
-def server_context(config: TLSConfig) -> ssl.SSLContext:
-    """The listeners' context: TLS 1.2 at least, no compression, no renegotiation.
+def server_contexts(
+    config: TLSConfig, listeners: tuple[ListenerConfig, ...]
+) -> dict[str, ssl.SSLContext]:
+    """A context for each TLS listener, by listener name; listeners with the same
+    effective policy share one."""
+    by_policy: dict[TLSPolicy, ssl.SSLContext] = {}
+    contexts = {}
+    for listener in listeners:
+        if listener.tls == "none":
+            continue
+        policy = config.policy(listener.tls_profile)
+        if policy not in by_policy:
+            by_policy[policy] = server_context(config, policy)
+        contexts[listener.name] = by_policy[policy]
+    return contexts
+
+
+def server_context(config: TLSConfig, policy: TLSPolicy | None = None) -> ssl.SSLContext:
+    """A listener's context: ``policy`` (default: ``tls.profile`` and its overrides),
+    no compression, no renegotiation.
 
     With ``tls.sni``/``tls.sni_dir``, a client's server name picks its own
     certificate; other names (or none) get ``tls.cert``. Raises
     :class:`CertificateError` when any file does not load, so a reload never
     half-applies.
     """
-    context = _context(config, config.cert, config.key)
+    policy = policy or config.policy()
+    context = _context(policy, config.cert, config.key)
     by_name: dict[str, ssl.SSLContext] = {}
     loaded: dict[tuple[str, str], ssl.SSLContext] = {}
     for entry in sni_entries(config):
         pair = (entry.cert, entry.key)
         if pair not in loaded:
-            loaded[pair] = _context(config, entry.cert, entry.key)
+            loaded[pair] = _context(policy, entry.cert, entry.key)
         by_name[entry.name] = loaded[pair]
     _CERTIFICATES[context] = by_name
 
@@ -172,6 +253,42 @@ def server_context(config: TLSConfig) -> ssl.SSLContext:
     for each in (context, *loaded.values()):
         each.sni_callback = choose
     return context
+
+
+DEFAULT_CERTIFICATE = "default"
+"""The name of ``tls.cert`` in the expiry metric when its subject has no common name."""
+
+
+def certificate_expiries(config: TLSConfig) -> dict[str, float]:
+    """When each served certificate expires (Unix time), by name: ``tls.cert`` by
+    its subject's common name, SNI certificates by their server name. Where two
+    share a name the earlier expiry wins; a file that does not read is left out
+    (loading the contexts has already said why)."""
+    expiries: dict[str, float] = {}
+
+    def note(name: str, expires: float) -> None:
+        expiries[name] = min(expires, expiries.get(name, expires))
+
+    if config.cert:
+        leaf = _leaf(config.cert)
+        if leaf is not None:
+            names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            name = str(names[0].value).lower() if names else DEFAULT_CERTIFICATE
+            note(name, leaf.not_valid_after_utc.timestamp())
+    for entry in sni_entries(config):
+        leaf = _leaf(entry.cert)
+        if leaf is not None:
+            note(entry.name, leaf.not_valid_after_utc.timestamp())
+    return expiries
+
+
+def _leaf(path: str) -> x509.Certificate | None:
+    """The first certificate of a PEM chain file."""
+    try:
+        with open(path, "rb") as file:
+            return x509.load_pem_x509_certificates(file.read())[0]
+    except (OSError, ValueError):
+        return None
 
 
 def server_name(tls: object) -> str | None:

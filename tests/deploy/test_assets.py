@@ -32,6 +32,8 @@ CONTRACT = {
     "pop3proxy_connections_total",
     "pop3proxy_connections_active",
     "pop3proxy_tls_handshake_failures_total",
+    "pop3proxy_tls_handshakes_total",
+    "pop3proxy_tls_certificate_expiry_timestamp_seconds",
     "pop3proxy_auth_total",
     "pop3proxy_sessions_active",
     "pop3proxy_sessions_limit",
