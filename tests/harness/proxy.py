@@ -161,16 +161,62 @@ class ProxyProcess:
         self.stop()
 
 
-def attempt_login(proxy: ProxyProcess, user: str, password: str) -> bytes:
-    """USER and PASS on the plain listener; returns the PASS reply. A session
-    that got in checks STAT and QUITs (so its slot frees at once)."""
-    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+def attempt_login(
+    proxy: ProxyProcess,
+    user: str,
+    password: str,
+    *,
+    listener: str = "plain",
+    proxy_header: bytes = b"",
+) -> bytes:
+    """USER and PASS on ``listener`` (after ``proxy_header``, for a listener that
+    expects a PROXY header); returns the PASS reply. A session that got in
+    checks STAT and QUITs (so its slot frees at once)."""
+    with Pop3Wire(proxy.host, proxy.ports[listener], proxy_header=proxy_header) as wire:
+        assert wire.greeting.startswith(b"+OK"), wire.greeting
         assert wire.command(f"USER {user}").startswith(b"+OK")
         reply = wire.command(f"PASS {password}")
         if reply.startswith(b"+OK"):
             assert wire.command("STAT").startswith(b"+OK")
             wire.command("QUIT")
         return reply
+
+
+LOCAL_TENANT = "local.example"
+"""The tenant :func:`store_local_tenant` writes."""
+
+
+def store_local_tenant(
+    proxy: ProxyProcess,
+    backend: tuple[str, int],
+    directory: Path,
+    passwords: Mapping[str, str],
+    **fields: Any,
+) -> None:
+    """Through the real CLI: tenant ``local.example`` with ``auth: local`` on
+    ``backend`` (the proxy logs in as Dovecot's master user ``proxymaster``;
+    ``fields`` say where its password is, and may add or override others),
+    and each user's proxy password from ``passwords``."""
+    host, port = backend
+    record = {
+        "name": LOCAL_TENANT,
+        "backends": [{"host": host, "port": port}],
+        "auth": "local",
+        "master_user": "proxymaster",
+        **fields,
+    }
+    path = directory / "local-tenant.json"
+    path.write_text(json.dumps(record))
+    steps: list[tuple[tuple[str, ...], str | None]] = [
+        (("tenant", "set", "--from-file", str(path)), None)
+    ]
+    steps += [
+        (("user", "set-password", f"{user}@{LOCAL_TENANT}"), f"{password}\n")
+        for user, password in passwords.items()
+    ]
+    for args, stdin in steps:
+        result = run_cli(proxy.config_path, *args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
 
 
 def run_cli(config_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from harness.ports import LOOPBACK, free_port, wait_until
-from harness.proxy import TENANT, ProxyProcess, run_cli
+from harness.proxy import TENANT, ProxyProcess, run_cli, store_local_tenant
 from harness.proxy import attempt_login as attempt
 from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
@@ -154,24 +154,13 @@ def local_tenant(make_proxy, tmp_path, dovecot, monkeypatch):
     to Dovecot as ``user*proxymaster``; alice's proxy password is ``local-pass``."""
     monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
     proxy = make_proxy({"auth": {**CHEAP_HASH, "failure_delay": "0.7s"}})
-    record = tmp_path / "local.yaml"
-    record.write_text(
-        json.dumps(
-            {
-                "name": "local.example",
-                "backends": [{"host": dovecot.host, "port": dovecot.port}],
-                "auth": "local",
-                "master_user": "proxymaster",
-                "master_password_env": MASTER_ENV,
-            }
-        )
+    store_local_tenant(
+        proxy,
+        (dovecot.host, dovecot.port),
+        tmp_path,
+        {"alice": "local-pass"},
+        master_password_env=MASTER_ENV,
     )
-    for args, stdin in (
-        (("tenant", "set", "--from-file", str(record)), None),
-        (("user", "set-password", "alice@local.example"), "local-pass\n"),
-    ):
-        result = run_cli(proxy.config_path, *args, stdin=stdin)
-        assert result.returncode == 0, result.stderr
     return proxy
 
 
@@ -267,14 +256,7 @@ def attempt_from(proxy: ProxyProcess, client_ip: str, user: str, password: str) 
     """:func:`attempt`, from ``client_ip`` as the load balancer says."""
     destination = "::1" if ":" in client_ip else LOOPBACK
     header = build_v1((client_ip, 40000), (destination, proxy.ports["lb"]))
-    with Pop3Wire(proxy.host, proxy.ports["lb"], proxy_header=header) as wire:
-        assert wire.greeting.startswith(b"+OK"), wire.greeting
-        assert wire.command(f"USER {user}").startswith(b"+OK")
-        reply = wire.command(f"PASS {password}")
-        if reply.startswith(b"+OK"):
-            assert wire.command("STAT").startswith(b"+OK")
-            wire.command("QUIT")
-        return reply
+    return attempt(proxy, user, password, listener="lb", proxy_header=header)
 
 
 OWNER_HOME = "2001:db8:aa:bb::5"

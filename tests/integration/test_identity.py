@@ -15,7 +15,7 @@ import ssl
 
 import pytest
 from harness.ports import wait_until
-from harness.proxy import TENANT, ProxyProcess, run_cli
+from harness.proxy import TENANT, ProxyProcess, run_cli, store_local_tenant
 from harness.proxy import attempt_login as attempt
 from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
@@ -113,22 +113,14 @@ def local_tenant(make_proxy, monkeypatch, dovecot, tmp_path, **fields) -> ProxyP
     itself; alice's proxy password is ``local-pass``."""
     monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
     proxy = make_proxy({"auth": {**CHEAP_HASH, "failure_delay": "0s"}})
-    record = {
-        "name": "local.example",
-        "backends": [{"host": dovecot.host, "port": dovecot.port}],
-        "auth": "local",
-        "master_user": "proxymaster",
-        "master_password_env": MASTER_ENV,
+    store_local_tenant(
+        proxy,
+        (dovecot.host, dovecot.port),
+        tmp_path,
+        {"alice": "local-pass"},
+        master_password_env=MASTER_ENV,
         **fields,
-    }
-    path = tmp_path / "local.json"
-    path.write_text(json.dumps(record))
-    for args, stdin in (
-        (("tenant", "set", "--from-file", str(path)), None),
-        (("user", "set-password", "alice@local.example"), "local-pass\n"),
-    ):
-        result = run_cli(proxy.config_path, *args, stdin=stdin)
-        assert result.returncode == 0, result.stderr
+    )
     return proxy
 
 

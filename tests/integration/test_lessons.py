@@ -27,13 +27,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-import yaml
 from cryptography import x509
 from fakes.tls_backend import TLSMischiefBackend
 from harness.certs import Certs
 from harness.mailbox import sample_messages
 from harness.ports import wait_until
-from harness.proxy import TENANT, ProxyProcess, attempt_login, run_cli
+from harness.proxy import TENANT, ProxyProcess, attempt_login, run_cli, store_local_tenant
 from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
 
@@ -484,27 +483,10 @@ def two_users(make_proxy, dovecot, monkeypatch, tmp_path, request):
     proxy = make_proxy({"auth": CHEAP_AUTH})
     if request.param == "passthrough":
         return proxy, TENANT, {"alice": USERS["alice"], "bob": USERS["bob"]}
-    record = tmp_path / "local.yaml"
-    record.write_text(
-        yaml.safe_dump(
-            {
-                "name": "local.example",
-                "backends": [{"host": dovecot.host, "port": dovecot.port}],
-                "auth": "local",
-                "master_user": "proxymaster",
-                "master_password_env": MASTER_ENV,
-            }
-        )
-    )
     passwords = {"alice": "alice-local-pw", "bob": "bob-local-pw"}
-    steps = [(("tenant", "set", "--from-file", str(record)), None)]
-    steps += [
-        (("user", "set-password", f"{user}@local.example"), f"{password}\n")
-        for user, password in passwords.items()
-    ]
-    for args, stdin in steps:
-        result = run_cli(proxy.config_path, *args, stdin=stdin)
-        assert result.returncode == 0, result.stderr
+    store_local_tenant(
+        proxy, (dovecot.host, dovecot.port), tmp_path, passwords, master_password_env=MASTER_ENV
+    )
     return proxy, "local.example", passwords
 
 

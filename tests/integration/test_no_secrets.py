@@ -13,7 +13,7 @@ import base64
 import contextlib
 import json
 
-from harness.proxy import TENANT, attempt_login, run_cli
+from harness.proxy import TENANT, attempt_login, store_local_tenant
 from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
 
@@ -132,24 +132,13 @@ def test_a_master_password_with_a_line_break_is_refused_unquoted(
     secret_file = tmp_path / "master"
     secret_file.write_text(f"{master}\nDELE 1\n")
     proxy = make_proxy({"auth": {"argon2_time_cost": 1, "argon2_memory_cost": 1024}})
-    record = tmp_path / "local.yaml"
-    record.write_text(
-        json.dumps(
-            {
-                "name": "local.example",
-                "backends": [{"host": dovecot.host, "port": dovecot.port}],
-                "auth": "local",
-                "master_user": "proxymaster",
-                "master_password_file": str(secret_file),
-            }
-        )
+    store_local_tenant(
+        proxy,
+        (dovecot.host, dovecot.port),
+        tmp_path,
+        {"alice": "local-pass"},
+        master_password_file=str(secret_file),
     )
-    for args, stdin in (
-        (("tenant", "set", "--from-file", str(record)), None),
-        (("user", "set-password", "alice@local.example"), "local-pass\n"),
-    ):
-        result = run_cli(proxy.config_path, *args, stdin=stdin)
-        assert result.returncode == 0, result.stderr
     mark = dovecot.log_mark()
 
     reply = attempt_login(proxy, "alice@local.example", "local-pass")
