@@ -16,11 +16,17 @@ from typing import Any
 import pytest
 from harness.certs import Certs
 from harness.dovecot import Dovecot
-from harness.proxy import TENANT, ProxyProcess, run_cli
+from harness.proxy import TENANT, ProxyProcess, run_cli, store_local_tenant
 from harness.redis import RedisServer
+from harness.users import MASTER_USERS
 
 from pop3proxy.directory import RedisStore
 from pop3proxy.tenants import parse_tenant
+
+MASTER_ENV = "POP3PROXY_TEST_MASTER_PASSWORD"
+"""Where local-auth tenants of the tests find the master password."""
+CHEAP_HASH = {"argon2_time_cost": 1, "argon2_memory_cost": 1024}
+"""argon2 parameters that keep a test's logins fast."""
 
 DEAD_BACKEND = "127.0.0.1:1"
 """Port 1 (tcpmux) is privileged and unused: a free ephemeral port could be
@@ -99,3 +105,27 @@ def make_proxy(
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def make_local_tenant(
+    make_proxy: Callable[..., ProxyProcess], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., ProxyProcess]:
+    """``make_local_tenant(dovecot, failure_delay=..., **fields)``: a private proxy
+    whose tenant ``local.example`` (on ``dovecot``) judges passwords itself and
+    logs in as Dovecot's master user; alice's proxy password is ``local-pass``."""
+
+    def make(dovecot: Dovecot, *, failure_delay: str = "0s", **fields: Any) -> ProxyProcess:
+        monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
+        proxy = make_proxy({"auth": {**CHEAP_HASH, "failure_delay": failure_delay}})
+        store_local_tenant(
+            proxy,
+            (dovecot.host, dovecot.port),
+            tmp_path,
+            {"alice": "local-pass"},
+            master_password_env=MASTER_ENV,
+            **fields,
+        )
+        return proxy
+
+    return make

@@ -13,16 +13,14 @@ import time
 
 import pytest
 from harness.ports import LOOPBACK, free_port, wait_until
-from harness.proxy import TENANT, ProxyProcess, run_cli, store_local_tenant
+from harness.proxy import TENANT, ProxyProcess, run_cli
 from harness.proxy import attempt_login as attempt
-from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
+from harness.users import USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
 
 from pop3proxy.protocol.proxyproto import build_v1
 
 LOCKED_OUT = b"-ERR [LOGIN-DELAY]"
-MASTER_ENV = "POP3PROXY_TEST_MASTER_PASSWORD"
-CHEAP_HASH = {"argon2_time_cost": 1, "argon2_memory_cost": 1024}
 
 
 def replicas(make_proxy, prefix: str, count: int = 2, **sections) -> list[ProxyProcess]:
@@ -149,19 +147,10 @@ def _greets(proxy: ProxyProcess) -> bool:
 
 
 @pytest.fixture
-def local_tenant(make_proxy, tmp_path, dovecot, monkeypatch):
+def local_tenant(make_local_tenant, dovecot):
     """A proxy whose tenant ``local.example`` judges passwords itself and logs in
     to Dovecot as ``user*proxymaster``; alice's proxy password is ``local-pass``."""
-    monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
-    proxy = make_proxy({"auth": {**CHEAP_HASH, "failure_delay": "0.7s"}})
-    store_local_tenant(
-        proxy,
-        (dovecot.host, dovecot.port),
-        tmp_path,
-        {"alice": "local-pass"},
-        master_password_env=MASTER_ENV,
-    )
-    return proxy
+    return make_local_tenant(dovecot, failure_delay="0.7s")
 
 
 def test_local_auth_logs_in_with_the_master_user(local_tenant, dovecot, fresh_mailbox):

@@ -15,14 +15,12 @@ import ssl
 
 import pytest
 from harness.ports import wait_until
-from harness.proxy import TENANT, ProxyProcess, run_cli, store_local_tenant
+from harness.proxy import TENANT, ProxyProcess, run_cli
 from harness.proxy import attempt_login as attempt
 from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
 
 LOCKED_OUT = b"-ERR [LOGIN-DELAY]"
-MASTER_ENV = "POP3PROXY_TEST_MASTER_PASSWORD"
-CHEAP_HASH = {"argon2_time_cost": 1, "argon2_memory_cost": 1024}
 
 
 class SNIWire(Pop3Wire):
@@ -108,28 +106,12 @@ def case_sensitive_dovecot(make_dovecot):
     return server
 
 
-def local_tenant(make_proxy, monkeypatch, dovecot, tmp_path, **fields) -> ProxyProcess:
-    """A proxy whose tenant ``local.example`` (on ``dovecot``) judges passwords
-    itself; alice's proxy password is ``local-pass``."""
-    monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
-    proxy = make_proxy({"auth": {**CHEAP_HASH, "failure_delay": "0s"}})
-    store_local_tenant(
-        proxy,
-        (dovecot.host, dovecot.port),
-        tmp_path,
-        {"alice": "local-pass"},
-        master_password_env=MASTER_ENV,
-        **fields,
-    )
-    return proxy
-
-
 def test_local_auth_logs_in_to_the_mailbox_whose_password_was_checked(
-    make_proxy, monkeypatch, case_sensitive_dovecot, tmp_path
+    make_local_tenant, case_sensitive_dovecot
 ):
     """``ALICE`` with alice's password is alice: the master login names
     ``alice``, never ``ALICE`` (another mailbox on this backend)."""
-    proxy = local_tenant(make_proxy, monkeypatch, case_sensitive_dovecot, tmp_path)
+    proxy = make_local_tenant(case_sensitive_dovecot)
     mark = case_sensitive_dovecot.log_mark()
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
         wire.login("ALICE@local.example", "local-pass")
@@ -140,11 +122,9 @@ def test_local_auth_logs_in_to_the_mailbox_whose_password_was_checked(
 
 
 def test_a_tenant_with_case_sensitive_users_keeps_them_apart(
-    make_proxy, monkeypatch, case_sensitive_dovecot, tmp_path
+    make_local_tenant, case_sensitive_dovecot
 ):
-    proxy = local_tenant(
-        make_proxy, monkeypatch, case_sensitive_dovecot, tmp_path, case_sensitive_users=True
-    )
+    proxy = make_local_tenant(case_sensitive_dovecot, case_sensitive_users=True)
     assert attempt(proxy, "ALICE@local.example", "local-pass").startswith(b"-ERR [AUTH]"), (
         "ALICE has no password of her own yet"
     )
