@@ -530,7 +530,7 @@ def _short(frame: str) -> str:
     if not match:
         return frame
     path = match["file"]
-    for marker in ("site-packages/", "lib/python3", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3", f"{ROOT}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
