@@ -1,83 +1,25 @@
 #!/usr/bin/env python
-"""The least a Python relay on gevent's event loop can cost per session.
+"""The least a Python relay on gevent's event loop costs per session (``compare.py --floor``).
 
-    python bench/floor_relay.py LISTEN_PORT BACKEND_PORT [--greenlets | --work KIND:N]
+    python bench/floor_relay.py LISTEN_PORT BACKEND_PORT
 
 Accepts on 127.0.0.1:LISTEN_PORT and splices every connection to
-127.0.0.1:BACKEND_PORT: no POP3 parsing, no login, no metrics, no TLS (the
-client's USER and PASS reach Dovecot as they are). By default with raw
-non-blocking sockets and libev I/O watchers, no greenlet at all; with
-``--greenlets`` the usual gevent way: a ``StreamServer`` with a ``Pool``,
-gevent sockets, a greenlet per direction. ``bench/compare.py`` runs both
-beside nginx and pop3proxy: the first is what any Python relay costs, the
-difference between the two is what gevent's greenlet-and-socket machinery
-costs per session.
-
-``--work KIND:N`` adds one kind of work to the callback relay, so that
-``bench/compare.py --calibrate`` can price it against the bare relay:
-``tight:N`` runs N calls of one small method per read (the same code over
-and over), ``diverse:N`` N calls spread over 400 small functions (the same
-amount of Python, more distinct code), ``alloc:N`` makes N small records per
-read, ``watchers:N`` makes and closes N timers (started) and N I/O watchers
-per session, ``greenlet:1`` runs a greenlet per session that waits once for the
-backend's first reply, as a login does.
+127.0.0.1:BACKEND_PORT with raw non-blocking sockets and libev I/O watchers,
+no greenlet: no POP3 parsing, no login, no metrics, no TLS (the client's
+USER and PASS reach Dovecot as they are). Beside nginx and pop3proxy it shows
+how much of a proxy's CPU per session any Python relay pays here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sys
 
 import gevent
-from gevent.hub import Waiter, get_hub
+from gevent.hub import get_hub
 
 LOOPBACK = "127.0.0.1"
 READ = 1
-WORK: tuple[str, int] = ("", 0)
-
-
-class Thing:
-    __slots__ = ("a", "b")
-
-    def __init__(self, a: int) -> None:
-        self.a = a
-        self.b = 0
-
-    def step(self, x: int) -> int:
-        self.b += x
-        return self.b
-
-
-def _distinct_functions(count: int) -> list:
-    """``count`` small functions with their own code objects (what a real proxy has)."""
-    functions = []
-    for index in range(count):
-        namespace: dict = {}
-        source = f"def f(t, x):\n    a = t.a + x\n    t.b = a * {index} - x\n    return t.b\n"
-        exec(compile(source, f"<work {index}>", "exec"), namespace)
-        functions.append(namespace["f"])
-    return functions
-
-
-DISTINCT = _distinct_functions(400)
-_next_distinct = [0]
-
-
-def work_per_read(kind: str, count: int) -> object:
-    """One read's worth of the work ``--work`` asks for."""
-    thing = Thing(1)
-    if kind == "tight":
-        for index in range(count):
-            thing.step(index)
-    elif kind == "diverse":
-        start = _next_distinct[0]
-        for index in range(count):
-            DISTINCT[(start + index) % len(DISTINCT)](thing, index)
-        _next_distinct[0] = (start + count) % len(DISTINCT)
-    elif kind == "alloc":
-        return [(Thing(index), [index], {"n": index}) for index in range(count)]
-    return thing
 
 
 class Splice:
@@ -94,26 +36,9 @@ class Splice:
         self.watchers = [loop.io(self.client.fileno(), READ), loop.io(self.backend.fileno(), READ)]
         self.watchers[0].start(self.pump, self.client, self.backend)
         self.watchers[1].start(self.pump, self.backend, self.client)
-        self.extra: list = []
-        self.waiter: Waiter | None = None
-        kind, count = WORK
-        if kind == "watchers":
-            for _ in range(count):
-                timer = loop.timer(60.0)
-                timer.start(self.close)
-                self.extra += [timer, loop.io(self.client.fileno(), 2)]
-        elif kind == "greenlet":
-            gevent.spawn_raw(self.wait_once)
-
-    def wait_once(self) -> None:
-        self.waiter = Waiter()
-        self.waiter.get()
-        self.waiter = None
 
     def pump(self, source: socket.socket, sink: socket.socket) -> None:
         """Forward one read; replies here are small enough for one send (no back-pressure)."""
-        if WORK[0] in ("tight", "diverse", "alloc"):
-            work_per_read(*WORK)
         try:
             data = source.recv(65536)
         except BlockingIOError:
@@ -124,16 +49,10 @@ class Splice:
             self.close()
             return
         sink.send(data)
-        if self.waiter is not None and source is self.backend:
-            self.waiter.switch(None)
 
     def close(self) -> None:
         for watcher in self.watchers:
             watcher.stop()
-        for watcher in self.extra:
-            watcher.stop()
-            watcher.close()
-        self.extra = []
         self.client.close()
         self.backend.close()
 
@@ -158,41 +77,5 @@ def serve(listen_port: int, backend_port: int) -> None:
     gevent.wait()
 
 
-def serve_with_greenlets(listen_port: int, backend_port: int) -> None:
-    from gevent import monkey
-
-    monkey.patch_all()
-    from gevent.pool import Pool
-    from gevent.server import StreamServer
-
-    def pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_RDWR)
-
-    def handle(client: socket.socket, _peer: tuple) -> None:
-        backend = socket.create_connection((LOOPBACK, backend_port))
-        for sock in (client, backend):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        other = gevent.spawn(pump, backend, client)
-        pump(client, backend)
-        other.join()
-        backend.close()
-
-    StreamServer((LOOPBACK, listen_port), handle, spawn=Pool(10000)).serve_forever()
-
-
 if __name__ == "__main__":
-    ports = int(sys.argv[1]), int(sys.argv[2])
-    if "--work" in sys.argv[3:]:
-        kind, _, count = sys.argv[sys.argv.index("--work") + 1].partition(":")
-        WORK = (kind, int(count or 1))
-    if "--greenlets" in sys.argv[3:]:
-        serve_with_greenlets(*ports)
-    else:
-        serve(*ports)
+    serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -214,13 +214,11 @@ def start_pop3proxy(
     workers: int = 1,
     python: str = sys.executable,
     login_command: str = "auth_plain",
-    module: str = "pop3proxy",
 ) -> ProxyProcess:
     """pop3proxy with a file directory; logging at ``warning`` keeps logs out of the figures.
     ``python`` runs it (see ``bench/interpreter.py``). ``login_command`` is how
     it logs in to Dovecot: ``auth_plain`` (one AUTH PLAIN, what an operator
-    with Dovecot backends sets) or ``user_pass`` (USER and PASS, as nginx does).
-    ``module`` is what ``python -m`` runs (see ``bench/wakeup_probe.py``)."""
+    with Dovecot backends sets) or ``user_pass`` (USER and PASS, as nginx does)."""
     workdir.mkdir(parents=True, exist_ok=True)
     tenants = workdir / "tenants.yaml"
     tenants.write_text(
@@ -248,7 +246,7 @@ def start_pop3proxy(
     }
     if workers > 1:
         overrides["workers"] = workers
-    proxy = ProxyProcess(workdir, certs, overrides, python=python, module=module).start()
+    proxy = ProxyProcess(workdir, certs, overrides, python=python).start()
     if workers > 1:
         wait_until(lambda: len(children(proxy.proc.pid)) >= workers, 15, message="workers")
     return proxy

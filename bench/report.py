@@ -154,7 +154,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# -- floors (issue 8) ------------------------------------------------------------
+# -- floors and goals ------------------------------------------------------------
 
 
 @dataclass(frozen=True)

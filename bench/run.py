@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """pop3proxy beside nginx's mail proxy and direct Dovecot: one run, same machine, same load.
 
-    .venv/bin/python bench/run.py --quick            # a few minutes
+    .venv/bin/python bench/run.py --quick            # about 2 minutes
     .venv/bin/python bench/run.py --write-doc        # full run, updates docs/performance.md
     .venv/bin/python bench/run.py --quick --profile  # plus a py-spy profile of pop3proxy
 
@@ -11,7 +11,7 @@ sessions and pop3proxy (logging at ``warning``), all on 127.0.0.1, and runs:
 
 (a) full sessions (connect, TLS, USER/PASS, STAT, LIST, UIDL, RETR ~20 KB,
     QUIT) at concurrency 1, 16, 128, plaintext and implicit TLS: proxy CPU
-    (utime+stime from /proc, nginx master+worker) per session;
+    (schedstat of every thread, nginx master+worker) per session;
 (b) ordinary-client latency: poplib (Nagle left on), sequential sessions;
 (c) bulk: one 10 MB RETR, MB/s, plaintext and TLS;
 (d) N idle authenticated sessions on a fresh proxy: PSS per session.
@@ -129,7 +129,7 @@ def machine() -> dict[str, Any]:
         "gevent": gevent.__version__,
         "openssl": ssl.OPENSSL_VERSION,
         "nginx": nginx.removeprefix("nginx version: "),
-        "dovecot": dovecot.strip(),
+        "dovecot": dovecot.split()[0] if dovecot.split() else "unknown",
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
     }
 
@@ -167,8 +167,6 @@ class Bench:
         """The interpreter that runs pop3proxy (``bench/interpreter.py``)."""
         self.login_command = settings.get("login_command", "auth_plain")
         """How pop3proxy logs in to Dovecot (``peers.start_pop3proxy``)."""
-        self.module = settings.get("module", "pop3proxy")
-        """What ``python -m`` runs: ``wakeup_probe`` for ``bench/wakeups.py``."""
         self._serial = 0
 
     # -- servers ---------------------------------------------------------------
@@ -207,7 +205,6 @@ class Bench:
             workers=self.workers,
             python=self.python,
             login_command=self.login_command,
-            module=self.module,
         )
 
     def start_proxies(self) -> None:
@@ -533,7 +530,7 @@ def _short(frame: str) -> str:
     if not match:
         return frame
     path = match["file"]
-    for marker in ("site-packages/", "lib/python3", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3", f"{ROOT}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
@@ -622,12 +619,11 @@ def write_doc(results: dict[str, Any], command: str, workers: int) -> None:
         f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), Linux {meta['kernel']}, "
         f"pop3proxy on Python {meta.get('proxy_python', meta['python'])}"
         f" (load generator: {meta['python']}), gevent {meta['gevent']}, {meta['openssl']}, "
-        f"{meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}; "
-        f"pop3proxy at commit `{meta['pop3proxy_commit']}`.",
+        f"{meta['nginx']}, Dovecot {meta['dovecot']}, fd limit {meta['fd_limit']}.",
         "",
         report.markdown_table(results),
         "",
-        "Floors and goals from issue 8:",
+        "Floors and goals:",
         "",
         *report.floor_lines(results, markdown=True),
         "",
@@ -739,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "notes": [
                 "pop3proxy runs with logging.level=warning (no per-session log line)",
-                "CPU is utime+stime of the proxy process (nginx: master + 1 worker)",
+                "CPU is the run time of the proxy's threads (schedstat; nginx: master + workers)",
                 "idle sessions go to a stub backend (bench/idle_backend.py)",
             ],
         }
@@ -753,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(results))
     print()
-    print("Floors and goals (issue 8):")
+    print("Floors and goals:")
     print("\n".join(report.floor_lines(results)))
     print(f"\n{mode} run took {results['seconds']:.0f} s; results in {out}")
     if args.write_doc:

@@ -27,7 +27,7 @@ DASHBOARD = ROOT / "deploy/grafana/pop3proxy-dashboard.json"
 CHART = ROOT / "helm/pop3proxy"
 KUSTOMIZE_RULE = ROOT / "deploy/kubernetes/prometheusrule.yaml"
 
-# The metric contract (DESIGN.md, docs/metrics): names the proxy exports.
+# The metric contract (docs/metrics.md): names the proxy exports.
 CONTRACT = {
     "pop3proxy_connections_total",
     "pop3proxy_connections_active",
