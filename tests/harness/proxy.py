@@ -47,7 +47,6 @@ class ProxyProcess:
         overrides: merged into the generated config (nested mappings merge).
         ports: listener ports by name (default: free ones).
         python: the interpreter to run it with.
-        module: what ``python -m`` runs (``bench/wakeup_probe.py`` wraps the proxy).
     """
 
     def __init__(
@@ -59,13 +58,11 @@ class ProxyProcess:
         ports: Mapping[str, int] | None = None,
         metrics_port: int | None = None,
         python: str = sys.executable,
-        module: str = "pop3proxy",
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.python = python
         """The interpreter that runs the proxy (the benchmarks may choose another)."""
-        self.module = module
         self.ports = dict(
             ports or {"pop3": free_port(), "pop3s": free_port(), "plain": free_port()}
         )
@@ -100,7 +97,7 @@ class ProxyProcess:
         return LOOPBACK
 
     def start(self) -> ProxyProcess:
-        argv = [self.python, "-m", self.module, "serve", "--config", str(self.config_path)]
+        argv = [self.python, "-m", "pop3proxy", "serve", "--config", str(self.config_path)]
         self.proc = process.spawn(argv, self.log_path)
         wait_until(self._ready, START_TIMEOUT, message=f"proxy ready (log: {self.log_path})")
         return self
