@@ -11,7 +11,7 @@ once, for the outcome. Driving the same steps through gevent sockets cost
 four greenlet waits, each with a watcher, a switch and an exception for the
 read that would block, plus a timeout object and gevent's close machinery:
 the largest part of a plaintext session's CPU after the relay moved to
-callbacks (docs/performance.md).
+callbacks.
 
 The POP3 side is :class:`pop3proxy.protocol.backend.BackendLogin`, sans-IO;
 this module only moves its lines. Without a login machine the attempt is an

@@ -4,8 +4,7 @@ The relay runs on the event loop itself, as callbacks of I/O watchers, like
 the rest of the session: no greenlet wakes up, no timeout object is made and
 no exception is raised for a read that would block, and an idle session
 holds no greenlet. This is where a session spends most of its wake-ups, so
-it is where a Python proxy pays most per session and per idle connection
-(docs/performance.md).
+it is where a Python proxy pays most per session and per idle connection.
 
 Backend to client is a byte splice in large chunks with no per-line work, so
 a big RETR costs a few syscalls per 256 KiB; between plaintext sockets the

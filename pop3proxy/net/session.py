@@ -1,22 +1,25 @@
 """One client connection, from accept to close, driven by the event loop.
 
-The session is a state machine (:class:`Phase`) run by the callbacks of its
-socket's I/O watchers and timers: PROXY header, admission, TLS handshake,
-AUTHORIZATION (fed to the sans-IO core), the login, then the relay. Nothing
-waits in a greenlet except what has to block: the login (directory, Redis,
-argon2; the backend's own login runs on callbacks too,
-:mod:`pop3proxy.net.backend`, and the greenlet waits once for it) and, when
-the per-address limit lives in Redis, the admission; those greenlets are
-parked between tasks (:mod:`pop3proxy.net.tasks`).
+The session is a state machine (:data:`Phase`, one section of this class
+per phase) run by the callbacks of its socket's I/O watchers and timers:
+PROXY header, admission, TLS handshake, AUTHORIZATION (fed to the sans-IO
+core), the login, then the relay. Nothing waits in a greenlet except what
+has to block: the login (directory, Redis, argon2; the backend's own login
+runs on callbacks too, :mod:`pop3proxy.net.backend`, and the greenlet waits
+once for it) and, when the per-address limit lives in Redis, the admission;
+those greenlets are parked between tasks (:mod:`pop3proxy.net.tasks`).
 gevent's socket objects and a greenlet per connection cost about 0.7 ms of
-CPU per session, more than nginx spends on a whole one
-(docs/performance.md); an idle session here holds its socket's two
-watchers and a few objects.
+CPU per session, more than nginx spends on a whole one; an idle session
+here holds its socket's two watchers and a few objects.
+
+The session knows the domain only through :class:`pop3proxy.interfaces.Logins`
+(admission, login, slots), which the app hands it in :class:`Services`.
 
 The session owns its timeouts: the TLS handshake, the whole AUTHORIZATION
 phase (``timeouts.auth``), and, through the relay, the idle timeout. It
-writes one summary log line at the end. Errors stop here: whatever one
-client does, the process and the other sessions go on.
+writes one summary log line at the end. Errors stop at one boundary
+(:mod:`pop3proxy.net.boundary`): whatever one client does, the process and
+the other sessions go on.
 """
 
 from __future__ import annotations
