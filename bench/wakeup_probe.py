@@ -43,7 +43,7 @@ import greenlet
 from gevent.hub import get_hub
 
 from pop3proxy import cli
-from pop3proxy.net import listener, relay, session, tasks, upstream
+from pop3proxy.net import backend, listener, relay, session, tasks
 
 _clock = time.thread_time_ns
 LOOP = "event loop"
@@ -147,11 +147,11 @@ def install(accounts: Accounts) -> None:
     listener.Listener._accept = wrap(lambda args: "accept (session start, greeting)")(
         listener.Listener._accept
     )
-    session.ClientSession._guarded = wrap(lambda args: f"client {_step_name(args)}")(
-        session.ClientSession._guarded
+    session.ClientSession.guarded = wrap(lambda args: f"client {_step_name(args)}")(
+        session.ClientSession.guarded
     )
-    upstream.LoginAttempt._guarded = wrap(_login_step)(upstream.LoginAttempt._guarded)
-    relay.Relay._guarded = wrap(lambda args: f"relay {_step_name(args)}")(relay.Relay._guarded)
+    backend.LoginAttempt.guarded = wrap(_login_step)(backend.LoginAttempt.guarded)
+    relay.Relay.guarded = wrap(lambda args: f"relay {_step_name(args)}")(relay.Relay.guarded)
     session.ClientSession.__init__ = accounts.detail("ClientSession.__init__")(
         session.ClientSession.__init__
     )

@@ -82,43 +82,6 @@ LINGER_SECONDS = 1.0
 LINGER_BYTES = 65536
 
 
-class SessionEnded(Ended):
-    """Ends a login in progress from outside (timeout, drain); ``reason`` goes to the log."""
-
-
-@dataclass
-class Services:
-    """What a session needs from the rest of the proxy."""
-
-    config: Config
-    logins: Logins
-    """The domain: admission, login, slots (:class:`pop3proxy.login.LoginService`)."""
-    server_tls: Mapping[str, ssl.SSLContext]
-    """Each TLS listener's context, by listener name (swapped whole on a reload)."""
-    tasks: Tasks = field(default_factory=Tasks)
-    """Greenlets for logins and admissions (:mod:`pop3proxy.net.tasks`)."""
-    _settings: dict[str, tuple[ListenerConfig, LimitsConfig, core.Settings]] = field(
-        default_factory=dict
-    )
-
-    def client_settings(self, listener: ListenerConfig) -> core.Settings:
-        """The protocol core's settings for ``listener``, built once per listener
-        and configuration rather than once per connection."""
-        limits = self.config.limits
-        cached = self._settings.get(listener.name)
-        if cached is not None and cached[0] is listener and cached[1] is limits:
-            return cached[2]
-        settings = core.Settings(
-            tls_active=listener.tls == "implicit",
-            stls_offered=listener.tls == "starttls",
-            require_tls=listener.require_tls,
-            max_line=limits.max_line_length,
-            max_errors=limits.max_errors,
-        )
-        self._settings[listener.name] = (listener, limits, settings)
-        return settings
-
-
 Phase = Literal[
     "accepted",
     "proxy_header",
@@ -154,6 +117,43 @@ session, ``bench/instructions.py``).
 """
 
 _ENDED: tuple[Phase, ...] = ("closing", "closed")
+
+
+class SessionEnded(Ended):
+    """Ends a login in progress from outside (timeout, drain); ``reason`` goes to the log."""
+
+
+@dataclass
+class Services:
+    """What a session needs from the rest of the proxy."""
+
+    config: Config
+    logins: Logins
+    """The domain: admission, login, slots (:class:`pop3proxy.login.LoginService`)."""
+    server_tls: Mapping[str, ssl.SSLContext]
+    """Each TLS listener's context, by listener name (swapped whole on a reload)."""
+    tasks: Tasks = field(default_factory=Tasks)
+    """Greenlets for logins and admissions (:mod:`pop3proxy.net.tasks`)."""
+    _settings: dict[str, tuple[ListenerConfig, LimitsConfig, core.Settings]] = field(
+        default_factory=dict
+    )
+
+    def client_settings(self, listener: ListenerConfig) -> core.Settings:
+        """The protocol core's settings for ``listener``, built once per listener
+        and configuration rather than once per connection."""
+        limits = self.config.limits
+        cached = self._settings.get(listener.name)
+        if cached is not None and cached[0] is listener and cached[1] is limits:
+            return cached[2]
+        settings = core.Settings(
+            tls_active=listener.tls == "implicit",
+            stls_offered=listener.tls == "starttls",
+            require_tls=listener.require_tls,
+            max_line=limits.max_line_length,
+            max_errors=limits.max_errors,
+        )
+        self._settings[listener.name] = (listener, limits, settings)
+        return settings
 
 
 class _Handshake:
@@ -497,7 +497,7 @@ class ClientSession(ErrorBoundary):
             elif isinstance(action, core.Login):
                 self._reader.stop()
                 self.phase = "login"
-                self._spawn(self._login, action, rest)
+                self._spawn(self._log_in, action, rest)
             elif isinstance(action, core.Close):
                 self._after_flush(functools.partial(self._close, action.reason))
             return
@@ -529,7 +529,7 @@ class ClientSession(ErrorBoundary):
             return None
         return ClientAddress(tuple(self.peer[:2]), self.local, self.sock)
 
-    def _login(self, action: core.Login, rest: list[core.Action]) -> None:
+    def _log_in(self, action: core.Login, rest: list[core.Action]) -> None:
         try:
             login = self.services.logins.login(
                 action.user,
