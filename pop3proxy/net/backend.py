@@ -44,7 +44,7 @@ from pop3proxy.protocol import backend as machine
 from pop3proxy.protocol import proxyproto
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
 
-log = logging.getLogger("pop3proxy.upstream")
+log = logging.getLogger("pop3proxy.upstream")  # the name log filters already know
 
 RECV_SIZE = 16384
 """Status lines are short; a login never reads more than a few hundred bytes."""
