@@ -1,13 +1,19 @@
 """The composition root: config -> directory -> logins -> listeners -> metrics.
 
+This is where the domain meets the gevent shell (they never import each
+other, :mod:`pop3proxy.interfaces`): the login service
+(:class:`pop3proxy.login.LoginService`) gets the shell's backend dialer
+(:class:`pop3proxy.net.backend.Dialer`), and every client session
+(:class:`pop3proxy.net.session.ClientSession`) gets the login service.
+
 Also the process lifecycle: start, serve, and drain on SIGTERM (stop
 accepting, let sessions finish within ``timeouts.drain``, then cut the rest
 without QUIT to their backends, so nothing is deleted); a second SIGTERM or
 SIGINT cuts them at once. SIGHUP reloads the configuration and certificates
 (:mod:`pop3proxy.reload`); SIGUSR1 and SIGUSR2 make the log more or less
 verbose. With ``workers: N`` the process is a supervisor
-(:mod:`pop3proxy.supervisor`) and each worker runs an :class:`App` on the
-supervisor's listening sockets.
+(:mod:`pop3proxy.supervisor`, which also picks the process model) and each
+worker runs an :class:`App` on the supervisor's listening sockets.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pop3proxy import __version__, logs, metrics
 from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
 from pop3proxy.login import LoginService
+from pop3proxy.net.backend import Dialer
 from pop3proxy.net.listener import Listener
 from pop3proxy.net.session import ClientSession, Services
 from pop3proxy.net.sockets import RawSocket
@@ -54,9 +61,8 @@ class App:
         self.worker = worker
         self.directory = directory or open_directory(config.directory)
         metrics.configure(config.metrics.max_tenant_labels)
-        self.services = Services(
-            config=config, logins=LoginService(config, self.directory), server_tls={}
-        )
+        self.logins = LoginService(config, self.directory, Dialer())
+        self.services = Services(config=config, logins=self.logins, server_tls={})
         self.certificates: CertificateWatcher | None = None
         if any(listener.tls != "none" for listener in config.listeners):
             self.certificates = CertificateWatcher(config.tls, config.listeners, self._use_contexts)
@@ -114,7 +120,7 @@ class App:
 
     def start(self) -> None:
         self.directory.start()  # change subscription (Redis) or file watcher
-        self.services.logins.start()  # lease renewal
+        self.logins.start()  # lease renewal
         if self.metrics_server is not None:
             self.metrics_server.start()
         for listener in self.listeners:
@@ -194,7 +200,7 @@ class App:
         for greenlet in self._background:
             greenlet.kill(block=False)
         self.directory.stop()
-        self.services.logins.stop()
+        self.logins.stop()
         if self.certificates is not None:
             self.certificates.stop()
         if self.metrics_server is not None:
@@ -228,7 +234,7 @@ class App:
             live = [part for part in live if part != "tls"]
         self.config = merged
         self.services.config = merged
-        self.services.logins.config = merged
+        self.logins.config = merged
         apply_logging(merged)
         metrics.configure(merged.metrics.max_tenant_labels)
         self.directory.reload()  # a tenants file is read again; Redis: the cache expires
@@ -283,18 +289,3 @@ def inherited_sockets(value: str) -> dict[str, socket.socket]:
         name, _, fd = item.rpartition("=")
         sockets[name] = socket.socket(fileno=int(fd))
     return sockets
-
-
-def serve(config: Config) -> None:
-    """``pop3proxy serve``: one process, a worker, or the supervisor of N workers."""
-    slot = os.environ.get(WORKER_ENV)
-    if slot is not None:
-        logs.setup_logging(config.logging.level, config.logging.format, {"worker": int(slot)})
-        sockets = inherited_sockets(os.environ.get(LISTEN_FDS_ENV, ""))
-        App(config, sockets=sockets, worker=int(slot)).serve_forever()
-    elif config.workers > 1:
-        from pop3proxy.supervisor import Supervisor
-
-        Supervisor(config).serve_forever()
-    else:
-        App(config).serve_forever()

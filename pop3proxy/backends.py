@@ -1,87 +1,56 @@
-"""Choose a tenant's backend, connect to it, tell it who the client is, log in.
+"""Choose a tenant's backend, and log in to it through the shell's dialer.
 
-:class:`Upstreams` is the per-process front: routing (:mod:`pop3proxy.routing`)
+:class:`BackendPicker` is the per-process front: routing (:mod:`pop3proxy.routing`)
 gives the order, health (:mod:`pop3proxy.health`) skips backends whose breaker
 is open, and up to ``backends.max_attempts`` backends are tried. Before the
 backend has accepted the login, a backend that cannot be reached, is slow,
 or answers garbage is skipped for the next one. After the login nothing
 switches silently: the relay ends the session instead.
 
-Connecting to one backend: TCP with the backend's connect timeout, then the
-PROXY header if ``forward_client`` is ``proxy_v1``/``proxy_v2`` (before
-anything else, TLS included, as HAProxy does), then TLS for ``implicit``;
-the login machine (:mod:`pop3proxy.protocol.backend`) does greeting, STLS,
-XCLIENT, USER and PASS. All of that runs on the event loop
-(:mod:`pop3proxy.net.upstream`); the greenlet here waits once per backend.
+Connecting to one backend is the shell's (a
+:class:`~pop3proxy.interfaces.BackendDialer`, :mod:`pop3proxy.net.backend`):
+TCP with the backend's connect timeout, then the PROXY header if
+``forward_client`` is ``proxy_v1``/``proxy_v2`` (before anything else, TLS
+included, as HAProxy does), then TLS for ``implicit``. What is said once
+connected is decided here: the login machine
+(:mod:`pop3proxy.protocol.backend`) does greeting, STLS, XCLIENT, USER and
+PASS. The greenlet here waits once per backend.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import gevent
-from gevent.hub import Waiter
 
 from pop3proxy import metrics
 from pop3proxy.config import BackendsConfig
 from pop3proxy.health import Health
-from pop3proxy.net import tls
-from pop3proxy.net.sockets import RawSocket, is_address
-from pop3proxy.net.upstream import (
+from pop3proxy.interfaces import (
+    BackendConnection,
+    BackendDialer,
     BackendUnavailable,
-    Dial,
-    LoginAttempt,
+    ClientAddress,
     LoginRefused,
-    Resolved,
-    Upstream,
 )
 from pop3proxy.protocol import backend as machine
-from pop3proxy.protocol import proxyproto
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
-__all__ = ["BackendUnavailable", "ClientAddress", "LoginRefused", "Upstream", "Upstreams"]
-
 log = logging.getLogger("pop3proxy.backends")
 
-Address = tuple[str, int]
 
-
-# Made for every login: a slotted record, not a frozen one (which sets each
-# field through object.__setattr__). Not changed after it is made.
-@dataclass(slots=True)
-class ClientAddress:
-    """Who the client is (``source``) and what it connected to (``destination``).
-
-    Behind a load balancer speaking PROXY protocol, both come from its header.
-    Otherwise the destination is asked of the client's ``connection`` only when
-    a PROXY header to the backend needs it: most logins never do, and the
-    question is a system call.
-    """
-
-    source: Address
-    destination: Address | None = None
-    connection: RawSocket | None = field(default=None, compare=False, repr=False)
-
-    def connected_to(self) -> Address | None:
-        if self.destination is not None or self.connection is None:
-            return self.destination
-        try:
-            return self.connection.getsockname()[:2]
-        except OSError:
-            return None
-
-
-class Upstreams:
+class BackendPicker:
     """Backend selection, health and active checks for this process."""
 
-    def __init__(self, settings: BackendsConfig, connect_timeout: float) -> None:
+    def __init__(
+        self, settings: BackendsConfig, connect_timeout: float, dialer: BackendDialer
+    ) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
+        self.dialer = dialer
         self.health = Health(settings.failure_threshold, settings.failure_window, settings.cooldown)
         self.rotation = Rotation()
         self._known: dict[str, tuple[Backend, set[str]]] = {}
@@ -100,7 +69,7 @@ class Upstreams:
         user: str,
         client: ClientAddress | None = None,
         pinned: str | None = None,
-    ) -> Upstream:
+    ) -> BackendConnection:
         """Log in to the best usable backend of ``tenant`` for ``user``.
 
         Raises :class:`LoginRefused` when a backend refused the credentials (no
@@ -122,7 +91,7 @@ class Upstreams:
             attempts += 1
             started = time.perf_counter()
             try:
-                upstream = self._login(backend, login_name, password, client)
+                connection = self._login(backend, login_name, password, client)
             except BackendUnavailable as error:
                 self._failed(backend, [label], tenant.name, error.reason)
                 reasons.append(error.reason)
@@ -135,7 +104,7 @@ class Upstreams:
                 raise
             self._succeeded(backend)
             metrics.observe(metrics.BACKEND_CONNECT, label, value=time.perf_counter() - started)
-            return upstream
+            return connection
         reason = _summary(reasons)
         if reason == "circuit_open":
             metrics.add(metrics.BACKEND_ERRORS, label, reason)
@@ -189,7 +158,7 @@ class Upstreams:
     def check(self, backend: Backend) -> bool:
         """Connect and read the greeting (an active check); updates health and metrics."""
         try:
-            self._attempt(backend, None, None).close()
+            self.dialer.dial(backend, self.timeout(backend), None, None).close()
         except BackendUnavailable as error:
             labels = self._known.get(backend.address, (backend, set()))[1]
             self._failed(backend, labels, None, f"check_{error.reason}")
@@ -205,7 +174,7 @@ class Upstreams:
 
     def _login(
         self, backend: Backend, login_name: str, password: bytes, client: ClientAddress | None
-    ) -> Upstream:
+    ) -> BackendConnection:
         forward = backend.forward_client == "xclient" and client is not None
         login = machine.BackendLogin(
             login_name,
@@ -214,37 +183,13 @@ class Upstreams:
             xclient=client.source if forward and client else None,
             sasl_plain=backend.login_command == "auth_plain",
         )
-        upstream = self._attempt(backend, client, login)
+        connection = self.dialer.dial(backend, self.timeout(backend), login, client)
         if login.xclient_result not in (None, "sent"):
             log.warning(
                 "client address not forwarded",
                 extra={"backend": backend.address, "xclient": login.xclient_result},
             )
-        return upstream
-
-    def _attempt(
-        self, backend: Backend, client: ClientAddress | None, login: machine.BackendLogin | None
-    ) -> Upstream:
-        """Run one attempt on the event loop and wait for its outcome here."""
-        waiter = Waiter()
-        attempt = LoginAttempt(self._dial(backend, client), login, waiter.switch)
-        attempt.start()
-        try:
-            outcome = waiter.get()
-        except BaseException:
-            attempt.cancel()
-            raise
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    def _dial(self, backend: Backend, client: ClientAddress | None) -> Dial:
-        addresses = _resolve(backend)
-        context = None
-        if backend.tls != "none":
-            context = tls.client_context(backend.verify, backend.ca_file)
-        header = _proxy_header(backend, client, addresses[0][1][:2])
-        return Dial(backend, addresses, self.timeout(backend), header, context)
+        return connection
 
 
 def _summary(reasons: list[str]) -> str:
@@ -253,35 +198,3 @@ def _summary(reasons: list[str]) -> str:
     if real:
         return real[-1]
     return reasons[-1] if reasons else "no_backends"
-
-
-def _resolve(backend: Backend) -> list[Resolved]:
-    """The backend's addresses; an address literal skips the resolver.
-
-    gevent resolves every name on its thread pool, even ``127.0.0.1``: a lock
-    hand-off and two context switches per backend session. Backends are very
-    often configured by address.
-    """
-    host, port = backend.host, backend.port
-    if is_address(host):
-        return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise BackendUnavailable("connect_failed") from None
-    return [(family, address) for family, _, _, _, address in found]
-
-
-def _proxy_header(backend: Backend, client: ClientAddress | None, peer: Address) -> bytes:
-    """The PROXY header for ``forward_client: proxy_v1|proxy_v2``, else nothing.
-
-    Without a client (an active check) it is the LOCAL/UNKNOWN form: the
-    connection is the proxy's own. Without the address the client connected
-    to, the backend's own stands in.
-    """
-    if backend.forward_client not in ("proxy_v1", "proxy_v2"):
-        return b""
-    build = proxyproto.build_v1 if backend.forward_client == "proxy_v1" else proxyproto.build_v2
-    if client is None:
-        return build(None, None)
-    return build(client.source, client.connected_to() or peer)

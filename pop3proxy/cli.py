@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args)
-    from pop3proxy.app import serve
     from pop3proxy.logs import setup_logging
+    from pop3proxy.supervisor import serve
 
     setup_logging(config.logging.level, config.logging.format)
     try:

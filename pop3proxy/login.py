@@ -1,4 +1,9 @@
-"""From credentials to a logged-in backend: limits, tenant, password, upstream.
+"""From credentials to a logged-in backend: limits, tenant, password, backend.
+
+:class:`LoginService` is the domain's side of :class:`pop3proxy.interfaces.Logins`:
+a client session asks it to admit a connection and to log a user in, and
+gets a :class:`~pop3proxy.interfaces.LoggedIn` or a
+:class:`~pop3proxy.interfaces.LoginFailed` back.
 
 Every way a login can fail ends in one of a few replies. Unknown tenant,
 disabled tenant, unknown user and a wrong password all get the same
@@ -20,23 +25,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gevent
 
 from pop3proxy import metrics
 from pop3proxy.auth import Passwords
-from pop3proxy.backends import (
-    BackendUnavailable,
-    ClientAddress,
-    LoginRefused,
-    Upstream,
-    Upstreams,
-)
+from pop3proxy.backends import BackendPicker
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.interfaces import (
+    BackendConnection,
+    BackendDialer,
+    BackendUnavailable,
+    ClientAddress,
+    LoggedIn,
+    LoginFailed,
+    LoginRefused,
+)
 from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot, Verdict
-from pop3proxy.net import tls
+from pop3proxy.names import match_name, usable_server_name
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
 from pop3proxy.protocol.replies import Code
@@ -62,24 +69,21 @@ REFUSALS = frozenset(
 budgets and held back to the same minimum time."""
 
 
-class LoginFailed(Exception):
-    """``reply`` goes to the client; ``result`` and ``tenant`` to logs and metrics."""
+def sni_tenant(config: Config, name: str | None) -> str | None:
+    """The tenant a TLS server name picks (``tenancy.sni_tenant``), or ``None``.
 
-    def __init__(self, reply: bytes, result: str, tenant: str | None = None, detail: str = ""):
-        super().__init__(result)
-        self.reply = reply
-        self.result = result
-        self.tenant = tenant
-        self.detail = detail
-
-
-@dataclass
-class Session:
-    tenant: Tenant
-    upstream: Upstream
-    lease: Lease | None = None
-    user: Identity | None = None
-    """Who logged in, canonical: what the logs say, whatever the client typed."""
+    A ``tls.sni`` entry with a ``tenant`` names it; any other name is taken as
+    the tenant name itself (``acme.example`` for a client that connects to
+    ``acme.example``), if it can be one.
+    """
+    name = usable_server_name(name)
+    if not config.tenancy.sni_tenant or not name:
+        return None
+    entries = {entry.name: entry for entry in config.tls.sni}
+    found = match_name(entries, name)
+    if found is not None and entries[found].tenant:
+        return entries[found].tenant
+    return name
 
 
 class RefusalClock:
@@ -107,9 +111,10 @@ class RefusalClock:
 class LoginService:
     """Runs a login: budgets, tenant, password (passthrough or local), leases."""
 
-    def __init__(self, config: Config, directory: Directory) -> None:
+    def __init__(self, config: Config, directory: Directory, dialer: BackendDialer) -> None:
+        """``dialer``: the shell's, which connects to a backend and runs the login on it."""
         self.directory = directory
-        self.upstreams = Upstreams(config.backends, config.timeouts.backend_connect)
+        self.backends = BackendPicker(config.backends, config.timeouts.backend_connect, dialer)
         prefix = config.directory.key_prefix
         self.leases = LeaseLimiter(
             directory.redis, prefix, config.limits.lease_ttl, health=directory.redis_health
@@ -201,7 +206,7 @@ class LoginService:
         sni: str | None = None,
         client: ClientAddress | None = None,
         session_id: str = "",
-    ) -> Session:
+    ) -> LoggedIn:
         """Log ``user`` in; raises :class:`LoginFailed` with the client's reply.
 
         ``sni`` is the TLS server name the client asked for, if any: with
@@ -211,7 +216,7 @@ class LoginService:
         started = time.monotonic()
         address = client.source[0] if client else None
         tenancy = self.config.tenancy
-        default = tls.sni_tenant(self.config, sni) or tenancy.default_tenant
+        default = sni_tenant(self.config, sni) or tenancy.default_tenant
         try:
             name: UserName | None = split_user(user, tenancy.separator, default)
         except MalformedName:
@@ -225,7 +230,7 @@ class LoginService:
             verdict = self._check_budgets(budget, address)
             if name is None:
                 raise LoginFailed(AUTH_FAILURE, "malformed_name")
-            session = self._login(name, password, client, session_id)
+            tenant, logged_in = self._login(name, password, client, session_id)
         except LoginFailed as failure:
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, budget, address, verdict, started)
@@ -233,19 +238,19 @@ class LoginService:
         try:
             self.failures.succeeded(budget, address, verdict)
         except BaseException:  # ended while Redis had the reset: nobody takes the session
-            self.abandon(session)
+            self.abandon(logged_in)
             raise
-        label = metrics.tenant_label(session.tenant.name)
+        label = metrics.tenant_label(tenant.name)
         metrics.add(metrics.AUTH, label, "ok")
-        metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=session.tenant.max_sessions)
-        return session
+        metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=tenant.max_sessions)
+        return logged_in
 
-    def abandon(self, session: Session) -> None:
+    def abandon(self, login: LoggedIn) -> None:
         """Give back what a login took, for a session nobody will use: the
         backend connection closes without QUIT (the backend never enters
         UPDATE, so nothing is deleted) and the slots go back."""
-        session.upstream.close()
-        self.release(session.lease)
+        login.backend.close()
+        self.release(login.lease)
 
     def _hold_back(
         self,
@@ -279,7 +284,7 @@ class LoginService:
 
     def _login(
         self, name: UserName, password: bytes, client: ClientAddress | None, session_id: str
-    ) -> Session:
+    ) -> tuple[Tenant, LoggedIn]:
         tenant = self._tenant(name)
         # From here on one identity, however the name was typed: the record,
         # the pin, the backend login name, the session slot and the logs.
@@ -288,13 +293,13 @@ class LoginService:
         if tenant.auth == "local":
             self._check_local_password(tenant, user, password)
             backend_password = self._master_password(tenant)
-        upstream = self._open(tenant, user, backend_password, client)
+        connection = self._open(tenant, user, backend_password, client)
         try:
             lease = self._take_slots(tenant, user, session_id)
         except BaseException:  # refused, or ended while Redis had the request
-            upstream.close()  # no QUIT: the backend never enters UPDATE
+            connection.close()  # no QUIT: the backend never enters UPDATE
             raise
-        return Session(tenant, upstream, lease, user)
+        return tenant, LoggedIn(connection, tenant.name, str(user), lease)
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:
@@ -347,11 +352,11 @@ class LoginService:
 
     def _open(
         self, tenant: Tenant, user: Identity, password: bytes, client: ClientAddress | None
-    ) -> Upstream:
+    ) -> BackendConnection:
         pin = self.directory.pinned_backend(tenant, user.local)
         login_name = tenant.backend_login(user)
         try:
-            return self.upstreams.open(
+            return self.backends.open(
                 tenant, login_name, password, user=user.full, client=client, pinned=pin
             )
         except LoginRefused as refused:

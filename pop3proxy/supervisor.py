@@ -1,5 +1,9 @@
 """``workers: N``: one supervisor process, N worker processes, shared listeners.
 
+:func:`serve` (``pop3proxy serve``) picks the process model: one
+:class:`~pop3proxy.app.App`, a worker's App on inherited sockets, or a
+:class:`Supervisor` of N workers.
+
 Pre-forked sockets, not SO_REUSEPORT. The supervisor binds every listener
 once and hands the listening sockets to each worker (``pass_fds``); all
 workers accept from the same kernel queue. Why:
@@ -43,12 +47,14 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from prometheus_client import multiprocess
 
-from pop3proxy import __version__, metrics
+from pop3proxy import __version__, logs, metrics
 from pop3proxy.app import (
     LISTEN_FDS_ENV,
     WORKER_ENV,
+    App,
     apply_logging,
     change_log_level,
+    inherited_sockets,
     log_reload,
     read_config,
 )
@@ -222,3 +228,16 @@ class Supervisor:
             log_reload(live, restart)
         for worker in self.workers:
             worker.signal(signal.SIGHUP)
+
+
+def serve(config: Config) -> None:
+    """``pop3proxy serve``: one process, a worker, or the supervisor of N workers."""
+    slot = os.environ.get(WORKER_ENV)
+    if slot is not None:
+        logs.setup_logging(config.logging.level, config.logging.format, {"worker": int(slot)})
+        sockets = inherited_sockets(os.environ.get(LISTEN_FDS_ENV, ""))
+        App(config, sockets=sockets, worker=int(slot)).serve_forever()
+    elif config.workers > 1:
+        Supervisor(config).serve_forever()
+    else:
+        App(config).serve_forever()

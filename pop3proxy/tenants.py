@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pop3proxy.config import TLS_MODES
+from pop3proxy.names import valid_host_name
 from pop3proxy.schema import Reader, SchemaError
 
 RECORD_VERSION = 1
@@ -23,7 +24,6 @@ POLICIES = ("failover", "round_robin", "hash")
 AUTH_MODES = ("passthrough", "local")
 FORWARD_CLIENT = ("none", "xclient", "proxy_v1", "proxy_v2")
 LOGIN_COMMANDS = ("user_pass", "auth_plain")
-_TENANT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_NAMES = ("user", "local", "domain")
 
@@ -251,10 +251,6 @@ def one_word(text: str) -> bool:
     return text.isprintable() and " " not in text
 
 
-def valid_tenant_name(name: str) -> bool:
-    return bool(_TENANT_NAME.match(name))
-
-
 def parse_tenant(data: object, path: str = "") -> Tenant:
     """Validate one record; raises :class:`RecordError` listing every problem."""
     problems: list[str] = []
@@ -265,7 +261,7 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
             "version", f"record version {version} is newer than this proxy ({RECORD_VERSION})"
         )
     name = r.string("name", None, required=True) or ""
-    if name and not valid_tenant_name(name):
+    if name and not valid_host_name(name):
         r.problem(
             "name", f"expected a DNS-like name (letters, digits, '.', '-', '_'), got {name!r}"
         )

@@ -38,9 +38,9 @@ class Endpoint:
     them in turn, and whoever owns the socket calls :meth:`close_watchers`.
     One pair per socket rather than one per stage: fewer objects per
     session, and no descriptor check (``fcntl``) or refused ``epoll_ctl``
-    for each new watcher on a descriptor libev already knows
-    (docs/performance.md). The writer is made the first time it is asked
-    for: most sockets never have to wait for a peer to take a write.
+    for each new watcher on a descriptor libev already knows. The writer is
+    made the first time it is asked for: most sockets never have to wait for
+    a peer to take a write.
     """
 
     __slots__ = ("_offset", "_raw", "_tls", "_writer", "fd", "outbox", "reader")

@@ -4,8 +4,7 @@ The relay runs on the event loop itself, as callbacks of I/O watchers, like
 the rest of the session: no greenlet wakes up, no timeout object is made and
 no exception is raised for a read that would block, and an idle session
 holds no greenlet. This is where a session spends most of its wake-ups, so
-it is where a Python proxy pays most per session and per idle connection
-(docs/performance.md).
+it is where a Python proxy pays most per session and per idle connection.
 
 Backend to client is a byte splice in large chunks with no per-line work, so
 a big RETR costs a few syscalls per 256 KiB; between plaintext sockets the
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 
 from gevent.hub import get_hub
 
+from pop3proxy import metrics
+from pop3proxy.net.boundary import ErrorBoundary
 from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.splice import SplicePipe
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
@@ -51,11 +52,12 @@ class Traffic:
     commands: dict[str, int] = field(default_factory=dict)
 
 
-class Relay:
+class Relay(ErrorBoundary):
     """Runs one session's TRANSACTION phase until either side is done."""
 
     __slots__ = (
         "_backend_done",
+        "_counted",
         "_loop",
         "_on_end",
         "_pipe",
@@ -66,8 +68,13 @@ class Relay:
         "end_reason",
         "idle_timeout",
         "last_activity",
+        "started",
+        "tenant",
         "traffic",
     )
+
+    log = log
+    failure = "relay failed"
 
     def __init__(
         self,
@@ -76,14 +83,19 @@ class Relay:
         conn: ClientConnection,
         idle_timeout: float,
         traffic: Traffic,
+        tenant: str,
         on_end: Callable[[str], None],
     ) -> None:
+        """``tenant``: the metrics' tenant label for what this relay moves."""
         self.client = client
         self.backend = backend
         self.conn = conn
         self.idle_timeout = idle_timeout
         self.traffic = traffic
-        self.last_activity = time.monotonic()
+        self.tenant = tenant
+        self._counted = Traffic()
+        """What :meth:`flush_metrics` has already added to the counters."""
+        self.started = self.last_activity = time.monotonic()
         self.end_reason: str | None = None
         """Whichever side ended first says why; the other only follows."""
         self._on_end = on_end
@@ -98,7 +110,7 @@ class Relay:
         client.stop_watchers()
         backend.stop_watchers()
         self._watchers.update(client_read=client.reader, backend_read=backend.reader)
-        self._guarded(self._begin, pending, leftover)
+        self.guarded(self._begin, pending, leftover)
 
     def stop(self, reason: str) -> None:
         """End the relay from outside (the proxy stops); ``on_end`` follows."""
@@ -113,22 +125,36 @@ class Relay:
             self._resume_client_reads()
             self._resume_backend_reads()
 
+    def flush_metrics(self) -> None:
+        """Add the bytes and commands relayed since the last call to the counters.
+
+        Called at the end of the relay, and every ``metrics.flush_interval``
+        by the app (through the session), so a long download shows in
+        ``pop3proxy_bytes_total`` while it runs, at no cost per chunk.
+        """
+        tenant, now, counted = self.tenant, self.traffic, self._counted
+        sent, received = now.to_backend - counted.to_backend, now.to_client - counted.to_client
+        if sent:
+            metrics.add(metrics.BYTES, tenant, "client_to_backend", amount=sent)
+            counted.to_backend = now.to_backend
+        if received:
+            metrics.add(metrics.BYTES, tenant, "backend_to_client", amount=received)
+            counted.to_client = now.to_client
+        for command, count in list(now.commands.items()):
+            new = count - counted.commands.get(command, 0)
+            if new:
+                metrics.add(metrics.COMMANDS, tenant, command, amount=new)
+                counted.commands[command] = count
+
     # -- the loop's side -----------------------------------------------------
 
-    def _guarded(self, callback: Callable[..., None], *args: object) -> None:
-        """Run ``callback``; whatever it raises ends this session only."""
-        try:
-            callback(*args)
-        except OSError:
-            self._finish("connection_error")
-        except Exception:
-            log.exception("relay failed")
-            self._finish("internal_error")
+    def end_after_error(self, reason: str) -> None:
+        self._finish(reason)
 
     def _start(self, name: str, callback: Callable[[], None]) -> None:
         watcher = self._watchers.get(name) or self._writer(name)
         if watcher is not None and not watcher.active:  # type: ignore[attr-defined]
-            watcher.start(self._guarded, callback)  # type: ignore[attr-defined]
+            watcher.start(self.guarded, callback)  # type: ignore[attr-defined]
 
     def _writer(self, name: str) -> object | None:
         """A side's write watcher, taken the first time it cannot take a write
@@ -169,7 +195,7 @@ class Relay:
     def _arm_idle_timer(self, after: float) -> None:
         timer = self._loop.timer(max(after, 0.001))
         self._watchers["idle"] = timer
-        timer.start(self._guarded, self._on_idle_timer)
+        timer.start(self.guarded, self._on_idle_timer)
 
     def _on_idle_timer(self) -> None:
         self._watchers.pop("idle").close()  # type: ignore[attr-defined]
@@ -262,7 +288,7 @@ class Relay:
         if size >= SPLICE_FROM and self.client.plain and self.backend.plain:
             self._open_pipe()  # used from the next read, once the outbox is empty
         elif not self.client.outbox and self.backend.buffered():
-            self._loop.run_callback(self._guarded, self._on_backend_readable)
+            self._loop.run_callback(self.guarded, self._on_backend_readable)
 
     def _backend_closed(self) -> None:
         self._backend_done = True

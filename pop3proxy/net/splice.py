@@ -2,8 +2,8 @@
 
 A big RETR through user space costs a copy in and a copy out per chunk, and
 on a shared machine that CPU is taken from the client and the backend: the
-plaintext relay lost a tenth of a direct stream's throughput that way
-(docs/performance.md). ``splice(2)`` moves the bytes from the backend's
+plaintext relay lost a tenth of a direct stream's throughput that way.
+``splice(2)`` moves the bytes from the backend's
 socket into a pipe and from the pipe into the client's socket by reference,
 without them entering the process.
 

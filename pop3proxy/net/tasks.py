@@ -5,7 +5,7 @@ an admission that asks Redis runs in a greenlet; everything else a session
 does runs on loop callbacks. A busy proxy starts a login per session, and
 starting a greenlet costs several times a switch into a waiting one: a new
 greenlet object, its first frame, and a frame stack mapped for it and unmapped
-when it ends (docs/performance.md). So a greenlet whose task is done waits,
+when it ends. So a greenlet whose task is done waits,
 parked, for the next task instead of ending.
 
 The hazard of reuse is a stale wake-up meant for the task before: a throw

@@ -40,9 +40,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from pop3proxy.config import Config, ListenerConfig, SNIEntry, TLSConfig
+from pop3proxy.config import ListenerConfig, SNIEntry, TLSConfig
+from pop3proxy.names import match_name, usable_server_name
 from pop3proxy.net.sockets import READ, WRITE, RawSocket
-from pop3proxy.tenants import valid_tenant_name
 from pop3proxy.tlspolicy import TLSPolicy
 
 _VERSIONS = {
@@ -160,33 +160,10 @@ def sni_entries(config: TLSConfig) -> list[SNIEntry]:
     return list(entries.values())
 
 
-def match_name(names: dict[str, object], server_name: str) -> str | None:
-    """The entry for ``server_name``: exact, else a ``*.`` wildcard for its first label."""
-    name = server_name.lower().rstrip(".")
-    if name in names:
-        return name
-    _, dot, parent = name.partition(".")
-    wildcard = "*." + parent
-    return wildcard if dot and wildcard in names else None
-
-
 _CERTIFICATES: weakref.WeakKeyDictionary[ssl.SSLContext, dict[str, ssl.SSLContext]] = (
     weakref.WeakKeyDictionary()
 )
 """The SNI contexts of each listeners' context, by server name."""
-
-
-def usable_server_name(server_name: str | None) -> str | None:
-    """A client's SNI name, lowercased, if it is a host name at all.
-
-    OpenSSL passes on any bytes but NUL, and Python any ASCII: a name with a
-    space or a control character would become a cache key, a Redis key and,
-    with ``tenancy.sni_tenant``, a tenant. Such a name is treated as no name.
-    """
-    if not server_name:
-        return None
-    name = server_name.lower().rstrip(".")
-    return name if valid_tenant_name(name) else None
 
 
 def certificate_context(context: ssl.SSLContext, server_name: str | None) -> ssl.SSLContext:
@@ -194,7 +171,7 @@ def certificate_context(context: ssl.SSLContext, server_name: str | None) -> ssl
     entry's, else the default one (``context`` itself)."""
     name = usable_server_name(server_name)
     by_name = _CERTIFICATES.get(context)
-    found = match_name(by_name, name) if by_name and name else None  # type: ignore[arg-type]
+    found = match_name(by_name, name) if by_name and name else None
     return by_name[found] if by_name and found is not None else context
 
 
@@ -295,23 +272,6 @@ def server_name(tls: object) -> str | None:
     """The SNI name the client sent in the handshake of ``tls`` (a :class:`ServerTLS`,
     or ``None`` before any), lowercased."""
     return getattr(tls, "pop3proxy_server_name", None)
-
-
-def sni_tenant(config: Config, name: str | None) -> str | None:
-    """The tenant a TLS server name picks (``tenancy.sni_tenant``), or ``None``.
-
-    A ``tls.sni`` entry with a ``tenant`` names it; any other name is taken as
-    the tenant name itself (``acme.example`` for a client that connects to
-    ``acme.example``), if it can be one.
-    """
-    name = usable_server_name(name)
-    if not config.tenancy.sni_tenant or not name:
-        return None
-    entries = {entry.name: entry for entry in config.tls.sni}
-    found = match_name(entries, name)  # type: ignore[arg-type]
-    if found is not None and entries[found].tenant:
-        return entries[found].tenant
-    return name
 
 
 def watched_files(config: TLSConfig) -> Iterator[str]:

@@ -21,10 +21,11 @@ from harness.proxy import TENANT
 from harness.redis import RedisServer
 from harness.users import USERS, WRONG_PASSWORD
 
-from pop3proxy.backends import Upstream
 from pop3proxy.config import AuthConfig, Config, DirectoryConfig, LimitsConfig
 from pop3proxy.directory import Directory, RedisStore
-from pop3proxy.login import LoginFailed, LoginService
+from pop3proxy.interfaces import BackendConnection, LoginFailed
+from pop3proxy.login import LoginService
+from pop3proxy.net.backend import BackendSocket, Dialer
 from pop3proxy.net.session import SessionEnded
 from pop3proxy.tenants import parse_tenant
 
@@ -42,7 +43,7 @@ def service(redis_server: RedisServer, dovecot: Dovecot, request) -> Iterator[Lo
         auth=AuthConfig(failure_delay=0.0),
         limits=LimitsConfig(max_sessions_per_user=1),
     )
-    yield LoginService(config, Directory(store, directory_config))
+    yield LoginService(config, Directory(store, directory_config), Dialer())
     for key in store.client.scan_iter(match=f"{prefix}:*"):
         store.client.delete(key)
     store.client.close()
@@ -72,14 +73,14 @@ def test_a_login_ended_while_its_budget_is_cleared_gives_back_slots_and_backend(
     user = f"alice@{TENANT}"
     with pytest.raises(LoginFailed):
         service.login(user, WRONG_PASSWORD.encode())  # a failure for the good login to clear
-    opened: list[Upstream] = []
-    open_upstream = service.upstreams.open
+    opened: list[BackendConnection] = []
+    open_backend = service.backends.open
 
-    def recording_open(*args, **kwargs) -> Upstream:
-        opened.append(open_upstream(*args, **kwargs))
+    def recording_open(*args, **kwargs) -> BackendConnection:
+        opened.append(open_backend(*args, **kwargs))
         return opened[-1]
 
-    service.upstreams.open = recording_open  # type: ignore[method-assign]
+    service.backends.open = recording_open  # type: ignore[method-assign]
     clearing = gevent.event.Event()
 
     def hung_clear(*args: object) -> None:
@@ -92,10 +93,11 @@ def test_a_login_ended_while_its_budget_is_cleared_gives_back_slots_and_backend(
     assert slot_holders(service) == {b"doomed"}
     login.kill(ending, block=True, timeout=5)
     assert login.dead
+    assert isinstance(opened[0], BackendSocket)
     assert opened[0].sock.fileno() == -1, "the backend connection was closed"
     wait_for(lambda: not slot_holders(service))
     del service.failures.succeeded  # Redis answers again
-    session = service.login(user, USERS["alice"].encode(), session_id="next")
+    logged_in = service.login(user, USERS["alice"].encode(), session_id="next")
     assert slot_holders(service) == {b"next"}, "not refused as [IN-USE]"
-    service.abandon(session)
+    service.abandon(logged_in)
     wait_for(lambda: not slot_holders(service))

@@ -69,6 +69,7 @@ class Wired:
             logged_in(),
             30.0,
             self.traffic,
+            "splice.example",
             self.ended.set,
         )
         self.relay.start([], b"")

@@ -16,8 +16,10 @@ from harness.dovecot import Dovecot
 from harness.ports import LOOPBACK, free_port
 from harness.users import USERS
 
-from pop3proxy.backends import ClientAddress, Upstreams, _proxy_header
+from pop3proxy.backends import BackendPicker
 from pop3proxy.config import BackendsConfig, ListenerConfig
+from pop3proxy.interfaces import ClientAddress
+from pop3proxy.net.backend import Dialer, proxy_header
 from pop3proxy.net.endpoint import Endpoint
 from pop3proxy.net.listener import Listener
 from pop3proxy.protocol import proxyproto
@@ -56,12 +58,12 @@ def test_accepted_connections_have_nodelay() -> None:
 
 def test_the_backend_connection_has_nodelay(dovecot: Dovecot) -> None:
     tenant = Tenant("sockets.example", (Backend(dovecot.host, dovecot.port),))
-    upstreams = Upstreams(BackendsConfig(max_attempts=1), connect_timeout=5.0)
-    upstream = upstreams.open(tenant, "alice", USERS["alice"].encode(), user="alice")
+    picker = BackendPicker(BackendsConfig(max_attempts=1), 5.0, Dialer())
+    connection = picker.open(tenant, "alice", USERS["alice"].encode(), user="alice")
     try:
-        assert nodelay(upstream.sock)
+        assert nodelay(connection.sock)  # type: ignore[attr-defined]
     finally:
-        upstream.close()
+        connection.close()
 
 
 def test_a_proxy_header_names_the_address_the_client_connected_to() -> None:
@@ -69,7 +71,7 @@ def test_a_proxy_header_names_the_address_the_client_connected_to() -> None:
     try:
         address = ClientAddress(("192.0.2.7", 40000), None, ours)
         backend = Backend(LOOPBACK, 110, forward_client="proxy_v1")
-        header = _proxy_header(backend, address, ("127.0.0.9", 110))
+        header = proxy_header(backend, address, ("127.0.0.9", 110))
         parsed = proxyproto.HeaderReader().feed(header)
         assert parsed is not None
         assert parsed.source == ("192.0.2.7", 40000)
@@ -78,7 +80,7 @@ def test_a_proxy_header_names_the_address_the_client_connected_to() -> None:
         client.close()
         ours.close()
     # A connection closed meanwhile: the backend's own address stands in.
-    header = _proxy_header(backend, address, ("127.0.0.9", 110))
+    header = proxy_header(backend, address, ("127.0.0.9", 110))
     parsed = proxyproto.HeaderReader().feed(header)
     assert parsed is not None
     assert parsed.destination == ("127.0.0.9", 110)

@@ -20,26 +20,29 @@ from harness.dovecot import Dovecot
 from harness.ports import LOOPBACK, free_port
 from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
 
-from pop3proxy.backends import BackendUnavailable, LoginRefused, Upstream, Upstreams
+from pop3proxy.backends import BackendPicker
 from pop3proxy.config import BackendsConfig
-from pop3proxy.net.upstream import Dial, LoginAttempt
+from pop3proxy.interfaces import BackendUnavailable, LoginRefused
+from pop3proxy.net.backend import BackendSocket, Dial, Dialer, LoginAttempt
 from pop3proxy.protocol.backend import BackendLogin
 from pop3proxy.tenants import Backend, Tenant
 
 
-def upstreams() -> Upstreams:
-    return Upstreams(BackendsConfig(max_attempts=1), connect_timeout=5.0)
+def picker() -> BackendPicker:
+    return BackendPicker(BackendsConfig(max_attempts=1), 5.0, Dialer())
 
 
 def tenant(*backends: Backend) -> Tenant:
     return Tenant("upstream.example", backends)
 
 
-def log_in(backend: Backend, password: str = USERS["alice"]) -> Upstream:
-    return upstreams().open(tenant(backend), "alice", password.encode(), user="alice")
+def log_in(backend: Backend, password: str = USERS["alice"]) -> BackendSocket:
+    connection = picker().open(tenant(backend), "alice", password.encode(), user="alice")
+    assert isinstance(connection, BackendSocket)
+    return connection
 
 
-def command(upstream: Upstream, line: bytes) -> bytes:
+def command(upstream: BackendSocket, line: bytes) -> bytes:
     """One command over the logged-in connection, through the relay's endpoint."""
     endpoint = upstream.endpoint
     assert endpoint.send(line)
@@ -84,7 +87,7 @@ def test_every_address_of_a_name_is_tried(dovecot: Dovecot) -> None:
     login = BackendLogin("alice", USERS["alice"].encode(), starttls=False)
     LoginAttempt(Dial(backend, [nobody, listening], 5.0), login, outcome.set).start()
     upstream = outcome.get(timeout=10)
-    assert isinstance(upstream, Upstream)
+    assert isinstance(upstream, BackendSocket)
     assert upstream.sock.getpeername()[:2] == listening[1]
     upstream.close()
 
@@ -186,7 +189,8 @@ def test_auth_plain_as_a_master_user(dovecot: Dovecot) -> None:
     (master, password), *_ = MASTER_USERS.items()
     backend = Backend(dovecot.host, dovecot.port, login_command="auth_plain")
     name = f"alice*{master}"
-    upstream = upstreams().open(tenant(backend), name, password.encode(), user="alice")
+    upstream = picker().open(tenant(backend), name, password.encode(), user="alice")
+    assert isinstance(upstream, BackendSocket)
     try:
         assert command(upstream, b"STAT\r\n").startswith(b"+OK ")
     finally:

@@ -10,6 +10,7 @@ import pytest
 
 from pop3proxy import logs
 from pop3proxy.config import ConfigError, SNIEntry, TLSConfig, parse_config
+from pop3proxy.names import match_name
 from pop3proxy.net import tls
 from pop3proxy.reload import changes, live_config
 
@@ -79,10 +80,10 @@ def test_new_keys_parse_and_explain_problems(tmp_path: Path) -> None:
 
 def test_match_name_exact_then_one_label_wildcard() -> None:
     names = {"pop.acme.example": 1, "*.other.example": 2}
-    assert tls.match_name(names, "POP.acme.example.") == "pop.acme.example"
-    assert tls.match_name(names, "mail.other.example") == "*.other.example"
-    assert tls.match_name(names, "a.mail.other.example") is None
-    assert tls.match_name(names, "other.example") is None
+    assert match_name(names, "POP.acme.example.") == "pop.acme.example"
+    assert match_name(names, "mail.other.example") == "*.other.example"
+    assert match_name(names, "a.mail.other.example") is None
+    assert match_name(names, "other.example") is None
 
 
 def test_sni_dir_pairs_and_fingerprint_follows_symlinks(tmp_path: Path) -> None:

@@ -1,12 +1,17 @@
 """One backend connection, driven by the event loop: connect, PROXY header, TLS, login.
 
+:class:`Dialer` is the shell's side of :class:`pop3proxy.interfaces.BackendDialer`:
+the domain (:mod:`pop3proxy.backends`) picks the backend and writes the login
+machine; the dialer resolves the address, builds the PROXY header and the TLS
+context, and runs a :class:`LoginAttempt` while the asking greenlet waits.
+
 The steps are callbacks of one socket's I/O watchers and one timer, like the
 client side of a session; the greenlet that asked for the connection waits
 once, for the outcome. Driving the same steps through gevent sockets cost
 four greenlet waits, each with a watcher, a switch and an exception for the
 read that would block, plus a timeout object and gevent's close machinery:
 the largest part of a plaintext session's CPU after the relay moved to
-callbacks (docs/performance.md).
+callbacks.
 
 The POP3 side is :class:`pop3proxy.protocol.backend.BackendLogin`, sans-IO;
 this module only moves its lines. Without a login machine the attempt is an
@@ -22,39 +27,51 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gevent.hub import get_hub
+from gevent.hub import Waiter, get_hub
 
+from pop3proxy.interfaces import (
+    Address,
+    BackendTarget,
+    BackendUnavailable,
+    ClientAddress,
+    LoginRefused,
+)
 from pop3proxy.net import tls
+from pop3proxy.net.boundary import ErrorBoundary
 from pop3proxy.net.endpoint import SHARED_BUFFER, Endpoint
-from pop3proxy.net.sockets import READ, WRITE, KernelSocket, RawSocket, set_nodelay
+from pop3proxy.net.sockets import READ, WRITE, KernelSocket, RawSocket, is_address, set_nodelay
 from pop3proxy.protocol import backend as machine
+from pop3proxy.protocol import proxyproto
 from pop3proxy.protocol.framing import LINE_TOO_LONG, LineReader
-from pop3proxy.tenants import Backend
 
-log = logging.getLogger("pop3proxy.upstream")
+log = logging.getLogger("pop3proxy.upstream")  # the name log filters already know
 
 RECV_SIZE = 16384
 """Status lines are short; a login never reads more than a few hundred bytes."""
 
-Address = tuple[str, int]
 Resolved = tuple[int, tuple]
 """An address family and a socket address, as ``getaddrinfo`` gives them."""
 
 
 @dataclass
-class Upstream:
-    """A logged-in backend connection, ready to relay."""
+class BackendSocket:
+    """A logged-in backend connection, ready to relay: the shell's
+    :class:`~pop3proxy.interfaces.BackendConnection`."""
 
     sock: RawSocket
     """The kernel socket, non-blocking."""
     tls: object | None
     """OpenSSL's connection on ``sock`` when the backend speaks TLS."""
-    backend: Backend
+    backend: BackendTarget
     leftover: bytes
     """Bytes the backend sent after its login reply (none from a sane server)."""
     endpoint: Endpoint
     """Reads and writes on ``sock`` (through ``tls`` if any), and its watchers:
     the login's, for the relay."""
+
+    @property
+    def address(self) -> str:
+        return self.backend.address
 
     def close(self) -> None:
         """End the connection without a word: the backend never enters UPDATE."""
@@ -62,24 +79,7 @@ class Upstream:
         self.sock.close()
 
 
-class LoginRefused(Exception):
-    """The backend judged the credentials; ``reply`` is the -ERR line for the client."""
-
-    def __init__(self, reply: bytes, reason: str) -> None:
-        super().__init__(reason)
-        self.reply = reply
-        self.reason = reason
-
-
-class BackendUnavailable(Exception):
-    """No backend of the tenant could be used; the client gets -ERR [SYS/TEMP]."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-Outcome = Upstream | LoginRefused | BackendUnavailable
+Outcome = BackendSocket | LoginRefused | BackendUnavailable
 
 
 # Made for every login: a slotted record, not a frozen one (which sets each
@@ -88,7 +88,7 @@ Outcome = Upstream | LoginRefused | BackendUnavailable
 class Dial:
     """Where and how to reach one backend."""
 
-    backend: Backend
+    backend: BackendTarget
     addresses: list[Resolved]
     """Tried in order until one accepts the connection."""
     timeout: float
@@ -99,14 +99,18 @@ class Dial:
     """For ``tls: implicit|starttls``."""
 
 
-class LoginAttempt:
+class LoginAttempt(ErrorBoundary):
     """Connects to one backend and runs ``login`` on it; ``on_done`` gets the outcome.
 
     ``on_done`` is called once, from the event loop (or from :meth:`start`
-    when no address can even be tried), with an :class:`Upstream`, a
+    when no address can even be tried), with a :class:`BackendSocket`, a
     :class:`LoginRefused` or a :class:`BackendUnavailable`. :meth:`cancel`
     drops the attempt without calling it.
     """
+
+    log = log
+    failure = "backend login failed"
+    connection_lost = "connection_lost"
 
     def __init__(
         self,
@@ -130,22 +134,19 @@ class LoginAttempt:
 
     # -- plumbing --------------------------------------------------------------
 
-    def _guarded(self, step: Callable[[], None]) -> None:
-        """Run a step from the loop: a lost connection or a surprise fails the attempt."""
-        try:
-            step()
-        except OSError:
-            self._fail("connection_lost")
-        except Exception:
-            log.exception("backend login failed", extra={"backend": self.dial.backend.address})
-            self._fail("internal_error")
+    def log_context(self) -> dict[str, object]:
+        return {"backend": self.dial.backend.address}
+
+    def end_after_error(self, reason: str) -> None:
+        """A lost connection or a surprise fails the attempt."""
+        self._fail(reason)
 
     def _wait(self, event: int, step: Callable[[], None]) -> None:
         endpoint = self._endpoint
         assert endpoint is not None
         endpoint.stop_watchers()
         watcher = endpoint.reader if event == READ else endpoint.writer
-        watcher.start(self._guarded, step)
+        watcher.start(self.guarded, step)
 
     def _arm(self, reason: str) -> None:
         """(Re)start the deadline from now. libev measures timers from the time
@@ -178,7 +179,7 @@ class LoginAttempt:
         return on_done
 
     def _finish(self, outcome: Outcome) -> None:
-        on_done = self._end(keep_socket=isinstance(outcome, Upstream))
+        on_done = self._end(keep_socket=isinstance(outcome, BackendSocket))
         if on_done is not None:
             on_done(outcome)
 
@@ -302,7 +303,7 @@ class LoginAttempt:
             return  # _flush reads once the command is out
         self._wait(READ, self._readable)
         if endpoint.buffered():  # OpenSSL already holds the next reply
-            self._loop.run_callback(self._guarded, self._readable)
+            self._loop.run_callback(self.guarded, self._readable)
 
     def _readable(self) -> None:
         endpoint = self._endpoint
@@ -351,7 +352,7 @@ class LoginAttempt:
     def _greeted(self, line: bytes) -> None:
         """An active check: the greeting is all it wants."""
         if line.startswith(b"+OK"):
-            self._finish(self._upstream(b""))
+            self._finish(self._connection(b""))
         else:
             self._fail("bad_greeting")
 
@@ -367,16 +368,16 @@ class LoginAttempt:
             self._start_tls(self._tls_established)
         elif isinstance(action, machine.LoggedIn):
             leftover = self._lines.take()
-            self._finish(self._upstream(leftover))
+            self._finish(self._connection(leftover))
         elif isinstance(action, machine.Failed):
             if action.kind is machine.FailureKind.AUTH:
                 self._finish(LoginRefused(action.client_reply, action.reason))
             else:
                 self._fail(action.reason)
 
-    def _upstream(self, leftover: bytes) -> Upstream:
+    def _connection(self, leftover: bytes) -> BackendSocket:
         assert self._sock is not None and self._endpoint is not None
-        return Upstream(self._sock, self._sslobj, self.dial.backend, leftover, self._endpoint)
+        return BackendSocket(self._sock, self._sslobj, self.dial.backend, leftover, self._endpoint)
 
     def _tls_established(self) -> None:
         assert self.login is not None
@@ -399,3 +400,66 @@ def _connect_reason(error: int) -> str:
     if error == errno.ETIMEDOUT:
         return "connect_timeout"
     return "connect_failed"
+
+
+class Dialer:
+    """Connects to backends for the domain (:class:`pop3proxy.interfaces.BackendDialer`)."""
+
+    def dial(
+        self,
+        backend: BackendTarget,
+        timeout: float,
+        login: machine.BackendLogin | None,
+        client: ClientAddress | None,
+    ) -> BackendSocket:
+        """Run one attempt on the event loop and wait for its outcome here."""
+        addresses = _resolve(backend)
+        context = None
+        if backend.tls != "none":
+            context = tls.client_context(backend.verify, backend.ca_file)
+        header = proxy_header(backend, client, addresses[0][1][:2])
+        waiter = Waiter()
+        attempt = LoginAttempt(
+            Dial(backend, addresses, timeout, header, context), login, waiter.switch
+        )
+        attempt.start()
+        try:
+            outcome = waiter.get()
+        except BaseException:
+            attempt.cancel()
+            raise
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def _resolve(backend: BackendTarget) -> list[Resolved]:
+    """The backend's addresses; an address literal skips the resolver.
+
+    gevent resolves every name on its thread pool, even ``127.0.0.1``: a lock
+    hand-off and two context switches per backend session. Backends are very
+    often configured by address.
+    """
+    host, port = backend.host, backend.port
+    if is_address(host):
+        return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise BackendUnavailable("connect_failed") from None
+    return [(family, address) for family, _, _, _, address in found]
+
+
+def proxy_header(backend: BackendTarget, client: ClientAddress | None, peer: Address) -> bytes:
+    """The PROXY header for ``forward_client: proxy_v1|proxy_v2``, else nothing.
+
+    Without a client (an active check) it is the LOCAL/UNKNOWN form: the
+    connection is the proxy's own. Without the address the client connected
+    to, the backend's own stands in.
+    """
+    if backend.forward_client not in ("proxy_v1", "proxy_v2"):
+        return b""
+    build = proxyproto.build_v1 if backend.forward_client == "proxy_v1" else proxyproto.build_v2
+    if client is None:
+        return build(None, None)
+    return build(client.source, client.connected_to() or peer)
