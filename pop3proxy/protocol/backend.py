@@ -86,6 +86,9 @@ BackendAction = SendToBackend | StartBackendTLS | LoggedIn | Failed
 
 
 class _Step(Enum):
+    """What the login waits for: the reply to which command (Dovecot's proxy
+    names them banner, starttls, xclient, login1 and login2)."""
+
     GREETING = auto()
     STLS = auto()
     TLS_PENDING = auto()
