@@ -59,7 +59,7 @@ for _ in range(rounds):
     ClientSession(sock, ("127.0.0.1", 1), listener, services).client.close_watchers()
 session_ns = (time.thread_time_ns() - started) / rounds
 conn = core.ClientConnection(services.client_settings(listener))
-conn.state = core.TRANSACTION
+conn.state = core.State.TRANSACTION
 commands = {}
 started = time.thread_time_ns()
 for _ in range(rounds):
