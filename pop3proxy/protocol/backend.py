@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -85,6 +86,9 @@ BackendAction = SendToBackend | StartBackendTLS | LoggedIn | Failed
 
 
 class _Step(Enum):
+    """What the login waits for: the reply to which command (Dovecot's proxy
+    names them banner, starttls, xclient, login1 and login2)."""
+
     GREETING = auto()
     STLS = auto()
     TLS_PENDING = auto()
@@ -95,11 +99,6 @@ class _Step(Enum):
     PASS = auto()
     AUTH = auto()
     DONE = auto()
-
-
-_GREETING, _STLS, _TLS_PENDING, _CAPA, _CAPA_BODY, _XCLIENT, _USER, _PASS, _AUTH, _DONE = _Step
-"""The steps as module names (see ``protocol.client``: Enum class attributes
-are slow to read on Python 3.11)."""
 
 
 def xtext(value: str) -> bytes:
@@ -169,56 +168,66 @@ class BackendLogin:
             xclient = (str(proxyproto.address_to_forward(xclient[0])), xclient[1])
         self._xclient = xclient
         self._xclient_offered = False
-        self._step = _GREETING
+        self._step = _Step.GREETING
         self.xclient_result: str | None = None
         """``sent``, ``not_offered`` or ``refused`` when XCLIENT was asked for."""
 
     @property
     def done(self) -> bool:
-        return self._step is _DONE
+        return self._step is _Step.DONE
 
     def receive_line(self, line: bytes) -> list[BackendAction]:
         """Feed one status line from the backend, without its CRLF."""
-        if self._step is _DONE or self._step is _TLS_PENDING:
-            return self._unavailable("unexpected_data")
-        if self._step is _CAPA_BODY:
+        step = self._step
+        if step is _Step.CAPA_BODY:
             return self._capability(line)
-        if self._step is _AUTH and (line == b"+" or line.startswith(b"+ ")):
+        if step is _Step.AUTH and (line == b"+" or line.startswith(b"+ ")):
             return self._answer_challenge()
+        on_reply = _ON_REPLY.get(step)
+        if on_reply is None:  # waiting for TLS, or done: the backend has nothing to say
+            return self._unavailable("unexpected_data")
         positive = line.startswith(b"+OK")
         if not positive and not line.startswith(b"-ERR"):
             return self._unavailable("garbage")
-        step = self._step
-        if step is _GREETING:
-            if not positive:
-                return self._unavailable("bad_greeting")
-            self._xclient_offered = replies.response_code(line) == "XCLIENT"
-            if self._starttls:
-                self._step = _STLS
-                return [SendToBackend(b"STLS\r\n")]
-            return self._before_user()
-        if step is _STLS:
-            if not positive:
-                return self._unavailable("stls_refused")
-            self._step = _TLS_PENDING
-            return [StartBackendTLS()]
-        if step is _CAPA:
-            if not positive:
-                self.xclient_result = "not_offered"
-                return self._send_user()
-            self._step = _CAPA_BODY
-            return []
-        if step is _XCLIENT:
-            self.xclient_result = "sent" if positive else "refused"
+        return on_reply(self, positive, line)
+
+    def _on_greeting(self, positive: bool, line: bytes) -> list[BackendAction]:
+        if not positive:
+            return self._unavailable("bad_greeting")
+        self._xclient_offered = replies.response_code(line) == "XCLIENT"
+        if self._starttls:
+            self._step = _Step.STLS
+            return [SendToBackend(b"STLS\r\n")]
+        return self._before_user()
+
+    def _on_stls(self, positive: bool, line: bytes) -> list[BackendAction]:
+        if not positive:
+            return self._unavailable("stls_refused")
+        self._step = _Step.TLS_PENDING
+        return [StartBackendTLS()]
+
+    def _on_capa(self, positive: bool, line: bytes) -> list[BackendAction]:
+        if not positive:
+            self.xclient_result = "not_offered"
             return self._send_user()
-        if step is _USER:
-            if not positive:
-                return self._auth_failed(line)
-            self._step = _PASS
-            return [SendToBackend(b"PASS " + self._password + replies.CRLF)]
+        self._step = _Step.CAPA_BODY
+        return []
+
+    def _on_xclient(self, positive: bool, line: bytes) -> list[BackendAction]:
+        self.xclient_result = "sent" if positive else "refused"
+        return self._send_user()
+
+    def _on_user(self, positive: bool, line: bytes) -> list[BackendAction]:
         if not positive:
             return self._auth_failed(line)
-        self._step = _DONE
+        self._step = _Step.PASS
+        return [SendToBackend(b"PASS " + self._password + replies.CRLF)]
+
+    def _on_login(self, positive: bool, line: bytes) -> list[BackendAction]:
+        """The reply to PASS, or to AUTH PLAIN's response."""
+        if not positive:
+            return self._auth_failed(line)
+        self._step = _Step.DONE
         return [LoggedIn()]
 
     def tls_established(self) -> list[BackendAction]:
@@ -230,7 +239,7 @@ class BackendLogin:
             return self._send_user()
         if self._xclient_offered:
             return self._send_xclient()
-        self._step = _CAPA
+        self._step = _Step.CAPA
         return [SendToBackend(b"CAPA\r\n")]
 
     def _capability(self, line: bytes) -> list[BackendAction]:
@@ -247,22 +256,22 @@ class BackendLogin:
     def _send_xclient(self) -> list[BackendAction]:
         assert self._xclient is not None
         host, port = self._xclient
-        self._step = _XCLIENT
+        self._step = _Step.XCLIENT
         command = b"XCLIENT ADDR=" + xtext(host) + b" PORT=" + xtext(str(port)) + replies.CRLF
         return [SendToBackend(command)]
 
     def _send_user(self) -> list[BackendAction]:
         """The credentials: USER (then PASS), or AUTH PLAIN."""
         if _unsafe_credentials(self._user, self._password, self._sasl_plain):
-            self._step = _DONE
+            self._step = _Step.DONE
             return [Failed(FailureKind.AUTH, "unsafe_credentials", AUTH_FAILURE)]
         if self._sasl_plain:
-            self._step = _AUTH
+            self._step = _Step.AUTH
             command = b"AUTH PLAIN " + self._plain_response() + replies.CRLF
             if len(command) > MAX_COMMAND_LINE:
                 command = b"AUTH PLAIN" + replies.CRLF  # the response follows the challenge
             return [SendToBackend(command)]
-        self._step = _USER
+        self._step = _Step.USER
         return [SendToBackend(b"USER " + self._user + replies.CRLF)]
 
     def _plain_response(self) -> bytes:
@@ -271,17 +280,29 @@ class BackendLogin:
 
     def _answer_challenge(self) -> list[BackendAction]:
         """The server's empty challenge to AUTH PLAIN sent without the response."""
-        self._step = _PASS
+        self._step = _Step.PASS
         return [SendToBackend(self._plain_response() + replies.CRLF)]
 
     def _unavailable(self, reason: str) -> list[BackendAction]:
-        self._step = _DONE
+        self._step = _Step.DONE
         return [Failed(FailureKind.UNAVAILABLE, reason, TEMPORARY_FAILURE)]
 
     def _auth_failed(self, line: bytes) -> list[BackendAction]:
-        self._step = _DONE
+        self._step = _Step.DONE
         code = replies.response_code(line)
         reply = _PASSED_THROUGH_CODES.get(code or "", AUTH_FAILURE)
         kind = FailureKind.UNAVAILABLE if reply is TEMPORARY_FAILURE else FailureKind.AUTH
         reason = "backend_temporary_failure" if kind is FailureKind.UNAVAILABLE else "login_refused"
         return [Failed(kind, reason, reply)]
+
+
+_ON_REPLY: dict[_Step, Callable[[BackendLogin, bool, bytes], list[BackendAction]]] = {
+    _Step.GREETING: BackendLogin._on_greeting,
+    _Step.STLS: BackendLogin._on_stls,
+    _Step.CAPA: BackendLogin._on_capa,
+    _Step.XCLIENT: BackendLogin._on_xclient,
+    _Step.USER: BackendLogin._on_user,
+    _Step.PASS: BackendLogin._on_login,
+    _Step.AUTH: BackendLogin._on_login,
+}
+"""What a +OK or -ERR means in each step that waits for one."""

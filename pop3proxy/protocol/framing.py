@@ -47,10 +47,10 @@ class LineReader:
         self._buffer += data
 
     def whole_line(self, data: bytes | memoryview) -> bytes | None:
-        """``data`` as bytes when it is exactly one line ending in CRLF, within
-        the cap, and nothing is buffered before it: the relay's usual case,
-        one command per read, taken without going through the buffer.
-        Otherwise ``None``, and ``data`` is left to :meth:`feed`."""
+        """``data`` as bytes when it is exactly one line, ending in CRLF and
+        within the cap, and nothing is buffered before it; otherwise ``None``,
+        and ``data`` is for :meth:`feed`. (The relay's fast path:
+        ``ClientConnection.relay_data``.)"""
         if self._buffer or self._skipping:
             return None
         line = bytes(data)
@@ -60,54 +60,30 @@ class LineReader:
         return None
 
     def next_line(self) -> bytes | _TooLong | None:
+        """The next complete line, :data:`LINE_TOO_LONG` for a line over the
+        cap (once, however long it runs), or ``None`` until more data comes."""
         buffer = self._buffer
-        end = buffer.find(b"\n")
-        if not self._skipping:  # the usual cases, in one pass
-            if 0 <= end < self.max_line:
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                return line[:-1] if line.endswith(b"\r") else line
-            if end < 0 and len(buffer) < self.max_line:
-                return None
-        return self._next_line_carefully()
-
-    def _next_line_carefully(self) -> bytes | _TooLong | None:
         while True:
-            end = self._buffer.find(b"\n")
-            if self._skipping:
+            end = buffer.find(b"\n")
+            if self._skipping:  # the rest of an overlong line: drop it up to its end
                 if end < 0:
-                    self._buffer.clear()
+                    buffer.clear()
                     return None
-                del self._buffer[: end + 1]
+                del buffer[: end + 1]
                 self._skipping = False
                 continue
             if end < 0:
-                if len(self._buffer) >= self.max_line:
-                    self._buffer.clear()
-                    self._skipping = True
-                    return LINE_TOO_LONG
-                return None
-            if end + 1 > self.max_line:
-                del self._buffer[: end + 1]
+                if len(buffer) < self.max_line:
+                    return None
+                buffer.clear()
+                self._skipping = True
                 return LINE_TOO_LONG
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            return line
-
-    def lines(self) -> list[bytes | _TooLong]:
-        """Every complete line buffered, in order: what calling :meth:`next_line`
-        until ``None`` gives, split in one pass when nothing can be too long."""
-        buffer = self._buffer
-        if self._skipping or len(buffer) >= self.max_line:
-            return list(iter(self.next_line, None))
-        end = buffer.rfind(b"\n")
-        if end < 0:
-            return []
-        chunk = bytes(buffer[:end])
-        del buffer[: end + 1]
-        return [line[:-1] if line.endswith(b"\r") else line for line in chunk.split(b"\n")]
+            if end + 1 > self.max_line:
+                del buffer[: end + 1]
+                return LINE_TOO_LONG
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            return line[:-1] if line.endswith(b"\r") else line
 
     def discard(self) -> int:
         """Throw away everything buffered (after STLS); returns how much."""

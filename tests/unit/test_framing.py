@@ -184,23 +184,6 @@ def test_any_chunking_gives_the_same_lines_and_stays_bounded(
         assert line is LINE_TOO_LONG or (isinstance(line, bytes) and b"\n" not in line)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    data=st.binary(max_size=400),
-    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
-    max_line=st.integers(min_value=3, max_value=40),
-)
-def test_lines_in_one_call_match_next_line(data: bytes, cuts: list[int], max_line: int) -> None:
-    """``lines()`` (the relay's one-pass split) gives what ``next_line`` gives, in any chunking."""
-    points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    one_pass, line_by_line = LineReader(max_line), LineReader(max_line)
-    for a, b in itertools.pairwise(points):
-        one_pass.feed(data[a:b])
-        line_by_line.feed(data[a:b])
-        assert one_pass.lines() == drain(line_by_line)
-        assert one_pass.buffered == line_by_line.buffered
-
-
 # -- the relay's fast path and the exact cap --------------------------------
 
 
@@ -264,34 +247,31 @@ def test_the_cap_counts_the_crlf_on_every_path(max_line: int) -> None:
     assert reader.whole_line(at_cap) == at_cap
     assert reader.whole_line(over) is None
     reader.feed(at_cap + over + at_cap)
-    assert reader.lines() == [at_cap[:-2], LINE_TOO_LONG, at_cap[:-2]]
-    reader.feed(at_cap + over + at_cap)
     assert drain(reader) == [at_cap[:-2], LINE_TOO_LONG, at_cap[:-2]]
-    reader.feed(over + at_cap)  # over first: the rest goes the careful way
+    reader.feed(over + at_cap)  # over first
     assert drain(reader) == [LINE_TOO_LONG, at_cap[:-2]]
 
 
-@pytest.mark.parametrize("split", [drain, LineReader.lines], ids=["next_line", "lines"])
-def test_lines_right_after_a_skipped_line_are_kept_whole(split) -> None:
+def test_lines_right_after_a_skipped_line_are_kept_whole() -> None:
     """The end of an overlong line that never fit the buffer: the lines after
     it, empty or exactly at the cap, are lines like any other."""
     at_cap = b"a" * 8 + b"\r\n"
     reader = LineReader(10)
     reader.feed(b"z" * 30)
-    assert split(reader) == [LINE_TOO_LONG]
+    assert drain(reader) == [LINE_TOO_LONG]
     reader.feed(b"end of z\n" + at_cap + b"A\r\n")
-    assert split(reader) == [at_cap[:-2], b"A"]
+    assert drain(reader) == [at_cap[:-2], b"A"]
     reader.feed(b"z" * 30)
-    assert split(reader) == [LINE_TOO_LONG]
+    assert drain(reader) == [LINE_TOO_LONG]
     reader.feed(b"end of z\n\nB\nC")
-    assert split(reader) == [b"", b"B"]
+    assert drain(reader) == [b"", b"B"]
     assert reader.buffered == 1
 
 
-def test_a_lone_lf_is_an_empty_line_in_one_pass_too() -> None:
+def test_a_lone_lf_is_an_empty_line() -> None:
     reader = LineReader(10)
     reader.feed(b"\n")
-    assert reader.lines() == [b""]
+    assert drain(reader) == [b""]
     assert reader.buffered == 0
 
 

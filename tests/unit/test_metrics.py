@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pop3proxy import metrics
 
@@ -43,3 +43,27 @@ def test_counts_reach_the_exported_value_only_when_folded() -> None:
     metrics.add(counter, "acme")
     metrics.fold()
     assert registry.get_sample_value("t_things_total", {"tenant": "acme"}) == 4
+
+
+def test_a_gauge_that_went_up_and_down_again_still_shows_its_series() -> None:
+    """Dashboards see a zero, not a gap, for a tenant whose sessions all ended."""
+    registry = CollectorRegistry()
+    gauge = Gauge("t_active", "test", ["tenant"], registry=registry)
+    metrics.add(gauge, "acme")
+    metrics.add(gauge, "acme", amount=-1)
+    metrics.fold()
+    assert registry.get_sample_value("t_active", {"tenant": "acme"}) == 0
+    metrics.add(gauge, "acme", amount=2)
+    metrics.fold()
+    assert registry.get_sample_value("t_active", {"tenant": "acme"}) == 2
+
+
+def test_set_gauge_is_seen_at_once_and_follows_every_change() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("t_up", "test", ["backend"], registry=registry)
+    unlabelled = Gauge("t_redis_up", "test", registry=registry)
+    for value in (1, 0, 0, 1):
+        metrics.set_gauge(gauge, "a", value=value)
+        metrics.set_gauge(unlabelled, value=value)
+        assert registry.get_sample_value("t_up", {"backend": "a"}) == value
+        assert registry.get_sample_value("t_redis_up") == value
