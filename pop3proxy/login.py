@@ -180,7 +180,7 @@ class LoginService:
         session closes its client's socket in ``then``, so a client that
         reconnects at once never finds its own old slot still taken.
         """
-        if lease is not None and lease.keys and lease.shared and self.leases.client is not None:
+        if lease is not None and lease.keys and lease.shared:
             gevent.spawn_raw(self._release, lease, then)
             return
         if lease is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pop3proxy.schema import TLS_MODES, Reader, SchemaError
@@ -171,9 +171,7 @@ def _backend_dict(backend: Backend) -> dict[str, Any]:
     return data
 
 
-# Made for every login: a slotted record, not a frozen one (which sets each
-# field through object.__setattr__). Not changed after it is made.
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class UserName:
     """A client's login name split into the part the backend knows and the tenant.
 
@@ -184,7 +182,7 @@ class UserName:
 
     full: str
     local: str
-    tenant: str | None = field(default=None)
+    tenant: str | None = None
     separator: str = "@"
 
     @property

@@ -22,7 +22,6 @@ from pop3proxy.schema import Reader, SchemaError
 from pop3proxy.tenants import parse_backend_address
 
 USER_RECORD_VERSION = 1
-KNOWN_FIELDS = ("version", "backend", "password_hash")
 
 
 class UserRecordError(SchemaError):
