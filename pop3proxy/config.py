@@ -1,9 +1,9 @@
 """The configuration file: YAML in, frozen dataclasses out.
 
-Every key has a default (docs/configuration.md lists them), written once: as
-the dataclass field's default. The readers below take it from there
-(``LimitsConfig.max_errors`` is that field's default), so the two cannot
-drift apart. All problems are reported at once, each with its key path, by
+Every key has a default (docs/configuration.md lists them), written once:
+as the dataclass field's default. The readers below take it from there
+(``LimitsConfig().max_errors``), so the two cannot drift apart. All
+problems are reported at once, each with its key path, by
 :class:`ConfigError`.
 """
 
@@ -262,7 +262,7 @@ def parse_config(data: object, base: Path | None = None) -> Config:
     """Validate a parsed YAML document; relative file paths resolve against ``base``."""
     problems: list[str] = []
     top = Reader(data, "", problems)
-    listeners = tuple(_listener(item) for item in top.items("listeners") or _defaults(top))
+    listeners = tuple(_listener(item) for item in top.items("listeners") or _default_listeners(top))
     _check_unique_names(listeners, problems)
     config = Config(
         listeners=listeners,
@@ -284,7 +284,7 @@ def parse_config(data: object, base: Path | None = None) -> Config:
     return config
 
 
-def _defaults(top: Reader) -> list[Reader]:
+def _default_listeners(top: Reader) -> list[Reader]:
     if top.has("listeners"):
         top.problem("listeners", "expected at least one listener")
     return [Reader(item, f"listeners[{i}]", []) for i, item in enumerate(DEFAULT_LISTENERS)]
@@ -343,13 +343,13 @@ def _networks(r: Reader, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IP
 
 
 def _backends(r: Reader) -> BackendsConfig:
-    default = BackendsConfig
+    defaults = BackendsConfig()
     config = BackendsConfig(
-        failure_threshold=r.integer("failure_threshold", default.failure_threshold, minimum=1),
-        failure_window=r.duration("failure_window", default.failure_window),
-        cooldown=r.duration("cooldown", default.cooldown),
-        health_check_interval=r.duration("health_check_interval", default.health_check_interval),
-        max_attempts=r.integer("max_attempts", default.max_attempts, minimum=1),
+        failure_threshold=r.integer("failure_threshold", defaults.failure_threshold, minimum=1),
+        failure_window=r.duration("failure_window", defaults.failure_window),
+        cooldown=r.duration("cooldown", defaults.cooldown),
+        health_check_interval=r.duration("health_check_interval", defaults.health_check_interval),
+        max_attempts=r.integer("max_attempts", defaults.max_attempts, minimum=1),
     )
     for key in ("failure_window", "cooldown"):
         if getattr(config, key) <= 0:
@@ -373,17 +373,17 @@ def _resolve(path: str | None, base: Path | None) -> str | None:
 
 
 def _tls(r: Reader, base: Path | None) -> TLSConfig:
-    default = TLSConfig
+    defaults = TLSConfig()
     config = TLSConfig(
-        cert=_resolve(r.string("cert", default.cert), base),
-        key=_resolve(r.string("key", default.key), base),
-        profile=r.choice("profile", default.profile, tlspolicy.PROFILES),
+        cert=_resolve(r.string("cert", defaults.cert), base),
+        key=_resolve(r.string("key", defaults.key), base),
+        profile=r.choice("profile", defaults.profile, tlspolicy.PROFILES),
         min_version=_optional_choice(r, "min_version", tlspolicy.VERSIONS),
         ciphers=_ciphers(r),
         groups=_groups(r),
         sni=_sni(r.section("sni"), base),
-        sni_dir=_resolve(r.string("sni_dir", default.sni_dir), base),
-        watch_interval=r.duration("watch_interval", default.watch_interval),
+        sni_dir=_resolve(r.string("sni_dir", defaults.sni_dir), base),
+        watch_interval=r.duration("watch_interval", defaults.watch_interval),
     )
     if config.sni_dir is not None and not os.path.isdir(config.sni_dir):
         r.problem("sni_dir", f"no such directory: {config.sni_dir}")
@@ -456,28 +456,28 @@ def _check_tls_files(config: Config, problems: list[str]) -> None:
 
 
 def _directory(r: Reader, base: Path | None) -> DirectoryConfig:
-    default = DirectoryConfig
-    store = r.choice("store", default.store, ("redis", "file"))
+    defaults = DirectoryConfig()
+    store = r.choice("store", defaults.store, ("redis", "file"))
     config = DirectoryConfig(
         store=store,
-        redis_url=r.string("redis_url", default.redis_url) or default.redis_url,
-        key_prefix=r.string("key_prefix", default.key_prefix) or default.key_prefix,
-        cache_ttl=r.duration("cache_ttl", default.cache_ttl),
-        negative_ttl=r.duration("negative_ttl", default.negative_ttl),
-        stale_ttl=r.duration("stale_ttl", default.stale_ttl),
-        cache_size=r.integer("cache_size", default.cache_size, minimum=1),
-        redis_timeout=r.duration("redis_timeout", default.redis_timeout),
+        redis_url=r.string("redis_url", defaults.redis_url) or defaults.redis_url,
+        key_prefix=r.string("key_prefix", defaults.key_prefix) or defaults.key_prefix,
+        cache_ttl=r.duration("cache_ttl", defaults.cache_ttl),
+        negative_ttl=r.duration("negative_ttl", defaults.negative_ttl),
+        stale_ttl=r.duration("stale_ttl", defaults.stale_ttl),
+        cache_size=r.integer("cache_size", defaults.cache_size, minimum=1),
+        redis_timeout=r.duration("redis_timeout", defaults.redis_timeout),
         redis_pool_size=r.integer(
-            "redis_pool_size", default.redis_pool_size, minimum=2, maximum=10000
+            "redis_pool_size", defaults.redis_pool_size, minimum=2, maximum=10000
         ),
-        redis_username=r.string("redis_username", default.redis_username),
+        redis_username=r.string("redis_username", defaults.redis_username),
         redis_password_file=_resolve(
-            r.string("redis_password_file", default.redis_password_file), base
+            r.string("redis_password_file", defaults.redis_password_file), base
         ),
-        redis_ca_file=_resolve(r.string("redis_ca_file", default.redis_ca_file), base),
-        sentinel=_sentinel(r) if r.raw("sentinel") is not None else default.sentinel,
-        cluster=r.boolean("cluster", default.cluster),
-        file=_resolve(r.string("file", default.file), base),
+        redis_ca_file=_resolve(r.string("redis_ca_file", defaults.redis_ca_file), base),
+        sentinel=_sentinel(r) if r.raw("sentinel") is not None else defaults.sentinel,
+        cluster=r.boolean("cluster", defaults.cluster),
+        file=_resolve(r.string("file", defaults.file), base),
     )
     if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
         r.problem(
@@ -521,26 +521,26 @@ def _sentinel(parent: Reader) -> SentinelConfig:
 
 
 def _tenancy(r: Reader) -> TenancyConfig:
-    default = TenancyConfig
-    separator = r.string("separator", default.separator, required=True) or default.separator
-    default_tenant = r.string("default_tenant", default.default_tenant)
+    defaults = TenancyConfig()
+    separator = r.string("separator", defaults.separator, required=True) or defaults.separator
+    default_tenant = r.string("default_tenant", defaults.default_tenant)
     config = TenancyConfig(
         separator=separator,
         default_tenant=default_tenant.lower() if default_tenant else None,
-        sni_tenant=r.boolean("sni_tenant", default.sni_tenant),
+        sni_tenant=r.boolean("sni_tenant", defaults.sni_tenant),
     )
     r.finish()
     return config
 
 
 def _timeouts(r: Reader) -> TimeoutsConfig:
-    default = TimeoutsConfig
+    defaults = TimeoutsConfig()
     config = TimeoutsConfig(
-        auth=r.duration("auth", default.auth),
-        idle=r.duration("idle", default.idle),
-        backend_connect=r.duration("backend_connect", default.backend_connect),
-        tls_handshake=r.duration("tls_handshake", default.tls_handshake),
-        drain=r.duration("drain", default.drain),
+        auth=r.duration("auth", defaults.auth),
+        idle=r.duration("idle", defaults.idle),
+        backend_connect=r.duration("backend_connect", defaults.backend_connect),
+        tls_handshake=r.duration("tls_handshake", defaults.tls_handshake),
+        drain=r.duration("drain", defaults.drain),
     )
     for key in ("auth", "idle", "backend_connect", "tls_handshake"):
         if getattr(config, key) <= 0:
@@ -550,18 +550,18 @@ def _timeouts(r: Reader) -> TimeoutsConfig:
 
 
 def _limits(r: Reader) -> LimitsConfig:
-    default = LimitsConfig
+    defaults = LimitsConfig()
     config = LimitsConfig(
-        max_connections=r.integer("max_connections", default.max_connections, minimum=1),
+        max_connections=r.integer("max_connections", defaults.max_connections, minimum=1),
         max_line_length=r.integer(
-            "max_line_length", default.max_line_length, minimum=255, maximum=65536
+            "max_line_length", defaults.max_line_length, minimum=255, maximum=65536
         ),
-        max_errors=r.integer("max_errors", default.max_errors, minimum=1),
+        max_errors=r.integer("max_errors", defaults.max_errors, minimum=1),
         max_connections_per_address=r.integer(
-            "max_connections_per_address", default.max_connections_per_address
+            "max_connections_per_address", defaults.max_connections_per_address
         ),
-        max_sessions_per_user=r.integer("max_sessions_per_user", default.max_sessions_per_user),
-        lease_ttl=r.duration("lease_ttl", default.lease_ttl),
+        max_sessions_per_user=r.integer("max_sessions_per_user", defaults.max_sessions_per_user),
+        lease_ttl=r.duration("lease_ttl", defaults.lease_ttl),
     )
     if config.lease_ttl < 3:
         r.problem("lease_ttl", "expected at least 3s (leases are renewed every third of it)")
@@ -570,30 +570,30 @@ def _limits(r: Reader) -> LimitsConfig:
 
 
 def _auth(r: Reader) -> AuthConfig:
-    default = AuthConfig
-    ipv6_prefix = r.integer("ipv6_prefix", default.ipv6_prefix, minimum=1, maximum=128)
+    defaults = AuthConfig()
+    ipv6_prefix = r.integer("ipv6_prefix", defaults.ipv6_prefix, minimum=1, maximum=128)
     config = AuthConfig(
-        failure_delay=r.duration("failure_delay", default.failure_delay),
-        failure_window=r.duration("failure_window", default.failure_window),
-        delay_after=r.integer("delay_after", default.delay_after, minimum=1),
-        block_after=r.integer("block_after", default.block_after, minimum=1),
+        failure_delay=r.duration("failure_delay", defaults.failure_delay),
+        failure_window=r.duration("failure_window", defaults.failure_window),
+        delay_after=r.integer("delay_after", defaults.delay_after, minimum=1),
+        block_after=r.integer("block_after", defaults.block_after, minimum=1),
         block_after_per_address=r.integer(
-            "block_after_per_address", default.block_after_per_address, minimum=1
+            "block_after_per_address", defaults.block_after_per_address, minimum=1
         ),
         ipv6_prefix=ipv6_prefix,
         ipv6_networks=_ipv6_networks(r, ipv6_prefix),
         block_after_names_per_address=r.integer(
-            "block_after_names_per_address", default.block_after_names_per_address
+            "block_after_names_per_address", defaults.block_after_names_per_address
         ),
-        known_address_ttl=r.duration("known_address_ttl", default.known_address_ttl),
+        known_address_ttl=r.duration("known_address_ttl", defaults.known_address_ttl),
         known_addresses_per_user=r.integer(
-            "known_addresses_per_user", default.known_addresses_per_user, minimum=1
+            "known_addresses_per_user", defaults.known_addresses_per_user, minimum=1
         ),
-        max_delay=r.duration("max_delay", default.max_delay),
+        max_delay=r.duration("max_delay", defaults.max_delay),
         allow=_networks(r, "allow"),
-        argon2_time_cost=r.integer("argon2_time_cost", default.argon2_time_cost, minimum=1),
-        argon2_memory_cost=r.integer("argon2_memory_cost", default.argon2_memory_cost, minimum=8),
-        argon2_parallelism=r.integer("argon2_parallelism", default.argon2_parallelism, minimum=1),
+        argon2_time_cost=r.integer("argon2_time_cost", defaults.argon2_time_cost, minimum=1),
+        argon2_memory_cost=r.integer("argon2_memory_cost", defaults.argon2_memory_cost, minimum=8),
+        argon2_parallelism=r.integer("argon2_parallelism", defaults.argon2_parallelism, minimum=1),
     )
     if config.failure_window < 1:
         r.problem("failure_window", "expected at least 1s")
@@ -618,16 +618,16 @@ def _ipv6_networks(r: Reader, ipv6_prefix: int) -> tuple[IPv6Budget, ...]:
 
 def _metrics(r: Reader) -> MetricsConfig:
     """``address: null`` turns the metrics listener off (``host`` ``None``)."""
-    default = MetricsConfig
-    default_address = f"{default.host}:{default.port}"
+    defaults = MetricsConfig()
+    default_address = f"{defaults.host}:{defaults.port}"
     value = r.raw("address", default_address)
-    max_tenant_labels = r.integer("max_tenant_labels", default.max_tenant_labels, minimum=1)
-    flush_interval = r.duration("flush_interval", default.flush_interval)
+    max_tenant_labels = r.integer("max_tenant_labels", defaults.max_tenant_labels, minimum=1)
+    flush_interval = r.duration("flush_interval", defaults.flush_interval)
     if flush_interval <= 0:
         r.problem("flush_interval", "expected a duration greater than zero")
     r.finish()
     host: str | None = None
-    port = default.port
+    port = defaults.port
     if value is not None:
         reader = Reader({"address": value}, r.path, r.problems)
         host, port = reader.address("address", default_address)

@@ -258,7 +258,11 @@ def valid_tenant_name(name: str) -> bool:
 
 
 def parse_tenant(data: object, path: str = "") -> Tenant:
-    """Validate one record; raises :class:`RecordError` listing every problem."""
+    """Validate one record; raises :class:`RecordError` listing every problem.
+
+    A field left out gets the dataclass field's default (``Tenant.policy``),
+    the one place each default is written.
+    """
     problems: list[str] = []
     r = Reader(data, path, problems)
     version = r.integer("version", RECORD_VERSION, minimum=1)
@@ -336,19 +340,18 @@ def _master_fields(r: Reader) -> dict[str, Any]:
 
 def _backend(r: Reader) -> Backend:
     host = r.string("host", None, required=True) or ""
-    default = Backend
-    tls = r.choice("tls", default.tls, TLS_MODES)
-    port = POP3S_PORT if tls == "implicit" else default.port
+    tls = r.choice("tls", Backend.tls, TLS_MODES)
+    port = POP3S_PORT if tls == "implicit" else Backend.port
     backend = Backend(
         host=host,
         port=r.integer("port", port, minimum=1, maximum=65535),
         tls=tls,
-        verify=r.boolean("verify", default.verify),
-        ca_file=r.string("ca_file", default.ca_file),
-        server_name=r.string("server_name", default.server_name),
-        forward_client=r.choice("forward_client", default.forward_client, FORWARD_CLIENT),
+        verify=r.boolean("verify", Backend.verify),
+        ca_file=r.string("ca_file", Backend.ca_file),
+        server_name=r.string("server_name", Backend.server_name),
+        forward_client=r.choice("forward_client", Backend.forward_client, FORWARD_CLIENT),
         connect_timeout=_optional_timeout(r, "connect_timeout"),
-        login_command=r.choice("login_command", default.login_command, LOGIN_COMMANDS),
+        login_command=r.choice("login_command", Backend.login_command, LOGIN_COMMANDS),
     )
     r.finish()
     return backend
