@@ -292,7 +292,6 @@ class Directory:
 
     def __init__(self, store: Store, config: DirectoryConfig) -> None:
         self.store = store
-        self.config = config
         self.cache: TTLCache[Tenant] = TTLCache(
             maxsize=config.cache_size,
             ttl=config.cache_ttl,

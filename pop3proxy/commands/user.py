@@ -145,6 +145,9 @@ def cmd_user_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_PASSWORD_LENGTH = 1024
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("New password: ")
@@ -158,9 +161,6 @@ def _read_password() -> str:
     if len(password) > MAX_PASSWORD_LENGTH:
         raise CommandError(f"password longer than {MAX_PASSWORD_LENGTH} characters", EXIT_USAGE)
     return password
-
-
-MAX_PASSWORD_LENGTH = 1024
 
 
 def cmd_user_set_password(args: argparse.Namespace) -> int:
