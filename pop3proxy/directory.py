@@ -201,7 +201,7 @@ class RedisStore:
         """A tenant's record as stored, unparsed (the admin commands report corrupt ones)."""
         return self.client.get(self.key(name))
 
-    # Writes: the admin commands. Each announces the change.
+    # Writes: the admin commands, and a rehash at login. Each announces the change.
 
     def put(self, tenant: Tenant) -> None:
         self.client.set(self.key(tenant.name), json.dumps(tenant.to_dict(), sort_keys=True))
@@ -400,14 +400,15 @@ class Directory:
             self.cache.clear()
             self.users.clear()
 
-    def on_subscribed(self) -> None:
-        """(Re)subscribed: changes may have been missed; reload everything."""
+    def on_resync(self) -> None:
+        """Changes may have been missed (the subscription was lost): every
+        cached record becomes due for a reload, kept as a stale fallback."""
         self.cache.expire_all()
         self.users.expire_all()
 
     def start(self) -> None:
         """Follow the store's changes: its change subscription or file watcher."""
-        self.store.watch(self.on_change, self.on_subscribed)
+        self.store.watch(self.on_change, self.on_resync)
 
     def reload(self) -> None:
         """SIGHUP: a tenants file is read again; cached records become due for a

@@ -171,7 +171,8 @@ def _backend_dict(backend: Backend) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True, slots=True)
+# Slotted, not frozen: made for every login (see limits.Verdict for the cost).
+@dataclass(slots=True)
 class UserName:
     """A client's login name split into the part the backend knows and the tenant.
 
