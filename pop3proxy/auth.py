@@ -18,12 +18,12 @@ from pop3proxy.config import AuthConfig
 
 @dataclass(frozen=True)
 class HashParameters:
-    """argon2id cost; RFC 9106's second recommendation is the default."""
+    """argon2id cost; by default the configuration's (``auth.argon2_*``)."""
 
-    time_cost: int = 3
-    memory_cost: int = 65536
+    time_cost: int = AuthConfig.argon2_time_cost
+    memory_cost: int = AuthConfig.argon2_memory_cost
     """KiB."""
-    parallelism: int = 1
+    parallelism: int = AuthConfig.argon2_parallelism
 
 
 class Passwords:

@@ -35,6 +35,7 @@ from pop3proxy.directory import DirectoryUnavailable  # noqa: E402
 from pop3proxy.filestore import load_tenants_file  # noqa: E402
 from pop3proxy.net import tls  # noqa: E402
 from pop3proxy.tenants import RecordError  # noqa: E402
+from pop3proxy.userrecords import UserRecordsUnsupported  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.code
+    except UserRecordsUnsupported as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (redis.RedisError, DirectoryUnavailable) as error:
         print(f"error: Redis: {error}", file=sys.stderr)
         return EXIT_FAILED

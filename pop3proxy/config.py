@@ -1,23 +1,26 @@
 """The configuration file: YAML in, frozen dataclasses out.
 
-Every key has a default (docs/configuration.md lists them). All problems are
-reported at once, each with its key path, by :class:`ConfigError`.
+Every key has a default (docs/configuration.md lists them), written once:
+as the dataclass field's default. The readers below take it from there
+(``LimitsConfig().max_errors``), so the two cannot drift apart. All
+problems are reported at once, each with its key path, by
+:class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from pop3proxy import tlspolicy
-from pop3proxy.schema import Reader, SchemaError, parse_address
+from pop3proxy.schema import TLS_MODES, Reader, SchemaError, parse_address
 
-TLS_MODES = ("none", "starttls", "implicit")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text", "auto")
 
 
 class ConfigError(SchemaError):
@@ -154,11 +157,6 @@ class IPv6Budget:
     block_after: int
 
 
-DEFAULT_IPV6_NETWORKS = (IPv6Budget(56, 200), IPv6Budget(48, 500))
-"""A /56 is a typical home or small site, a /48 a whole site: an attacker
-who rotates through the /64s of its allocation meets these."""
-
-
 @dataclass(frozen=True)
 class AuthConfig:
     """Failed-login budgets (shared through Redis) and local password hashing."""
@@ -173,7 +171,9 @@ class AuthConfig:
     """Failures from one client: one IPv4 address, or one IPv6 network of ``ipv6_prefix``."""
     ipv6_prefix: int = 64
     """An IPv6 client is its /64: one host or household holds all of it."""
-    ipv6_networks: tuple[IPv6Budget, ...] = DEFAULT_IPV6_NETWORKS
+    ipv6_networks: tuple[IPv6Budget, ...] = (IPv6Budget(56, 200), IPv6Budget(48, 500))
+    """A /56 is a typical home or small site, a /48 a whole site: an attacker
+    who rotates through the /64s of its allocation meets these."""
     block_after_names_per_address: int = 20
     """Distinct user names failing from one client (a password spray); 0: off."""
     known_address_ttl: float = 30 * 86400.0
@@ -184,7 +184,9 @@ class AuthConfig:
     max_delay: float = 8.0
     allow: tuple[Network, ...] = ()
     argon2_time_cost: int = 3
+    """argon2id passes: with 64 MiB, RFC 9106's second recommended option."""
     argon2_memory_cost: int = 65536
+    """KiB."""
     argon2_parallelism: int = 1
 
 
@@ -253,14 +255,14 @@ def load_config(path: Path) -> Config:
     except yaml.YAMLError as error:
         raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
     config = parse_config(data, base=path.parent)
-    return Config(**{**config.__dict__, "source": path})
+    return replace(config, source=path)
 
 
 def parse_config(data: object, base: Path | None = None) -> Config:
     """Validate a parsed YAML document; relative file paths resolve against ``base``."""
     problems: list[str] = []
     top = Reader(data, "", problems)
-    listeners = tuple(_listener(item) for item in top.items("listeners") or _defaults(top))
+    listeners = tuple(_listener(item) for item in top.items("listeners") or _default_listeners(top))
     _check_unique_names(listeners, problems)
     config = Config(
         listeners=listeners,
@@ -282,7 +284,7 @@ def parse_config(data: object, base: Path | None = None) -> Config:
     return config
 
 
-def _defaults(top: Reader) -> list[Reader]:
+def _default_listeners(top: Reader) -> list[Reader]:
     if top.has("listeners"):
         top.problem("listeners", "expected at least one listener")
     return [Reader(item, f"listeners[{i}]", []) for i, item in enumerate(DEFAULT_LISTENERS)]
@@ -291,23 +293,23 @@ def _defaults(top: Reader) -> list[Reader]:
 def _listener(r: Reader) -> ListenerConfig:
     name = r.string("name", None, required=True) or "?"
     host, port = r.address("address", "0.0.0.0:110")
-    tls = r.choice("tls", "starttls", TLS_MODES)
+    tls = r.choice("tls", ListenerConfig.tls, TLS_MODES)
     require_tls = r.boolean("require_tls", tls != "none")
     if tls == "none" and require_tls:
         r.problem("require_tls", "cannot be true with tls: none (no login could ever succeed)")
-    proxy_protocol = r.boolean("proxy_protocol", False)
+    proxy_protocol = r.boolean("proxy_protocol", ListenerConfig.proxy_protocol)
     trusted = _networks(r, "proxy_protocol_trusted")
     if proxy_protocol and not trusted:
         r.problem(
             "proxy_protocol_trusted",
             "required with proxy_protocol: true (the load balancers' networks, e.g. [10.0.0.0/8])",
         )
-    header_timeout = r.duration("proxy_protocol_timeout", 5.0)
+    header_timeout = r.duration("proxy_protocol_timeout", ListenerConfig.proxy_protocol_timeout)
     if header_timeout <= 0:
         r.problem("proxy_protocol_timeout", "expected a duration greater than zero")
     profile = r.raw("tls_profile")
     if profile is not None:
-        profile = r.choice("tls_profile", "intermediate", tlspolicy.PROFILES)
+        profile = r.choice("tls_profile", TLSConfig.profile, tlspolicy.PROFILES)
         if tls == "none":
             r.problem("tls_profile", "has no effect with tls: none")
     r.finish()
@@ -341,12 +343,13 @@ def _networks(r: Reader, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IP
 
 
 def _backends(r: Reader) -> BackendsConfig:
+    defaults = BackendsConfig()
     config = BackendsConfig(
-        failure_threshold=r.integer("failure_threshold", 3, minimum=1),
-        failure_window=r.duration("failure_window", 30.0),
-        cooldown=r.duration("cooldown", 30.0),
-        health_check_interval=r.duration("health_check_interval", 0.0),
-        max_attempts=r.integer("max_attempts", 3, minimum=1),
+        failure_threshold=r.integer("failure_threshold", defaults.failure_threshold, minimum=1),
+        failure_window=r.duration("failure_window", defaults.failure_window),
+        cooldown=r.duration("cooldown", defaults.cooldown),
+        health_check_interval=r.duration("health_check_interval", defaults.health_check_interval),
+        max_attempts=r.integer("max_attempts", defaults.max_attempts, minimum=1),
     )
     for key in ("failure_window", "cooldown"):
         if getattr(config, key) <= 0:
@@ -370,16 +373,17 @@ def _resolve(path: str | None, base: Path | None) -> str | None:
 
 
 def _tls(r: Reader, base: Path | None) -> TLSConfig:
+    defaults = TLSConfig()
     config = TLSConfig(
-        cert=_resolve(r.string("cert", None), base),
-        key=_resolve(r.string("key", None), base),
-        profile=r.choice("profile", "intermediate", tlspolicy.PROFILES),
+        cert=_resolve(r.string("cert", defaults.cert), base),
+        key=_resolve(r.string("key", defaults.key), base),
+        profile=r.choice("profile", defaults.profile, tlspolicy.PROFILES),
         min_version=_optional_choice(r, "min_version", tlspolicy.VERSIONS),
         ciphers=_ciphers(r),
         groups=_groups(r),
         sni=_sni(r.section("sni"), base),
-        sni_dir=_resolve(r.string("sni_dir", None), base),
-        watch_interval=r.duration("watch_interval", 1.0),
+        sni_dir=_resolve(r.string("sni_dir", defaults.sni_dir), base),
+        watch_interval=r.duration("watch_interval", defaults.watch_interval),
     )
     if config.sni_dir is not None and not os.path.isdir(config.sni_dir):
         r.problem("sni_dir", f"no such directory: {config.sni_dir}")
@@ -394,7 +398,7 @@ def _optional_choice(r: Reader, key: str, choices: tuple[str, ...]) -> str | Non
 
 
 def _ciphers(r: Reader) -> str | None:
-    ciphers = r.string("ciphers", None)
+    ciphers = r.string("ciphers", TLSConfig.ciphers)
     if ciphers is not None:
         problem = tlspolicy.cipher_string_problem(ciphers)
         if problem:
@@ -427,7 +431,7 @@ def _sni(r: Reader, base: Path | None) -> tuple[SNIEntry, ...]:
         item = r.section(str(name))
         cert = _resolve(item.string("cert", None, required=True), base)
         key = _resolve(item.string("key", None, required=True), base)
-        tenant = item.string("tenant", None)
+        tenant = item.string("tenant", SNIEntry.tenant)
         item.finish()
         for label, path in (("cert", cert), ("key", key)):
             if path is not None and not os.path.isfile(path):
@@ -452,23 +456,28 @@ def _check_tls_files(config: Config, problems: list[str]) -> None:
 
 
 def _directory(r: Reader, base: Path | None) -> DirectoryConfig:
-    store = r.choice("store", "redis", ("redis", "file"))
+    defaults = DirectoryConfig()
+    store = r.choice("store", defaults.store, ("redis", "file"))
     config = DirectoryConfig(
         store=store,
-        redis_url=r.string("redis_url", DirectoryConfig.redis_url) or DirectoryConfig.redis_url,
-        key_prefix=r.string("key_prefix", "pop3proxy") or "pop3proxy",
-        cache_ttl=r.duration("cache_ttl", 30.0),
-        negative_ttl=r.duration("negative_ttl", 5.0),
-        stale_ttl=r.duration("stale_ttl", 3600.0),
-        cache_size=r.integer("cache_size", 10000, minimum=1),
-        redis_timeout=r.duration("redis_timeout", 1.0),
-        redis_pool_size=r.integer("redis_pool_size", 50, minimum=2, maximum=10000),
-        redis_username=r.string("redis_username", None),
-        redis_password_file=_resolve(r.string("redis_password_file", None), base),
-        redis_ca_file=_resolve(r.string("redis_ca_file", None), base),
-        sentinel=_sentinel(r) if r.raw("sentinel") is not None else None,
-        cluster=r.boolean("cluster", False),
-        file=_resolve(r.string("file", None), base),
+        redis_url=r.string("redis_url", defaults.redis_url) or defaults.redis_url,
+        key_prefix=r.string("key_prefix", defaults.key_prefix) or defaults.key_prefix,
+        cache_ttl=r.duration("cache_ttl", defaults.cache_ttl),
+        negative_ttl=r.duration("negative_ttl", defaults.negative_ttl),
+        stale_ttl=r.duration("stale_ttl", defaults.stale_ttl),
+        cache_size=r.integer("cache_size", defaults.cache_size, minimum=1),
+        redis_timeout=r.duration("redis_timeout", defaults.redis_timeout),
+        redis_pool_size=r.integer(
+            "redis_pool_size", defaults.redis_pool_size, minimum=2, maximum=10000
+        ),
+        redis_username=r.string("redis_username", defaults.redis_username),
+        redis_password_file=_resolve(
+            r.string("redis_password_file", defaults.redis_password_file), base
+        ),
+        redis_ca_file=_resolve(r.string("redis_ca_file", defaults.redis_ca_file), base),
+        sentinel=_sentinel(r) if r.raw("sentinel") is not None else defaults.sentinel,
+        cluster=r.boolean("cluster", defaults.cluster),
+        file=_resolve(r.string("file", defaults.file), base),
     )
     if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
         r.problem(
@@ -512,24 +521,26 @@ def _sentinel(parent: Reader) -> SentinelConfig:
 
 
 def _tenancy(r: Reader) -> TenancyConfig:
-    separator = r.string("separator", "@", required=True) or "@"
-    default_tenant = r.string("default_tenant", None)
+    defaults = TenancyConfig()
+    separator = r.string("separator", defaults.separator, required=True) or defaults.separator
+    default_tenant = r.string("default_tenant", defaults.default_tenant)
     config = TenancyConfig(
         separator=separator,
         default_tenant=default_tenant.lower() if default_tenant else None,
-        sni_tenant=r.boolean("sni_tenant", False),
+        sni_tenant=r.boolean("sni_tenant", defaults.sni_tenant),
     )
     r.finish()
     return config
 
 
 def _timeouts(r: Reader) -> TimeoutsConfig:
+    defaults = TimeoutsConfig()
     config = TimeoutsConfig(
-        auth=r.duration("auth", 60.0),
-        idle=r.duration("idle", 600.0),
-        backend_connect=r.duration("backend_connect", 5.0),
-        tls_handshake=r.duration("tls_handshake", 10.0),
-        drain=r.duration("drain", 30.0),
+        auth=r.duration("auth", defaults.auth),
+        idle=r.duration("idle", defaults.idle),
+        backend_connect=r.duration("backend_connect", defaults.backend_connect),
+        tls_handshake=r.duration("tls_handshake", defaults.tls_handshake),
+        drain=r.duration("drain", defaults.drain),
     )
     for key in ("auth", "idle", "backend_connect", "tls_handshake"):
         if getattr(config, key) <= 0:
@@ -539,13 +550,18 @@ def _timeouts(r: Reader) -> TimeoutsConfig:
 
 
 def _limits(r: Reader) -> LimitsConfig:
+    defaults = LimitsConfig()
     config = LimitsConfig(
-        max_connections=r.integer("max_connections", 10000, minimum=1),
-        max_line_length=r.integer("max_line_length", 2048, minimum=255, maximum=65536),
-        max_errors=r.integer("max_errors", 10, minimum=1),
-        max_connections_per_address=r.integer("max_connections_per_address", 100),
-        max_sessions_per_user=r.integer("max_sessions_per_user", 10),
-        lease_ttl=r.duration("lease_ttl", 60.0),
+        max_connections=r.integer("max_connections", defaults.max_connections, minimum=1),
+        max_line_length=r.integer(
+            "max_line_length", defaults.max_line_length, minimum=255, maximum=65536
+        ),
+        max_errors=r.integer("max_errors", defaults.max_errors, minimum=1),
+        max_connections_per_address=r.integer(
+            "max_connections_per_address", defaults.max_connections_per_address
+        ),
+        max_sessions_per_user=r.integer("max_sessions_per_user", defaults.max_sessions_per_user),
+        lease_ttl=r.duration("lease_ttl", defaults.lease_ttl),
     )
     if config.lease_ttl < 3:
         r.problem("lease_ttl", "expected at least 3s (leases are renewed every third of it)")
@@ -554,23 +570,30 @@ def _limits(r: Reader) -> LimitsConfig:
 
 
 def _auth(r: Reader) -> AuthConfig:
-    ipv6_prefix = r.integer("ipv6_prefix", 64, minimum=1, maximum=128)
+    defaults = AuthConfig()
+    ipv6_prefix = r.integer("ipv6_prefix", defaults.ipv6_prefix, minimum=1, maximum=128)
     config = AuthConfig(
-        failure_delay=r.duration("failure_delay", 1.0),
-        failure_window=r.duration("failure_window", 900.0),
-        delay_after=r.integer("delay_after", 3, minimum=1),
-        block_after=r.integer("block_after", 10, minimum=1),
-        block_after_per_address=r.integer("block_after_per_address", 50, minimum=1),
+        failure_delay=r.duration("failure_delay", defaults.failure_delay),
+        failure_window=r.duration("failure_window", defaults.failure_window),
+        delay_after=r.integer("delay_after", defaults.delay_after, minimum=1),
+        block_after=r.integer("block_after", defaults.block_after, minimum=1),
+        block_after_per_address=r.integer(
+            "block_after_per_address", defaults.block_after_per_address, minimum=1
+        ),
         ipv6_prefix=ipv6_prefix,
         ipv6_networks=_ipv6_networks(r, ipv6_prefix),
-        block_after_names_per_address=r.integer("block_after_names_per_address", 20),
-        known_address_ttl=r.duration("known_address_ttl", 30 * 86400.0),
-        known_addresses_per_user=r.integer("known_addresses_per_user", 10, minimum=1),
-        max_delay=r.duration("max_delay", 8.0),
+        block_after_names_per_address=r.integer(
+            "block_after_names_per_address", defaults.block_after_names_per_address
+        ),
+        known_address_ttl=r.duration("known_address_ttl", defaults.known_address_ttl),
+        known_addresses_per_user=r.integer(
+            "known_addresses_per_user", defaults.known_addresses_per_user, minimum=1
+        ),
+        max_delay=r.duration("max_delay", defaults.max_delay),
         allow=_networks(r, "allow"),
-        argon2_time_cost=r.integer("argon2_time_cost", 3, minimum=1),
-        argon2_memory_cost=r.integer("argon2_memory_cost", 65536, minimum=8),
-        argon2_parallelism=r.integer("argon2_parallelism", 1, minimum=1),
+        argon2_time_cost=r.integer("argon2_time_cost", defaults.argon2_time_cost, minimum=1),
+        argon2_memory_cost=r.integer("argon2_memory_cost", defaults.argon2_memory_cost, minimum=8),
+        argon2_parallelism=r.integer("argon2_parallelism", defaults.argon2_parallelism, minimum=1),
     )
     if config.failure_window < 1:
         r.problem("failure_window", "expected at least 1s")
@@ -582,7 +605,7 @@ def _ipv6_networks(r: Reader, ipv6_prefix: int) -> tuple[IPv6Budget, ...]:
     """``[{prefix: 56, block_after: 200}, ...]``: each wider than one client."""
     if not r.has("ipv6_networks"):
         r.raw("ipv6_networks")
-        return DEFAULT_IPV6_NETWORKS
+        return AuthConfig.ipv6_networks
     budgets = []
     for item in r.items("ipv6_networks"):
         prefix = item.integer("prefix", 0, minimum=1, maximum=128)
@@ -594,17 +617,20 @@ def _ipv6_networks(r: Reader, ipv6_prefix: int) -> tuple[IPv6Budget, ...]:
 
 
 def _metrics(r: Reader) -> MetricsConfig:
-    value = r.raw("address", "0.0.0.0:9110")
-    max_tenant_labels = r.integer("max_tenant_labels", 100, minimum=1)
-    flush_interval = r.duration("flush_interval", 5.0)
+    """``address: null`` turns the metrics listener off (``host`` ``None``)."""
+    defaults = MetricsConfig()
+    default_address = f"{defaults.host}:{defaults.port}"
+    value = r.raw("address", default_address)
+    max_tenant_labels = r.integer("max_tenant_labels", defaults.max_tenant_labels, minimum=1)
+    flush_interval = r.duration("flush_interval", defaults.flush_interval)
     if flush_interval <= 0:
         r.problem("flush_interval", "expected a duration greater than zero")
     r.finish()
     host: str | None = None
-    port = MetricsConfig.port
+    port = defaults.port
     if value is not None:
         reader = Reader({"address": value}, r.path, r.problems)
-        host, port = reader.address("address", "0.0.0.0:9110")
+        host, port = reader.address("address", default_address)
     return MetricsConfig(
         host=host, port=port, max_tenant_labels=max_tenant_labels, flush_interval=flush_interval
     )
@@ -612,12 +638,12 @@ def _metrics(r: Reader) -> MetricsConfig:
 
 def _workers(top: Reader) -> int:
     """``workers: N`` processes (default 1); ``auto`` is one per CPU this process may use."""
-    value = top.raw("workers", 1)
+    value = top.raw("workers", Config.workers)
     if value == "auto":
         return cpu_count()
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
         top.problem("workers", f"expected an integer 1-1024 or auto, got {value!r}")
-        return 1
+        return Config.workers
     return value
 
 
@@ -631,8 +657,8 @@ def cpu_count() -> int:
 
 def _logging(r: Reader) -> LoggingConfig:
     config = LoggingConfig(
-        level=r.choice("level", "info", LOG_LEVELS),
-        format=r.choice("format", "json", ("json", "text", "auto")),
+        level=r.choice("level", LoggingConfig.level, LOG_LEVELS),
+        format=r.choice("format", LoggingConfig.format, LOG_FORMATS),
     )
     r.finish()
     return config

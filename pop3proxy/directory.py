@@ -2,9 +2,11 @@
 
 Two stores share one record shape (:mod:`pop3proxy.tenants`): Redis, shared
 by every replica and managed with ``pop3proxy tenant ...``, and a YAML file
-for small setups without Redis. Logins only ever call
-:meth:`Directory.lookup` and :meth:`Directory.user_pin`, which answer from
-the in-process cache when they can, so the hot path costs no round trip.
+for small setups without Redis. Both implement :class:`Store`, so the
+:class:`Directory` never asks which one it has. Logins read through
+:meth:`Directory.lookup`, :meth:`Directory.pinned_backend` and
+:meth:`Directory.user_record`, which answer from the in-process cache when
+they can, so most logins cost no round trip to the store.
 
 Redis connections are built in :mod:`pop3proxy.redisconn`, cache
 invalidation over pub/sub lives in :mod:`pop3proxy.invalidation`.
@@ -16,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,12 +45,56 @@ class DirectoryUnavailable(Exception):
 
 
 class Store(Protocol):
+    """Where tenant and user records live: everything the :class:`Directory`
+    (and the ``user`` admin commands) ask of one, so that neither needs to
+    know which store it has. Two implement it: :class:`RedisStore` and
+    :class:`pop3proxy.filestore.FileStore`."""
+
     source_label: str
     """What ``pop3proxy_directory_lookups_total{source}`` says for a load."""
+    remote: bool
+    """Reading a record costs a round trip, so the directory answers from its
+    cache. A store that holds its records in memory is asked every time, so
+    that a reload shows at once."""
 
     def get(self, name: str) -> Tenant | None: ...
 
     def get_user(self, tenant: str, local: str) -> UserRecord | None: ...
+
+    def user_locals(self, tenant: str) -> Iterator[str]:
+        """The local parts of ``tenant``'s users that have a record."""
+        ...
+
+    def put_user_fields(self, tenant: str, local: str, fields: dict[str, Any]) -> dict | None:
+        """Merge ``fields`` into a user record; raises
+        :class:`~pop3proxy.userrecords.UserRecordsUnsupported` where there are none."""
+        ...
+
+    def delete_user(self, tenant: str, local: str) -> bool: ...
+
+    def watch(self, on_change: Callable[[str], None], on_resync: Callable[[], None]) -> None:
+        """Start following changes: ``on_change`` gets each change message
+        (:mod:`pop3proxy.invalidation`), ``on_resync`` runs when changes may
+        have been missed."""
+        ...
+
+    def reload(self, reason: str) -> bool:
+        """Read again what the store holds in memory (SIGHUP)."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def reachable(self) -> bool:
+        """Can the store answer now?"""
+        ...
+
+    def shared_redis(self) -> Any:
+        """The Redis client the limits share, or ``None``: they keep per-process counts."""
+        ...
+
+    def shared_health(self) -> RedisHealth | None:
+        """The health view of that Redis, shared so that one outage is detected once."""
+        ...
 
 
 class CorruptLog:
@@ -78,12 +124,14 @@ class RedisStore:
     ``<prefix>:changes``."""
 
     source_label = "redis"
+    remote = True
 
     def __init__(self, client: Any, prefix: str, health: RedisHealth | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.health = health or RedisHealth("redis")
         self.corrupt = CorruptLog()
+        self._subscriber: invalidation.Subscriber | None = None
 
     @classmethod
     def from_config(cls, config: DirectoryConfig) -> RedisStore:
@@ -137,7 +185,23 @@ class RedisStore:
         self.corrupt.fixed(key)
         return record
 
-    # Writes: the admin commands. Each announces the change.
+    def user_locals(self, tenant: str) -> Iterator[str]:
+        return self._scan(self.user_key(tenant, ""))
+
+    def names(self) -> Iterator[str]:
+        """Every stored tenant's name."""
+        return self._scan(f"{self.prefix}:tenant:")
+
+    def _scan(self, prefix: str) -> Iterator[str]:
+        """What follows ``prefix`` in each key that starts with it."""
+        for key in self.client.scan_iter(match=prefix + "*", count=500):
+            yield (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+
+    def raw(self, name: str) -> bytes | None:
+        """A tenant's record as stored, unparsed (the admin commands report corrupt ones)."""
+        return self.client.get(self.key(name))
+
+    # Writes: the admin commands, and a rehash at login. Each announces the change.
 
     def put(self, tenant: Tenant) -> None:
         self.client.set(self.key(tenant.name), json.dumps(tenant.to_dict(), sort_keys=True))
@@ -185,13 +249,30 @@ class RedisStore:
     def publish(self, message: str) -> None:
         invalidation.publish(self.client, self.prefix, message)
 
-    def names(self) -> Iterator[str]:
-        prefix = f"{self.prefix}:tenant:"
-        for key in self.client.scan_iter(match=prefix + "*", count=500):
-            yield (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+    # Running in the server.
 
-    def raw(self, name: str) -> bytes | None:
-        return self.client.get(self.key(name))
+    def watch(self, on_change: Callable[[str], None], on_resync: Callable[[], None]) -> None:
+        """Subscribe to ``<prefix>:changes``; ``on_resync`` runs on every
+        (re)subscription, since messages sent meanwhile are lost."""
+        self._subscriber = invalidation.Subscriber(
+            self.client, self.prefix, self.health, on_change, on_resync
+        )
+        self._subscriber.start()
+
+    def reload(self, reason: str) -> bool:
+        """Nothing to read again: records are read from Redis when they are needed."""
+        return False
+
+    def stop(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.stop()
+
+    def reachable(self) -> bool:
+        """Up as far as the shared health view knows; before any request has
+        told, a PING decides (a fresh replica is not ready until Redis answers)."""
+        if self.health.up is None and self.ping():
+            self.health.ok()
+        return bool(self.health.up)
 
     def ping(self) -> bool:
         try:
@@ -199,13 +280,18 @@ class RedisStore:
         except (redis.RedisError, OSError):
             return False
 
+    def shared_redis(self) -> Any:
+        return self.client
+
+    def shared_health(self) -> RedisHealth:
+        return self.health
+
 
 class Directory:
     """Cached tenant and user lookups in front of a store."""
 
     def __init__(self, store: Store, config: DirectoryConfig) -> None:
         self.store = store
-        self.config = config
         self.cache: TTLCache[Tenant] = TTLCache(
             maxsize=config.cache_size,
             ttl=config.cache_ttl,
@@ -219,7 +305,6 @@ class Directory:
             stale_ttl=config.stale_ttl,
             stale_negative=True,
         )
-        self.subscriber: invalidation.Subscriber | None = None
         self._bad_pins: set[tuple[str, str, str]] = set()
 
     def lookup(self, name: str) -> Tenant | None:
@@ -228,11 +313,10 @@ class Directory:
         Raises :class:`DirectoryUnavailable` if the store is down (or the
         record corrupt) and the tenant is not in the cache (fresh or stale).
         """
-        if isinstance(self.store, FileStore):
-            tenant = self.store.get(name)
-            metrics.add(metrics.DIRECTORY_LOOKUPS, "file" if tenant is not None else "miss")
-            return tenant
-        tenant, source = self.cache.get_or_load(name, lambda: self.store.get(name))
+        if self.store.remote:
+            tenant, source = self.cache.get_or_load(name, lambda: self.store.get(name))
+        else:
+            tenant, source = self.store.get(name), Source.LOAD
         if source == Source.LOAD:
             source = self.store.source_label if tenant is not None else "miss"
         metrics.add(metrics.DIRECTORY_LOOKUPS, source)
@@ -244,8 +328,7 @@ class Directory:
 
         A pin is a routing preference: when the user's record cannot be read
         (Redis down and nothing cached, or the record corrupt) the login is
-        routed by the tenant's policy instead of failing. A tenant with one
-        backend has nothing to choose, so no record is read for it.
+        routed by the tenant's policy instead of failing.
         """
         try:
             record = self.user_record(tenant_name, local)
@@ -257,27 +340,38 @@ class Directory:
         """The user's record (pin, password hash), cached like tenants.
 
         Raises :class:`DirectoryUnavailable` when it cannot be read and
-        nothing is cached; a file store has no user records.
+        nothing is cached.
         """
-        if isinstance(self.store, FileStore):
-            return None
+        if not self.store.remote:
+            return self.store.get_user(tenant_name, local)
         key = ":".join(user_key_parts(tenant_name, local))
         record, _ = self.users.get_or_load(key, lambda: self.store.get_user(tenant_name, local))
         return record
 
+    def update_password_hash(self, tenant_name: str, local: str, password_hash: str) -> None:
+        """Store a new hash for the user, keeping the record's other fields.
+
+        The store announces the change, so every proxy's cache (this one's
+        too) drops the old record. Raises
+        :class:`~pop3proxy.userrecords.UserRecordsUnsupported` for a store
+        without user records.
+        """
+        self.store.put_user_fields(tenant_name, local, {"password_hash": password_hash})
+
     @property
     def redis(self) -> Any:
         """The Redis client shared with the limits, or ``None`` for a file store."""
-        return self.store.client if isinstance(self.store, RedisStore) else None
+        return self.store.shared_redis()
 
     @property
     def redis_health(self) -> RedisHealth | None:
         """The view of that Redis shared with the limits: one outage, one detection."""
-        return self.store.health if isinstance(self.store, RedisStore) else None
+        return self.store.shared_health()
 
     def pinned_backend(self, tenant: Tenant, local: str) -> str | None:
         """The pin if it names one of ``tenant``'s backends; a stale pin (the
-        tenant moved) is logged once and ignored."""
+        tenant moved) is logged once and ignored. A tenant with one backend
+        has nothing to choose, so no record is read for it."""
         if len(tenant.backends) < 2:
             return None
         local = tenant.canonical_local(local)
@@ -306,52 +400,41 @@ class Directory:
             self.cache.clear()
             self.users.clear()
 
-    def on_subscribed(self) -> None:
-        """(Re)subscribed: changes may have been missed; reload everything."""
+    def on_resync(self) -> None:
+        """Changes may have been missed (the subscription was lost): every
+        cached record becomes due for a reload, kept as a stale fallback."""
         self.cache.expire_all()
         self.users.expire_all()
 
     def start(self) -> None:
-        """Background work: the change subscription (Redis) or the file watcher."""
-        if isinstance(self.store, RedisStore):
-            self.subscriber = invalidation.Subscriber(
-                self.store.client,
-                self.store.prefix,
-                self.store.health,
-                self.on_change,
-                self.on_subscribed,
-            )
-            self.subscriber.start()
-        elif isinstance(self.store, FileStore):
-            self.store.watch()
+        """Follow the store's changes: its change subscription or file watcher."""
+        self.store.watch(self.on_change, self.on_resync)
 
     def reload(self) -> None:
-        """SIGHUP: reread a tenants file; with Redis, drop the cache."""
-        if isinstance(self.store, FileStore):
-            self.store.reload("SIGHUP")
-        else:
+        """SIGHUP: a tenants file is read again; cached records become due for a
+        reload (kept as a stale fallback while the store is down)."""
+        self.store.reload("SIGHUP")
+        if self.store.remote:
             self.cache.expire_all()
             self.users.expire_all()
             log.info("directory cache expired on SIGHUP")
 
     def stop(self) -> None:
-        if self.subscriber is not None:
-            self.subscriber.stop()
-        if isinstance(self.store, FileStore):
-            self.store.stop()
+        self.store.stop()
 
     def ready(self) -> bool:
-        """Can the directory answer logins? A file always can; Redis while it
-        is reachable, or while the cache still holds records to serve from."""
-        if isinstance(self.store, RedisStore):
-            if self.store.health.up is None and self.store.ping():
-                self.store.health.ok()
-            return bool(self.store.health.up) or self.cache.servable() > 0
-        return True
+        """Can the directory answer logins? While the store can, or while the
+        cache still holds records to serve from (a Redis outage)."""
+        return self.store.reachable() or self.cache.servable() > 0
+
+
+def open_store(config: DirectoryConfig) -> Store:
+    """The store ``directory.store`` names."""
+    if config.store == "file":
+        assert config.file is not None
+        return FileStore.load(Path(config.file))
+    return RedisStore.from_config(config)
 
 
 def open_directory(config: DirectoryConfig) -> Directory:
-    if config.store == "file":
-        assert config.file is not None
-        return Directory(FileStore.load(Path(config.file)), config)
-    return Directory(RedisStore.from_config(config), config)
+    return Directory(open_store(config), config)

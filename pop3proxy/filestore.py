@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import gevent
 import yaml
 
 from pop3proxy.tenants import RecordError, Tenant, parse_tenant
-from pop3proxy.userrecords import UserRecord
+from pop3proxy.userrecords import UserRecord, UserRecordsUnsupported
 
 log = logging.getLogger("pop3proxy.directory")
 
@@ -29,14 +31,22 @@ class FileStore:
     Validated at start (a bad file stops the start); reloaded on SIGHUP and
     when the file changes (mtime, size or inode, through symlinks, so a
     Kubernetes ConfigMap swap counts). A bad new file keeps the old records
-    and logs why.
+    and logs why. It keeps no user records, and shares no Redis with the
+    limits: they count per process.
     """
 
     source_label = "file"
+    remote = False
 
-    def __init__(self, tenants: dict[str, Tenant], path: Path | None = None) -> None:
+    def __init__(
+        self,
+        tenants: dict[str, Tenant],
+        path: Path | None = None,
+        poll_interval: float = FILE_POLL_INTERVAL,
+    ) -> None:
         self.tenants = tenants
         self.path = path
+        self.poll_interval = poll_interval
         self._signature = _file_signature(path) if path is not None else None
         self._watcher: gevent.Greenlet | None = None
         self.reloads = 0
@@ -52,7 +62,16 @@ class FileStore:
         return self.tenants.get(name)
 
     def get_user(self, tenant: str, local: str) -> UserRecord | None:
-        return None  # user records live in Redis only
+        return None
+
+    def user_locals(self, tenant: str) -> Iterator[str]:
+        return iter(())
+
+    def put_user_fields(self, tenant: str, local: str, fields: dict[str, Any]) -> dict | None:
+        raise UserRecordsUnsupported
+
+    def delete_user(self, tenant: str, local: str) -> bool:
+        raise UserRecordsUnsupported
 
     def reload(self, reason: str) -> bool:
         """Read the file again; on any problem keep the current records."""
@@ -75,12 +94,14 @@ class FileStore:
         )
         return True
 
-    def watch(self, interval: float = FILE_POLL_INTERVAL) -> None:
-        self._watcher = gevent.spawn(self._watch, interval)
+    def watch(self, on_change: Callable[[str], None], on_resync: Callable[[], None]) -> None:
+        """Reload when the file changes. Nothing is cached in front of this
+        store, so there is nobody to tell: the callbacks are not called."""
+        self._watcher = gevent.spawn(self._watch)
 
-    def _watch(self, interval: float) -> None:
+    def _watch(self) -> None:
         while True:
-            gevent.sleep(interval)
+            gevent.sleep(self.poll_interval)
             assert self.path is not None
             signature = _file_signature(self.path)
             if signature != self._signature:
@@ -89,6 +110,15 @@ class FileStore:
     def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.kill(block=False)
+
+    def reachable(self) -> bool:
+        return True
+
+    def shared_redis(self) -> None:
+        return None
+
+    def shared_health(self) -> None:
+        return None
 
 
 def _file_signature(path: Path) -> tuple | None:

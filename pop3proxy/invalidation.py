@@ -72,9 +72,6 @@ class Subscriber:
         self.health = health
         self.on_message = on_message
         self.on_subscribed = on_subscribed
-        self.subscribed = False
-        self.subscriptions = 0
-        """How many times the subscription was confirmed (tests, logs)."""
         self._stop = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._clock = clock or time.monotonic
@@ -96,7 +93,6 @@ class Subscriber:
                 pubsub.subscribe(self.channel)
                 self._listen(pubsub, backoff)
             except Exception as error:  # any Redis or socket failure: reconnect
-                self.subscribed = False
                 self.health.failed(error)
                 self._stop.wait(backoff.next())
             finally:
@@ -123,8 +119,6 @@ class Subscriber:
             if kind == "subscribe":
                 # Also seen when redis-py reconnects and resubscribes by itself:
                 # either way, messages may have been missed meanwhile.
-                self.subscribed = True
-                self.subscriptions += 1
                 backoff.reset()
                 self.health.ok()
                 self.on_subscribed()

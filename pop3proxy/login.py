@@ -185,7 +185,7 @@ class LoginService:
         session closes its client's socket in ``then``, so a client that
         reconnects at once never finds its own old slot still taken.
         """
-        if lease is not None and lease.keys and lease.shared and self.leases.client is not None:
+        if lease is not None and lease.keys and lease.shared:
             gevent.spawn_raw(self._release, lease, then)
             return
         if lease is not None:
@@ -334,10 +334,9 @@ class LoginService:
 
     def _rehash(self, tenant: str, local: str, password: bytes) -> None:
         """The hash parameters changed since this password was set: store a new hash."""
-        store = self.directory.store
         try:
             fresh = gevent.get_hub().threadpool.apply(self.passwords.hash, (password,))
-            store.put_user_fields(tenant, local, {"password_hash": fresh})  # type: ignore[attr-defined]
+            self.directory.update_password_hash(tenant, local, fresh)
         except Exception as error:
             log.warning("password rehash failed", extra={"tenant": tenant, "error": str(error)})
 

@@ -13,6 +13,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+TLS_MODES = ("none", "starttls", "implicit")
+"""How a connection starts TLS, for a listener (``tls``) and a tenant's
+backend alike: never, after ``STLS`` (RFC 2595), or from the first byte."""
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from pop3proxy.config import TLS_MODES
 from pop3proxy.names import valid_host_name
-from pop3proxy.schema import Reader, SchemaError
+from pop3proxy.schema import TLS_MODES, Reader, SchemaError
 
 RECORD_VERSION = 1
 POLICIES = ("failover", "round_robin", "hash")
@@ -32,15 +31,20 @@ class RecordError(SchemaError):
     """A tenant record is invalid; ``problems`` names each field."""
 
 
-DEFAULT_MASTER_LOGIN = "{login}*{master}"
 _MASTER_FIELDS = ("master_user", "master_login", "master_password_env", "master_password_file")
 MASTER_TEMPLATE_NAMES = (*TEMPLATE_NAMES, "login", "master")
+
+
+POP3_PORT = 110
+"""RFC 1939."""
+POP3S_PORT = 995
+"""POP3 over implicit TLS (RFC 8314): a backend's port when it has ``tls: implicit``."""
 
 
 @dataclass(frozen=True)
 class Backend:
     host: str
-    port: int = 110
+    port: int = POP3_PORT
     tls: str = "none"
     verify: bool = True
     ca_file: str | None = None
@@ -68,7 +72,7 @@ class Tenant:
     version: int = RECORD_VERSION
     master_user: str | None = None
     """``auth: local``: the backend's master user the proxy logs in as."""
-    master_login: str = DEFAULT_MASTER_LOGIN
+    master_login: str = "{login}*{master}"
     """``auth: local``: the backend user name, Dovecot style ``user*master``."""
     master_password_env: str | None = None
     """``auth: local``: the environment variable holding the master password."""
@@ -162,13 +166,12 @@ def _backend_dict(backend: Backend) -> dict[str, Any]:
     # these fields (they refuse unknown keys) during an upgrade.
     if data["connect_timeout"] is None:
         del data["connect_timeout"]
-    if data["login_command"] == "user_pass":
+    if data["login_command"] == Backend.login_command:
         del data["login_command"]
     return data
 
 
-# Made for every login: a slotted record, not a frozen one (which sets each
-# field through object.__setattr__). Not changed after it is made.
+# Slotted, not frozen: made for every login (see limits.Verdict for the cost).
 @dataclass(slots=True)
 class UserName:
     """A client's login name split into the part the backend knows and the tenant.
@@ -180,7 +183,7 @@ class UserName:
 
     full: str
     local: str
-    tenant: str | None = field(default=None)
+    tenant: str | None = None
     separator: str = "@"
 
     @property
@@ -252,7 +255,11 @@ def one_word(text: str) -> bool:
 
 
 def parse_tenant(data: object, path: str = "") -> Tenant:
-    """Validate one record; raises :class:`RecordError` listing every problem."""
+    """Validate one record; raises :class:`RecordError` listing every problem.
+
+    A field left out gets the dataclass field's default (``Tenant.policy``),
+    the one place each default is written.
+    """
     problems: list[str] = []
     r = Reader(data, path, problems)
     version = r.integer("version", RECORD_VERSION, minimum=1)
@@ -268,7 +275,7 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
     backends = tuple(_backend(item) for item in r.items("backends"))
     if not backends:
         r.problem("backends", "expected at least one backend")
-    login = r.string("login", "{local}") or "{local}"
+    login = r.string("login", Tenant.login) or Tenant.login
     try:
         login.format(user="u", local="l", domain="d")
     except (ValueError, KeyError, IndexError, AttributeError):
@@ -283,13 +290,13 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
     tenant = Tenant(
         name=name.lower(),
         backends=backends,
-        enabled=r.boolean("enabled", True),
-        policy=r.choice("policy", "failover", POLICIES),
-        auth=r.choice("auth", "passthrough", AUTH_MODES),
+        enabled=r.boolean("enabled", Tenant.enabled),
+        policy=r.choice("policy", Tenant.policy, POLICIES),
+        auth=r.choice("auth", Tenant.auth, AUTH_MODES),
         login=login,
-        max_sessions=r.integer("max_sessions", 200, minimum=1),
+        max_sessions=r.integer("max_sessions", Tenant.max_sessions, minimum=1),
         version=version,
-        case_sensitive_users=r.boolean("case_sensitive_users", False),
+        case_sensitive_users=r.boolean("case_sensitive_users", Tenant.case_sensitive_users),
         **_master_fields(r),
     )
     if tenant.auth == "local":
@@ -307,7 +314,7 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
 
 
 def _master_fields(r: Reader) -> dict[str, Any]:
-    template = r.string("master_login", DEFAULT_MASTER_LOGIN) or DEFAULT_MASTER_LOGIN
+    template = r.string("master_login", Tenant.master_login) or Tenant.master_login
     for used in _TEMPLATE_FIELDS.findall(template):
         if used not in MASTER_TEMPLATE_NAMES:
             r.problem("master_login", f"unknown placeholder {{{used}}}")
@@ -317,30 +324,31 @@ def _master_fields(r: Reader) -> dict[str, Any]:
         r.problem("master_login", f"not a valid template: {template!r}")
     if not one_word(template):
         r.problem("master_login", _NOT_ONE_WORD)
-    master_user = r.string("master_user", None)
+    master_user = r.string("master_user", Tenant.master_user)
     if master_user is not None and not one_word(master_user):
         r.problem("master_user", _NOT_ONE_WORD)
     return {
         "master_user": master_user,
         "master_login": template,
-        "master_password_env": r.string("master_password_env", None),
-        "master_password_file": r.string("master_password_file", None),
+        "master_password_env": r.string("master_password_env", Tenant.master_password_env),
+        "master_password_file": r.string("master_password_file", Tenant.master_password_file),
     }
 
 
 def _backend(r: Reader) -> Backend:
     host = r.string("host", None, required=True) or ""
-    tls = r.choice("tls", "none", TLS_MODES)
+    tls = r.choice("tls", Backend.tls, TLS_MODES)
+    port = POP3S_PORT if tls == "implicit" else Backend.port
     backend = Backend(
         host=host,
-        port=r.integer("port", 995 if tls == "implicit" else 110, minimum=1, maximum=65535),
+        port=r.integer("port", port, minimum=1, maximum=65535),
         tls=tls,
-        verify=r.boolean("verify", True),
-        ca_file=r.string("ca_file", None),
-        server_name=r.string("server_name", None),
-        forward_client=r.choice("forward_client", "none", FORWARD_CLIENT),
+        verify=r.boolean("verify", Backend.verify),
+        ca_file=r.string("ca_file", Backend.ca_file),
+        server_name=r.string("server_name", Backend.server_name),
+        forward_client=r.choice("forward_client", Backend.forward_client, FORWARD_CLIENT),
         connect_timeout=_optional_timeout(r, "connect_timeout"),
-        login_command=r.choice("login_command", "user_pass", LOGIN_COMMANDS),
+        login_command=r.choice("login_command", Backend.login_command, LOGIN_COMMANDS),
     )
     r.finish()
     return backend

@@ -1,13 +1,14 @@
 """Per-user records: ``<prefix>:user:<tenant>:<local>``, JSON.
 
-Today a user record may pin the user to one backend of their tenant (legacy
-installations shard mailboxes over several servers). It is an open record
-so other per-user settings can join it (local authentication will add
-``password_hash``): writers change only the fields they own and keep the
-rest, and a record with nothing left in it is deleted.
+A user record may pin the user to one backend of their tenant (legacy
+installations shard mailboxes over several servers), and holds the password
+hash of a user of a tenant with ``auth: local``. It is an open record:
+writers change only the fields they own and keep the rest (the CLI's pin
+and a rehash at login may meet), and a record with nothing left in it is
+deleted. Only Redis keeps user records; a tenants file has none.
 
 ```json
-{"version": 1, "backend": "mail2.acme.internal:110"}
+{"version": 1, "backend": "mail2.acme.internal:110", "password_hash": "$argon2id$..."}
 ```
 """
 
@@ -21,11 +22,21 @@ from pop3proxy.schema import Reader, SchemaError
 from pop3proxy.tenants import parse_backend_address
 
 USER_RECORD_VERSION = 1
-KNOWN_FIELDS = ("version", "backend", "password_hash")
 
 
 class UserRecordError(SchemaError):
     """A user record is invalid; ``problems`` names each field."""
+
+
+class UserRecordsUnsupported(Exception):
+    """The store keeps no user records (a tenants file): a pin or a local
+    password cannot be written to it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "user records (backend pins, local passwords) are kept in Redis only, "
+            "and directory.store is file"
+        )
 
 
 @dataclass(frozen=True)

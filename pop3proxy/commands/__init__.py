@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pop3proxy.config import Config, default_config_path, load_config
-from pop3proxy.directory import DirectoryUnavailable, RedisStore
+from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store, open_store
 from pop3proxy.redisconn import CredentialsError
 from pop3proxy.tenants import Tenant
 
@@ -40,7 +40,7 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config or default_config_path())
 
 
-def existing_tenant(store: RedisStore, name: str) -> Tenant:
+def existing_tenant(store: Store, name: str) -> Tenant:
     """The stored record of tenant ``name``, or a one-line error."""
     try:
         tenant = store.get(name.lower())
@@ -52,7 +52,7 @@ def existing_tenant(store: RedisStore, name: str) -> Tenant:
 
 
 def redis_store(args: argparse.Namespace) -> RedisStore:
-    """The Redis the server uses; admin commands refuse to run against a file store."""
+    """The Redis the server uses; tenant commands refuse to run against a file store."""
     config = load(args)
     if config.directory.store != "redis":
         raise CommandError(
@@ -62,5 +62,15 @@ def redis_store(args: argparse.Namespace) -> RedisStore:
         )
     try:
         return RedisStore.from_config(config.directory)
+    except CredentialsError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+
+
+def configured_store(args: argparse.Namespace) -> Store:
+    """The store the server uses, whichever it is: user commands read from a
+    tenants file too, and writing to one raises
+    :class:`~pop3proxy.userrecords.UserRecordsUnsupported`."""
+    try:
+        return open_store(load(args).directory)
     except CredentialsError as error:
         raise CommandError(str(error), EXIT_USAGE) from None

@@ -24,14 +24,16 @@ from pop3proxy.commands import (
     redis_store,
     usage,
 )
-from pop3proxy.config import TLS_MODES
 from pop3proxy.directory import RedisStore
 from pop3proxy.filestore import load_tenants_file
+from pop3proxy.schema import TLS_MODES
 from pop3proxy.tenants import (
     AUTH_MODES,
     FORWARD_CLIENT,
     LOGIN_COMMANDS,
     POLICIES,
+    POP3_PORT,
+    Backend,
     RecordError,
     Tenant,
     parse_backend_address,
@@ -83,21 +85,21 @@ def _add_tenant_set(commands: argparse._SubParsersAction, common: argparse.Argum
         metavar="HOST:PORT",
         help="a backend server (repeat for several, in order)",
     )
-    cmd.add_argument("--backend-tls", choices=TLS_MODES, default="none")
+    cmd.add_argument("--backend-tls", choices=TLS_MODES, default=Backend.tls)
     cmd.add_argument("--no-verify", action="store_true", help="do not verify backend certificates")
     cmd.add_argument("--ca-file", help="CA bundle to verify backend certificates")
     cmd.add_argument("--server-name", help="name for SNI and verification (default: host)")
-    cmd.add_argument("--forward-client", choices=FORWARD_CLIENT, default="none")
+    cmd.add_argument("--forward-client", choices=FORWARD_CLIENT, default=Backend.forward_client)
     cmd.add_argument(
         "--login-command",
         choices=LOGIN_COMMANDS,
-        default="user_pass",
+        default=Backend.login_command,
         help="how the proxy logs in to the backends (auth_plain: one round trip, RFC 5034)",
     )
-    cmd.add_argument("--policy", choices=POLICIES, default="failover")
-    cmd.add_argument("--auth", choices=AUTH_MODES, default="passthrough")
-    cmd.add_argument("--login", default="{local}", help="backend user name template")
-    cmd.add_argument("--max-sessions", type=int, default=200)
+    cmd.add_argument("--policy", choices=POLICIES, default=Tenant.policy)
+    cmd.add_argument("--auth", choices=AUTH_MODES, default=Tenant.auth)
+    cmd.add_argument("--login", default=Tenant.login, help="backend user name template")
+    cmd.add_argument("--max-sessions", type=int, default=Tenant.max_sessions)
     cmd.add_argument("--disabled", action="store_true", help="store the tenant as disabled")
     cmd.add_argument(
         "--case-sensitive-users",
@@ -125,8 +127,8 @@ def _record_from_flags(args: argparse.Namespace) -> dict[str, Any]:
             forward_client=args.forward_client,
             login_command=args.login_command,
         )
-        if args.backend_tls == "implicit" and backend["port"] == 110:
-            print(f"warning: {backend['host']}:110 with implicit TLS", file=sys.stderr)
+        if args.backend_tls == "implicit" and backend["port"] == POP3_PORT:
+            print(f"warning: {backend['host']}:{POP3_PORT} with implicit TLS", file=sys.stderr)
     return {
         "name": args.name,
         "enabled": not args.disabled,

@@ -24,12 +24,12 @@ from pop3proxy.commands import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    configured_store,
     existing_tenant,
     load,
-    redis_store,
     usage,
 )
-from pop3proxy.directory import DirectoryUnavailable, RedisStore
+from pop3proxy.directory import DirectoryUnavailable, Store
 from pop3proxy.tenants import (
     Identity,
     MalformedName,
@@ -83,7 +83,7 @@ def _name(args: argparse.Namespace) -> UserName:
     return name
 
 
-def _identity(name: UserName, store: RedisStore, tenant: Tenant | None = None) -> Identity:
+def _identity(name: UserName, store: Store, tenant: Tenant | None = None) -> Identity:
     """The user the proxy logs in for ``name``: the tenant's case rule applies.
     A tenant that no longer exists (a leftover record to delete) folds case,
     the default."""
@@ -104,7 +104,7 @@ def cmd_user_pin(args: argparse.Namespace) -> int:
         target = parse_backend_address(args.backend)
     except ValueError as error:
         raise CommandError(f"--backend: {error}", EXIT_USAGE) from None
-    store = redis_store(args)
+    store = configured_store(args)
     assert name.tenant is not None
     tenant = existing_tenant(store, name.tenant)
     wanted = f"{target['host']}:{target['port']}"
@@ -123,7 +123,7 @@ def cmd_user_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_user_unpin(args: argparse.Namespace) -> int:
-    store = redis_store(args)
+    store = configured_store(args)
     user = _identity(_name(args), store)
     store.put_user_fields(user.tenant, user.local, {"backend": None})
     print(f"user {user} unpinned")
@@ -131,7 +131,7 @@ def cmd_user_unpin(args: argparse.Namespace) -> int:
 
 
 def cmd_user_show(args: argparse.Namespace) -> int:
-    store = redis_store(args)
+    store = configured_store(args)
     user = _identity(_name(args), store)
     try:
         record = store.get_user(user.tenant, user.local)
@@ -143,6 +143,9 @@ def cmd_user_show(args: argparse.Namespace) -> int:
         data["password_hash"] = "(set)"  # noqa: S105  # nosec B105
     print(json.dumps({"user": user.full, "record": data or None}, indent=2))
     return EXIT_OK
+
+
+MAX_PASSWORD_LENGTH = 1024
 
 
 def _read_password() -> str:
@@ -160,13 +163,10 @@ def _read_password() -> str:
     return password
 
 
-MAX_PASSWORD_LENGTH = 1024
-
-
 def cmd_user_set_password(args: argparse.Namespace) -> int:
     name = _name(args)
     config = load(args)
-    store = redis_store(args)
+    store = configured_store(args)
     tenant = existing_tenant(store, name.tenant or "")
     if tenant.auth != "local":
         print(
@@ -182,7 +182,7 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_user_delete(args: argparse.Namespace) -> int:
-    store = redis_store(args)
+    store = configured_store(args)
     user = _identity(_name(args), store)
     if not store.delete_user(user.tenant, user.local):
         raise CommandError(f"no record for {user}")
@@ -191,12 +191,10 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    store = redis_store(args)
+    store = configured_store(args)
     tenant = args.tenant.lower()
-    prefix = store.user_key(tenant, "")
     users = []
-    for key in store.client.scan_iter(match=prefix + "*", count=500):
-        local = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+    for local in store.user_locals(tenant):
         record = store.get_user(tenant, local)
         users.append(
             {

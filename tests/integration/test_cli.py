@@ -184,3 +184,28 @@ def test_serve_with_a_port_in_use_fails_cleanly(tmp_path, redis_server):
         result = run_cli(config, "serve")
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_user_commands_on_a_tenants_file_say_user_records_need_redis(tmp_path):
+    """A tenants file keeps no user records: a write is refused with the
+    reason (exit 2, no traceback), and a read finds no record."""
+    backends = [{"host": "127.0.0.1", "port": 1110}, {"host": "127.0.0.1", "port": 1111}]
+    write(tmp_path / "tenants.yaml", {"tenants": [{"name": "acme.example", "backends": backends}]})
+    config = write(
+        tmp_path / "c.yaml",
+        {
+            "listeners": [{"name": "plain", "address": "127.0.0.1:1110", "tls": "none"}],
+            "directory": {"store": "file", "file": "tenants.yaml"},
+        },
+    )
+    reason = "user records (backend pins, local passwords) are kept in Redis only"
+    pin = run_cli(config, "user", "pin", "alice@acme.example", "--backend", "127.0.0.1:1111")
+    password = run_cli(config, "user", "set-password", "alice@acme.example", stdin="secret\n")
+    delete = run_cli(config, "user", "delete", "alice@acme.example")
+    for refused in (pin, password, delete):
+        assert refused.returncode == 2
+        assert reason in refused.stderr
+        assert "Traceback" not in refused.stderr
+    show = run_cli(config, "user", "show", "alice@acme.example")
+    assert show.returncode == 0, show.stderr
+    assert json.loads(show.stdout) == {"user": "alice@acme.example", "record": None}

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from pop3proxy.config import (
     AuthConfig,
+    BackendsConfig,
     Config,
     ConfigError,
+    DirectoryConfig,
     IPv6Budget,
     LimitsConfig,
+    LoggingConfig,
+    MetricsConfig,
+    TenancyConfig,
+    TimeoutsConfig,
+    TLSConfig,
     load_config,
     parse_config,
 )
@@ -278,7 +286,7 @@ def test_load_config_empty_file_is_defaults(tmp_path: Path) -> None:
 
 
 def test_session_and_abuse_defaults(tls_files: dict[str, str]) -> None:
-    """Written twice (the dataclass and the reader): both say the same."""
+    """The dataclasses' defaults are what a file that sets nothing gets."""
     config = parse_config({"tls": tls_files})
     assert config.limits == LimitsConfig()
     assert config.auth == AuthConfig()
@@ -287,6 +295,24 @@ def test_session_and_abuse_defaults(tls_files: dict[str, str]) -> None:
     assert config.auth.ipv6_networks == (IPv6Budget(56, 200), IPv6Budget(48, 500))
     assert config.auth.block_after_names_per_address == 20
     assert config.auth.known_address_ttl == 30 * 86400
+
+
+def test_a_file_that_sets_nothing_reads_to_every_dataclass_default(
+    tls_files: dict[str, str],
+) -> None:
+    """Each default is written once, as the field's default: every section
+    of a file that sets nothing equals its dataclass built with no arguments."""
+    config = parse_config({"tls": tls_files})
+    assert dataclasses.replace(config.tls, cert=None, key=None) == TLSConfig()
+    assert config.directory == DirectoryConfig()
+    assert config.tenancy == TenancyConfig()
+    assert config.timeouts == TimeoutsConfig()
+    assert config.limits == LimitsConfig()
+    assert config.auth == AuthConfig()
+    assert config.backends == BackendsConfig()
+    assert config.metrics == MetricsConfig()
+    assert config.logging == LoggingConfig()
+    assert config.workers == Config.workers
 
 
 def test_abuse_budgets_are_configurable() -> None:

@@ -10,6 +10,7 @@ from pop3proxy.tenants import (
     Identity,
     MalformedName,
     RecordError,
+    Tenant,
     UserName,
     parse_tenant,
     split_user,
@@ -41,6 +42,12 @@ def test_defaults() -> None:
     assert tenant.login == "{local}"
     assert tenant.max_sessions == 200
     assert tenant.version == RECORD_VERSION
+
+
+def test_a_record_that_sets_nothing_reads_to_the_dataclass_defaults() -> None:
+    """Each default is written once, as the field's default."""
+    tenant = parse_tenant(MINIMAL)
+    assert tenant == Tenant(name=tenant.name, backends=(Backend(host=tenant.backends[0].host),))
 
 
 def test_implicit_tls_backend_defaults_to_995_and_name_is_lowercased() -> None:
