@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -136,6 +137,7 @@ OTHER = "other"
 Labels = tuple[str, ...]
 _pending: dict[tuple[Counter | Gauge, Labels], float] = {}
 _observed: dict[tuple[Histogram, Labels], list[float]] = {}
+"""Per histogram series: an observation count per bucket, then their sum."""
 _gauge_values: dict[tuple[Gauge, Labels], float] = {}
 
 
@@ -149,13 +151,20 @@ def add(metric: Counter | Gauge, *labels: str, amount: float = 1) -> None:
 
 
 def observe(metric: Histogram, *labels: str, value: float) -> None:
-    """A histogram observation, kept until the next :func:`fold` like :func:`add`'s counts."""
+    """A histogram observation, counted in its bucket here and folded in by
+    :func:`fold` like :func:`add`'s counts."""
+    # The one place that reaches into prometheus-client (here and in
+    # _add_observations): its ``observe`` takes a lock for the sum and one for
+    # the bucket, about 15,000 instructions under gevent, and a login session
+    # makes two; counting per bucket and adding the counts at fold time saves
+    # 5 % of a login session's instructions (bench/compare.py --instructions).
     key = (metric, labels)
-    values = _observed.get(key)
-    if values is None:
-        _observed[key] = [value]
-    else:
-        values.append(value)
+    bounds = metric._upper_bounds
+    counts = _observed.get(key)
+    if counts is None:
+        counts = _observed[key] = [0] * (len(bounds) + 1)
+    counts[bisect_left(bounds, value)] += 1
+    counts[-1] += value
 
 
 def set_gauge(metric: Gauge, *labels: str, value: float) -> None:
@@ -181,10 +190,19 @@ def fold() -> None:
         counter = metric.labels(*labels) if labels else metric  # a series at 0 is still shown
         if amount:
             counter.inc(amount)
-    for (histogram, labels), values in observed:
-        series = histogram.labels(*labels) if labels else histogram
-        for value in values:
-            series.observe(value)
+    for (histogram, labels), counts in observed:
+        _add_observations(histogram.labels(*labels) if labels else histogram, counts)
+
+
+def _add_observations(series: object, counts: list[float]) -> None:
+    """What ``observe`` would have done for each observation, a bucket at a time:
+    ``_buckets`` holds each bucket's own count, ``_sum`` the sum; a unit test
+    holds the result to ``observe``'s."""
+    buckets = series._buckets  # type: ignore[attr-defined]
+    for index, count in enumerate(counts[:-1]):
+        if count:
+            buckets[index].inc(count)
+    series._sum.inc(counts[-1])  # type: ignore[attr-defined]
 
 
 class TenantLabels:
