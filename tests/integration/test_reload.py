@@ -157,9 +157,11 @@ def test_sighup_reloads_certificate_and_live_config(make_proxy, certs, tmp_path)
     proxy.signal(signal.SIGHUP)
     reloaded = wait_until(lambda: messages_of(proxy, "configuration reloaded"), 10)
     assert set(reloaded[0]["changed"]) == {"timeouts", "logging"}
-    assert messages_of(proxy, "configuration changes need a restart to apply")[0][
-        "needs_restart"
-    ] == ["metrics.address"]
+    # Logged right after "configuration reloaded": wait for it too, not just read.
+    restart = wait_until(
+        lambda: messages_of(proxy, "configuration changes need a restart to apply"), 10
+    )
+    assert restart[0]["needs_restart"] == ["metrics.address"]
     assert handshake_serial(proxy, certs) == second
     assert proxy.http_get("/healthz")[0] == 200  # still on the old metrics address
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
