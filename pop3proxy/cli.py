@@ -26,6 +26,7 @@ from pop3proxy.commands import (  # noqa: E402
     EXIT_USAGE,
     CommandError,
     add_config_option,
+    backend,
     load,
     tenant,
     user,
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
     tenant.register(commands, common)
     user.register(commands, common)
+    backend.register(commands, common)
     return parser
 
 
