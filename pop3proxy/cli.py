@@ -28,6 +28,7 @@ from pop3proxy.commands import (  # noqa: E402
     add_config_option,
     backend,
     load,
+    route,
     tenant,
     user,
 )
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.register(commands, common)
     user.register(commands, common)
     backend.register(commands, common)
+    route.register(commands, common)
     return parser
 
 
