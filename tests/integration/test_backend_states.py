@@ -49,6 +49,8 @@ def test_evacuate_sends_new_logins_elsewhere_while_a_session_goes_on(make_doveco
         running.login(f"alice@{POOL}", USERS["alice"])
         set_state(proxy, address(first), "evacuate")
         assert listed(proxy) == {address(first): "evacuate"}
+        table = run_cli(proxy.config_path, "backend", "list").stdout
+        assert f"{address(first)}  evacuate" in table
         assert metric(proxy, "pop3proxy_backend_state", backend=address(first), state="online") == 0
         assert login_via(proxy) == address(second), "no new login on an evacuated backend"
         assert running.command("RETR 1").startswith(b"+OK"), "the running session goes on"

@@ -59,6 +59,10 @@ def test_route_follows_states_and_rotation(make_dovecot, make_proxy):
         "try": None,
     }
     assert rows[address(second)]["try"] == 1
+    text = run_cli(proxy.config_path, "route", f"alice@{POOL}").stdout
+    assert f"1.  {address(second)}  state=online" in text
+    assert f"-   {address(first)}  state=evacuate" in text
+    assert "breaker: not known from the CLI" in text
     assert {login_via(proxy) for _ in range(2)} == {address(second)}
 
 
