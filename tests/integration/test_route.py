@@ -69,7 +69,9 @@ def test_route_follows_states_and_rotation(make_dovecot, make_proxy):
 def test_route_shows_pin_budgets_and_slots(make_dovecot, make_proxy):
     first, second = make_dovecot(), make_dovecot()
     proxy = make_proxy(
-        {"tenancy": {"default_tenant": POOL}, "auth": {"allow": []}}, start=False, tenants=False
+        {"tenancy": {"default_tenant": "other.example", "sni_tenant": True}, "auth": {"allow": []}},
+        start=False,
+        tenants=False,
     )
     store(proxy, address(first), address(second))
     result = run_cli(proxy.config_path, "user", "pin", f"bob@{POOL}", "--backend", address(second))
@@ -78,17 +80,20 @@ def test_route_shows_pin_budgets_and_slots(make_dovecot, make_proxy):
     wrong = run_cli(proxy.config_path, "route", "bob", "--from", "nonsense")
     assert wrong.returncode == 2 and "--from: expected an IP address" in wrong.stderr
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
-        wire.command("USER bob")
+        wire.command(f"USER bob@{POOL}")
         assert wire.command("PASS wrong").startswith(b"-ERR")
-    explained = route(proxy, "bob", "--from", "127.0.0.1")
-    assert explained["tenant"] == POOL and explained["tenant_from"] == "default_tenant"
+    by_default = run_cli(proxy.config_path, "route", "bob", "--json")
+    assert by_default.returncode == 1, "other.example is no tenant: the login would fail"
+    assert json.loads(by_default.stdout)["tenant_from"] == "default_tenant"
+    explained = route(proxy, "bob", "--from", "127.0.0.1", "--sni", POOL)
+    assert explained["tenant"] == POOL and explained["tenant_from"] == "sni"
     assert explained["pin"] == address(second) and first_try(explained) == address(second)
     assert explained["limits"]["failures"] == {"user": 1, "address": 1, "names_from_address": 1}
     assert explained["limits"]["address_allowed"] is False
     assert explained["limits"]["sessions"]["tenant"]["in_use"] == 0
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as holding:
-        holding.login("bob", USERS["bob"])
-        explained = route(proxy, "bob", "--from", "127.0.0.1")
+        holding.login(f"bob@{POOL}", USERS["bob"])
+        explained = route(proxy, f"bob@{POOL}", "--from", "127.0.0.1")
         assert explained["limits"]["sessions"]["tenant"]["in_use"] == 1
         assert explained["limits"]["failures"]["user"] == 0, "a login resets the user's budget"
     unknown = run_cli(proxy.config_path, "route", "bob@nowhere.example")
