@@ -15,13 +15,23 @@ included, as HAProxy does), then TLS for ``implicit``. What is said once
 connected is decided here: the login machine
 (:mod:`pop3proxy.protocol.backend`) does greeting, STLS, XCLIENT, USER and
 PASS. The greenlet here waits once per backend.
+
+Operators set a state per backend address (``pop3proxy backend set``),
+shared by every replica and tenant through one Redis hash,
+``<prefix>:backend-state``. :class:`BackendStates` reads that hash in a
+greenlet of its own every :data:`STATE_REFRESH` seconds, so a login never
+waits for Redis to learn it. :func:`try_order` applies the states to the
+routing order: ``online`` backends in the policy's order, then ``standby``
+ones (tried only when no online backend could take the login); ``evacuate``
+and ``offline`` take no new logins.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import gevent
 
@@ -36,19 +46,139 @@ from pop3proxy.interfaces import (
     LoginRefused,
 )
 from pop3proxy.protocol import backend as machine
+from pop3proxy.redisconn import RedisHealth
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
 log = logging.getLogger("pop3proxy.backends")
+
+ONLINE, STANDBY, EVACUATE, OFFLINE = "online", "standby", "evacuate", "offline"
+STATES = (ONLINE, STANDBY, EVACUATE, OFFLINE)
+"""Backend states, as Dovecot Pro names them. A backend with no state set is online."""
+STATE_REFRESH = 1.0
+"""Seconds between two reads of the state hash: how soon every replica follows a change."""
+
+
+def state_key(prefix: str) -> str:
+    """The Redis hash of backend states: ``HOST:PORT`` -> state (absent: online)."""
+    return f"{prefix}:backend-state"
+
+
+def read_states(client: Any, prefix: str) -> dict[str, str]:
+    """Every state stored in Redis (unknown values are ignored: they were not
+    written by ``backend set``)."""
+    stored = client.hgetall(state_key(prefix))
+    states = {}
+    for raw_address, raw_state in stored.items():
+        address = raw_address.decode() if isinstance(raw_address, bytes) else raw_address
+        state = raw_state.decode() if isinstance(raw_state, bytes) else raw_state
+        if state in STATES:
+            states[address] = state
+    return states
+
+
+def try_order(
+    tenant: Tenant,
+    user: str,
+    rotation: Rotation,
+    pinned: str | None,
+    state_of: Callable[[str], str],
+) -> list[Backend]:
+    """The backends a login of ``user`` tries, best first: the routing order
+    (policy, then pin) of the online backends, then the standby ones. Pure;
+    the ``pop3proxy route`` command shows the same order."""
+    ordered = candidates(tenant, user, rotation, pinned)
+    online = [backend for backend in ordered if state_of(backend.address) == ONLINE]
+    standby = [backend for backend in ordered if state_of(backend.address) == STANDBY]
+    return online + standby
+
+
+StateChange = Callable[[str, str, str], None]
+"""``(address, old state, new state)``: called in the process that applies a change."""
+
+
+class BackendStates:
+    """This process's copy of the backend states, refreshed from Redis in the background.
+
+    Without Redis (a file store) every backend is online. When Redis cannot
+    be reached the last states read stay in force.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        health: RedisHealth | None = None,
+        refresh: float = STATE_REFRESH,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.health = health or RedisHealth("redis")
+        self.refresh = refresh
+        self.states: dict[str, str] = {}
+        self.on_change: list[StateChange] = []
+        """Hooks run for each applied change. Ending the running sessions of a
+        backend set to ``evacuate`` belongs here: the session registry's kick
+        subscribes with a callable that ends the sessions on that address."""
+        self._reader: gevent.Greenlet | None = None
+
+    def state(self, address: str) -> str:
+        return self.states.get(address, ONLINE)
+
+    def start(self) -> None:
+        if self.client is not None and self._reader is None:
+            self.update()
+            self._reader = gevent.spawn(self._read_forever)
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.kill(block=False)
+
+    def _read_forever(self) -> None:
+        while True:
+            gevent.sleep(self.refresh)
+            self.update()
+
+    def update(self) -> None:
+        """Read the hash once and apply what changed."""
+        fresh = self.health.call(lambda: read_states(self.client, self.prefix), lambda: None)
+        if fresh is None:
+            return
+        old, self.states = self.states, fresh
+        for address in sorted(set(old) | set(fresh)):
+            before, after = old.get(address, ONLINE), fresh.get(address, ONLINE)
+            if before != after:
+                self._applied(address, before, after)
+
+    def _applied(self, address: str, before: str, after: str) -> None:
+        log.info(
+            "backend state applied",
+            extra={"backend": address, "state": after, "previous": before},
+        )
+        metrics.add(metrics.BACKEND_STATE_CHANGES, after)
+        show_state(address, after)
+        for hook in self.on_change:
+            hook(address, before, after)
+
+
+def show_state(address: str, state: str) -> None:
+    """``pop3proxy_backend_state{backend, state}``: 1 for the current state, 0 for the others."""
+    for each in STATES:
+        metrics.set_gauge(metrics.BACKEND_STATE, address, each, value=int(each == state))
 
 
 class BackendPicker:
     """Backend selection, health and active checks for this process."""
 
     def __init__(
-        self, settings: BackendsConfig, connect_timeout: float, dialer: BackendDialer
+        self,
+        settings: BackendsConfig,
+        connect_timeout: float,
+        dialer: BackendDialer,
+        states: BackendStates | None = None,
     ) -> None:
         self.settings = settings
+        self.states = states or BackendStates(None, "")
         self.connect_timeout = connect_timeout
         self.dialer = dialer
         self.health = Health(settings.failure_threshold, settings.failure_window, settings.cooldown)
@@ -80,7 +210,10 @@ class BackendPicker:
         label = metrics.tenant_label(tenant.name)
         reasons: list[str] = []
         attempts = 0
-        for backend in candidates(tenant, user, self.rotation, pinned):
+        order = try_order(tenant, user, self.rotation, pinned, self.states.state)
+        if not order:
+            reasons.append("no_backend_online")
+        for backend in order:
             self._remember(backend, label)
             if attempts >= self.settings.max_attempts:
                 break
@@ -112,6 +245,8 @@ class BackendPicker:
 
     def _remember(self, backend: Backend, label: str) -> None:
         entry = self._known.get(backend.address)
+        if entry is None:
+            show_state(backend.address, self.states.state(backend.address))
         if entry is None or (entry[0] is not backend and entry[0] != backend):
             labels = entry[1] if entry else set()
             self._known[backend.address] = entry = (backend, labels)
@@ -146,6 +281,7 @@ class BackendPicker:
     # -- active checks -------------------------------------------------------
 
     def _start_checks(self) -> None:
+        self.states.start()
         if self.settings.health_check_interval > 0 and self._checker is None:
             self._checker = gevent.spawn(self._check_forever)
 
@@ -167,6 +303,7 @@ class BackendPicker:
         return True
 
     def close(self) -> None:
+        self.states.stop()
         if self._checker is not None:
             self._checker.kill(block=False)
 

@@ -26,7 +26,9 @@ from pop3proxy.commands import (  # noqa: E402
     EXIT_USAGE,
     CommandError,
     add_config_option,
+    backend,
     load,
+    route,
     tenant,
     user,
 )
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
     tenant.register(commands, common)
     user.register(commands, common)
+    backend.register(commands, common)
+    route.register(commands, common)
     return parser
 
 

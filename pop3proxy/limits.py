@@ -337,6 +337,20 @@ class FailureLimiter:
         )
         return Verdict(False, user_failures=counts.user, known=known, remember=remember)
 
+    def counts(self, user: str, address: str | None) -> dict[str, int]:
+        """The current failure counts for ``user`` and ``address``, by scope,
+        read the way :meth:`check` reads them (``pop3proxy route`` shows them)."""
+        keys = self._keys(user, address)
+        counts = self._counts(keys)
+        shown = {"user": counts.user}
+        if keys.client:
+            shown["address"] = counts.client
+        for (key, _), count in zip(keys.networks, counts.networks, strict=True):
+            shown[key.removeprefix(f"{self.prefix}:fail:")] = count
+        if keys.names:
+            shown["names_from_address"] = counts.names
+        return shown
+
     def failed(self, user: str, address: str | None, known: bool = False) -> float:
         """Count a failure; returns the delay to wait before refusing: it grows
         with the user's failures, or for a ``known`` client with its own."""
@@ -512,6 +526,13 @@ class LeaseLimiter:
     def key(self, slot: Slot) -> str:
         name = _digest(slot.name) if slot.scope == "user" else slot.name
         return f"{self.prefix}:lease:{slot.scope}:{name}"
+
+    def in_use(self, slot: Slot) -> int | None:
+        """How many live sessions hold a slot in ``slot``'s scope on every
+        replica; ``None`` without Redis (then each process counts its own)."""
+        if self.redis_client is None:
+            return None
+        return int(self.redis_client.zcount(self.key(slot), self._clock(), "+inf"))
 
     def acquire(self, holder: str, slots: Iterable[Slot]) -> tuple[Lease | None, Slot | None]:
         """Take a slot in every scope, or none: returns the lease or the full slot."""

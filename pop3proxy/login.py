@@ -30,7 +30,7 @@ import gevent
 
 from pop3proxy import metrics
 from pop3proxy.auth import Passwords
-from pop3proxy.backends import BackendPicker
+from pop3proxy.backends import BackendPicker, BackendStates
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
 from pop3proxy.interfaces import (
@@ -114,8 +114,11 @@ class LoginService:
     def __init__(self, config: Config, directory: Directory, dialer: BackendDialer) -> None:
         """``dialer``: the shell's, which connects to a backend and runs the login on it."""
         self.directory = directory
-        self.backends = BackendPicker(config.backends, config.timeouts.backend_connect, dialer)
         prefix = config.directory.key_prefix
+        states = BackendStates(directory.redis, prefix, directory.redis_health)
+        self.backends = BackendPicker(
+            config.backends, config.timeouts.backend_connect, dialer, states
+        )
         self.leases = LeaseLimiter(
             directory.redis, prefix, config.limits.lease_ttl, health=directory.redis_health
         )
@@ -146,6 +149,7 @@ class LoginService:
         """Renew this process's leases, so only a dead process's slots expire."""
         if self._renewer is None:
             self._renewer = gevent.spawn(self._renew_forever)
+        self.backends.states.start()
 
     def stop(self) -> None:
         if self._renewer is not None:

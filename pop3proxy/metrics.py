@@ -108,6 +108,17 @@ BACKEND_UP = Gauge(
     ["tenant", "backend"],
     multiprocess_mode="mostrecent",
 )
+BACKEND_STATE = Gauge(
+    "pop3proxy_backend_state",
+    "The operator-set state of a backend: 1 for its current state, 0 for the others",
+    ["backend", "state"],
+    multiprocess_mode="mostrecent",
+)
+BACKEND_STATE_CHANGES = Counter(
+    "pop3proxy_backend_state_changes",
+    "Backend state changes this process applied, by the new state",
+    ["state"],
+)
 PROXY_PROTOCOL_ERRORS = Counter(
     "pop3proxy_proxy_protocol_errors",
     "Inbound connections closed for a missing, malformed or untrusted PROXY header",

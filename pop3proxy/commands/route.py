@@ -1,0 +1,189 @@
+"""``pop3proxy route USER@TENANT``: what a login would do now, without logging in.
+
+Every answer comes from the functions a login itself runs (the name split
+and the SNI rule of :mod:`pop3proxy.login`, the tenant's identity rule,
+:func:`pop3proxy.backends.try_order`, the failure budgets' and session
+slots' own reads), so the explanation cannot drift from a real login. The
+breaker of a backend lives in each replica's memory: the CLI does not know
+it and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+from typing import Any
+
+from pop3proxy.backends import ONLINE, read_states, try_order
+from pop3proxy.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    configured_store,
+    load,
+)
+from pop3proxy.config import Config
+from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.limits import AllowList, FailureLimiter, LeaseLimiter, Slot
+from pop3proxy.login import sni_tenant
+from pop3proxy.routing import Rotation
+from pop3proxy.tenants import MalformedName, UserName, split_user
+
+BREAKER_UNKNOWN = "not known from the CLI (each replica keeps its own)"
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    route = commands.add_parser(
+        "route", parents=[common], help="explain what a login would do now, without logging in"
+    )
+    route.add_argument("user", metavar="USER[@TENANT]")
+    route.add_argument("--from", dest="address", metavar="ADDRESS", help="the client's address")
+    route.add_argument("--sni", metavar="NAME", help="the TLS server name the client asks for")
+    route.add_argument("--json", action="store_true", help="JSON instead of text")
+    route.set_defaults(handler=cmd_route)
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    if args.address is not None:
+        try:
+            ipaddress.ip_address(args.address)
+        except ValueError:
+            raise CommandError(
+                f"--from: expected an IP address, got {args.address!r}", EXIT_USAGE
+            ) from None
+    config = load(args)
+    directory = Directory(configured_store(args), config.directory)
+    try:
+        route = explain(config, directory, args.user, args.address, args.sni)
+    except DirectoryUnavailable as error:
+        raise CommandError(str(error)) from None
+    if args.json:
+        print(json.dumps(route, indent=2))
+    else:
+        print_route(route)
+    return EXIT_FAILED if route.get("refused") else EXIT_OK
+
+
+def explain(
+    config: Config, directory: Directory, user: str, address: str | None, sni: str | None
+) -> dict[str, Any]:
+    """The route of a login of ``user`` from ``address`` asking for ``sni``."""
+    tenancy = config.tenancy
+    from_sni = sni_tenant(config, sni)
+    route: dict[str, Any] = {"user": user}
+    try:
+        name: UserName = split_user(user, tenancy.separator, from_sni or tenancy.default_tenant)
+    except MalformedName as error:
+        return {**route, "refused": "malformed_name", "detail": str(error)}
+    route["tenant"] = name.tenant
+    route["tenant_from"] = _tenant_source(user, tenancy.separator, from_sni, name.tenant)
+    route["limits"] = _budgets(config, directory, name.folded, address)
+    if name.tenant is None:
+        return {**route, "refused": "unknown_tenant"}
+    tenant = directory.lookup(name.tenant)
+    if tenant is None:
+        return {**route, "refused": "unknown_tenant"}
+    if not tenant.enabled:
+        return {**route, "refused": "disabled"}
+    identity = tenant.identity(name)
+    pin = directory.pinned_backend(tenant, identity.local)
+    client = directory.redis
+    states = read_states(client, config.directory.key_prefix) if client is not None else {}
+    order = try_order(tenant, identity.full, Rotation(), pin, lambda a: states.get(a, ONLINE))
+    tried = [backend.address for backend in order]
+    route.update(
+        identity=identity.full,
+        auth=tenant.auth,
+        backend_login=tenant.backend_login(identity),
+        policy=tenant.policy,
+        pin=pin,
+        backends=[
+            {
+                "backend": backend.address,
+                "state": states.get(backend.address, ONLINE),
+                "try": tried.index(backend.address) + 1 if backend.address in tried else None,
+                "breaker": BREAKER_UNKNOWN,
+            }
+            for backend in sorted(
+                tenant.backends,
+                key=lambda b: tried.index(b.address) if b.address in tried else len(tried),
+            )
+        ],
+        max_attempts=config.backends.max_attempts,
+    )
+    if tenant.policy == "round_robin" and len(tenant.backends) > 1:
+        route["note"] = "round_robin: each login of a replica starts one further along this order"
+    route["limits"]["sessions"] = _sessions(
+        config, directory, tenant.name, identity.full, tenant.max_sessions
+    )
+    return route
+
+
+def _tenant_source(
+    user: str, separator: str, from_sni: str | None, tenant: str | None
+) -> str | None:
+    if tenant is None:
+        return None
+    if separator in user:
+        return "name"
+    return "sni" if from_sni else "default_tenant"
+
+
+def _budgets(
+    config: Config, directory: Directory, budget: str, address: str | None
+) -> dict[str, Any]:
+    """The failure budgets a login checks first, as the login reads them."""
+    auth = config.auth
+    limiter = FailureLimiter(
+        directory.redis, config.directory.key_prefix, auth, AllowList(auth.allow)
+    )
+    verdict = limiter.check(budget, address)
+    return {
+        "blocked": verdict.scope if verdict.blocked else None,
+        "address_allowed": address in limiter.allow,
+        "failures": limiter.counts(budget, address),
+        "block_after": auth.block_after,
+        "block_after_per_address": auth.block_after_per_address,
+    }
+
+
+def _sessions(
+    config: Config, directory: Directory, tenant: str, user: str, tenant_limit: int
+) -> dict[str, Any]:
+    leases = LeaseLimiter(directory.redis, config.directory.key_prefix, config.limits.lease_ttl)
+    slots = [Slot("tenant", tenant, tenant_limit)]
+    if config.limits.max_sessions_per_user:
+        slots.append(Slot("user", user, config.limits.max_sessions_per_user))
+    return {
+        slot.scope: {"in_use": leases.in_use(slot), "limit": slot.limit or None} for slot in slots
+    }
+
+
+def print_route(route: dict[str, Any]) -> None:
+    print(f"user:      {route['user']}")
+    if route.get("tenant"):
+        print(f"tenant:    {route['tenant']} (from {route['tenant_from']})")
+    if route.get("refused"):
+        print(
+            f"result:    refused: {route['refused']}"
+            + (f" ({route['detail']})" if route.get("detail") else "")
+        )
+    if "identity" in route:
+        print(f"identity:  {route['identity']} (backend login {route['backend_login']})")
+        print(f"auth:      {route['auth']}")
+        print(f"policy:    {route['policy']}" + (f"; {route['note']}" if route.get("note") else ""))
+        print(f"pin:       {route['pin'] or 'none'}")
+        print(f"backends (at most {route['max_attempts']} tried):")
+        for row in route["backends"]:
+            order = f"{row['try']}." if row["try"] else "-"
+            print(f"  {order:<3} {row['backend']}  state={row['state']}  breaker: {row['breaker']}")
+    limits = route.get("limits")
+    if limits:
+        counts = ", ".join(f"{scope} {count}" for scope, count in limits["failures"].items())
+        blocked = f"blocked ({limits['blocked']})" if limits["blocked"] else "not blocked"
+        print(f"failures:  {counts}; {blocked}")
+        for scope, slot in limits.get("sessions", {}).items():
+            in_use = "unknown" if slot["in_use"] is None else slot["in_use"]
+            print(f"sessions:  {scope} {in_use} in use, limit {slot['limit'] or 'none'}")
