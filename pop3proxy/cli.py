@@ -27,6 +27,7 @@ from pop3proxy.commands import (  # noqa: E402
     CommandError,
     add_config_option,
     load,
+    sessions,
     tenant,
     user,
 )
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
     tenant.register(commands, common)
     user.register(commands, common)
+    sessions.register(commands, common)
     return parser
 
 
