@@ -186,3 +186,20 @@ def test_who_reads_10000_sessions_in_under_a_second(redis_server):
     assert {entry["replica"] for entry in listed} == {"a:1", "b:2"}
     assert elapsed < 1.0, elapsed
     client.close()
+
+
+def test_changing_a_local_users_password_ends_that_users_sessions(
+    make_local_tenant, dovecot, fresh_mailbox
+):
+    proxy = make_local_tenant(dovecot)
+    fresh_mailbox("alice")
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+        wire.login("alice@local.example", "local-pass")
+        changed = run_cli(
+            proxy.config_path, "user", "set-password", "alice@local.example", stdin="new-pass\n"
+        )
+        assert changed.returncode == 0, changed.stderr
+        assert "1 session(s) of alice@local.example ended" in changed.stdout
+        assert closed_within(wire, KICK_WITHIN)
+    kick = [r for r in proxy.log_records() if r.get("message") == "kick"][-1]
+    assert (kick["scope"], kick["reason"], kick["sessions"]) == ("user", "password changed", 1)
