@@ -101,7 +101,6 @@ class App:
         self.directory.on_kick = self._on_kick
         self._wall_offset = time.time() - time.monotonic()
         """Turns a session's monotonic start into Unix time, the same way every time."""
-        self._registry_failing = False
 
     def _use_contexts(self, contexts: dict[str, ssl.SSLContext]) -> None:
         self.services.server_tls = contexts
@@ -191,17 +190,12 @@ class App:
 
     def _sync_registry(self) -> None:
         """Every :data:`SYNC_INTERVAL`: the logged-in sessions to Redis, in one pipeline."""
-        assert self.registry is not None
+        registry, health = self.registry, self.directory.store.shared_health()
+        assert registry is not None and health is not None
         while True:
             gevent.sleep(SYNC_INTERVAL)
-            try:
-                self._write_registry(self.registry)
-            except Exception as error:
-                if not self._registry_failing:
-                    log.warning("session registry: cannot write", extra={"error": str(error)})
-                self._registry_failing = True
-            else:
-                self._registry_failing = False
+            # Skipped while Redis is known to be down; everything is written again after.
+            health.call(lambda: self._write_registry(registry), lambda: None)
 
     def _write_registry(self, registry: SessionRegistry) -> None:
         by_id = {session.id: session for session in self.sessions if session.phase == "relay"}
