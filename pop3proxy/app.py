@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 
 import gevent
@@ -39,6 +40,15 @@ from pop3proxy.net.listener import Listener
 from pop3proxy.net.session import ClientSession, Services
 from pop3proxy.net.sockets import RawSocket
 from pop3proxy.reload import CertificateWatcher, changes, live_config
+from pop3proxy.sessions import (
+    SYNC_INTERVAL,
+    Entry,
+    KickScope,
+    SessionRegistry,
+    answer_kick,
+    parse_kick,
+    replica_name,
+)
 
 log = logging.getLogger("pop3proxy")
 
@@ -83,6 +93,14 @@ class App:
         self.draining = False
         self.stopping = Event()
         self._background: list[gevent.Greenlet] = []
+        self.replica = replica_name()
+        self._redis = self.directory.store.shared_redis()
+        self.registry: SessionRegistry | None = None
+        if self._redis is not None:
+            self.registry = SessionRegistry(self._redis, config.directory.key_prefix, self.replica)
+        self.directory.on_kick = self._on_kick
+        self._wall_offset = time.time() - time.monotonic()
+        """Turns a session's monotonic start into Unix time, the same way every time."""
 
     def _use_contexts(self, contexts: dict[str, ssl.SSLContext]) -> None:
         self.services.server_tls = contexts
@@ -137,6 +155,8 @@ class App:
         if self.certificates is not None:
             self.certificates.start()
         self._background.append(gevent.spawn(self._flush_metrics))
+        if self.registry is not None:
+            self._background.append(gevent.spawn(self._sync_registry))
         if self.worker is not None:
             self._background.append(gevent.spawn(self._watch_parent, os.getppid()))
         log.info("started", extra={"version": __version__, "pid": os.getpid()})
@@ -149,6 +169,75 @@ class App:
             for session in list(self.sessions):
                 session.flush_metrics()
             metrics.fold()
+
+    # -- who and kick (pop3proxy.sessions) ----------------------------------------
+
+    def describe(self, session: ClientSession) -> Entry:
+        """A session as ``who`` lists it and a kick's scope matches it."""
+        login = session.login
+        return {
+            "id": session.id,
+            "user": login.user if login else None,
+            "tenant": login.tenant if login else None,
+            "client": session.peer[0] if session.peer else None,
+            "listener": session.listener.name,
+            "backend": login.backend.address if login else None,
+            "phase": session.phase,
+            "started": round(session.started + self._wall_offset, 3),
+            "bytes_in": session.traffic.to_backend,
+            "bytes_out": session.traffic.to_client,
+        }
+
+    def _sync_registry(self) -> None:
+        """Every :data:`SYNC_INTERVAL`: the logged-in sessions to Redis, in one pipeline."""
+        registry, health = self.registry, self.directory.store.shared_health()
+        assert registry is not None and health is not None
+        while True:
+            gevent.sleep(SYNC_INTERVAL)
+            # Skipped while Redis is known to be down; everything is written again after.
+            health.call(lambda: self._write_registry(registry), lambda: None)
+
+    def _write_registry(self, registry: SessionRegistry) -> None:
+        by_id = {session.id: session for session in self.sessions if session.phase == "relay"}
+        states = {
+            session_id: (session.traffic.to_backend, session.traffic.to_client)
+            for session_id, session in by_id.items()
+        }
+        registry.sync(states, lambda session_id: self.describe(by_id[session_id]))
+
+    def _on_kick(self, message: str) -> None:
+        """A kick from the change channel: end the matching sessions here, then answer."""
+        try:
+            kick_id, scope, reason = parse_kick(message)
+        except (ValueError, KeyError, TypeError):
+            log.warning("kick message unreadable: ignored", extra={"change": message[:200]})
+            return
+        gevent.spawn(self._kick, kick_id, scope, reason)
+
+    def _kick(self, kick_id: str, scope: KickScope, reason: str) -> None:
+        ended = 0
+        for session in list(self.sessions):
+            if session.phase not in ("closing", "closed") and scope.matches(self.describe(session)):
+                session.end("kicked")
+                ended += 1
+        metrics.add(metrics.KICKS, scope.scope)
+        log.info(
+            "kick",
+            extra={
+                "scope": scope.scope,
+                "value": scope.value,
+                "reason": reason or None,
+                "sessions": ended,
+                "kick": kick_id,
+            },
+        )
+        if self._redis is not None:
+            try:
+                answer_kick(
+                    self._redis, self.config.directory.key_prefix, kick_id, self.replica, ended
+                )
+            except Exception as error:
+                log.warning("kick: cannot answer", extra={"error": str(error)})
 
     def _watch_parent(self, parent: int) -> None:
         """A worker whose supervisor is gone drains and exits instead of lingering."""
@@ -200,6 +289,11 @@ class App:
         for greenlet in self._background:
             greenlet.kill(block=False)
         self.directory.stop()
+        if self.registry is not None:
+            try:
+                self.registry.clear()
+            except Exception as error:
+                log.warning("session registry: cannot clear", extra={"error": str(error)})
         self.logins.stop()
         if self.certificates is not None:
             self.certificates.stop()

@@ -29,6 +29,7 @@ from pop3proxy.commands import (  # noqa: E402
     backend,
     load,
     route,
+    sessions,
     tenant,
     user,
 )
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.register(commands, common)
     backend.register(commands, common)
     route.register(commands, common)
+    sessions.register(commands, common)
     return parser
 
 

@@ -306,6 +306,8 @@ class Directory:
             stale_negative=True,
         )
         self._bad_pins: set[tuple[str, str, str]] = set()
+        self.on_kick: Callable[[str], None] | None = None
+        """Gets each ``kick:`` message's rest (:mod:`pop3proxy.sessions`): set by the app."""
 
     def lookup(self, name: str) -> Tenant | None:
         """The tenant record, or ``None`` if no such tenant exists.
@@ -391,7 +393,10 @@ class Directory:
     def on_change(self, message: str) -> None:
         """An invalidation message from :mod:`pop3proxy.invalidation`."""
         kind, _, rest = message.partition(":")
-        if kind == "tenant" and rest:
+        if kind == "kick":
+            if self.on_kick is not None:
+                self.on_kick(rest)
+        elif kind == "tenant" and rest:
             self.cache.invalidate(rest.lower())
         elif kind == "user" and rest:
             tenant, _, local = rest.partition(":")

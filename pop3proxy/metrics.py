@@ -91,6 +91,7 @@ SESSION_DURATION = Histogram(
     ["tenant"],
     buckets=DURATION_BUCKETS,
 )
+KICKS = Counter("pop3proxy_kicks", "Kicks received by this replica, by scope", ["scope"])
 BYTES = Counter("pop3proxy_bytes", "Bytes relayed", ["tenant", "direction"])
 COMMANDS = Counter("pop3proxy_commands", "Client commands relayed", ["tenant", "command"])
 BACKEND_CONNECT = Histogram(

@@ -29,7 +29,8 @@ from pop3proxy.commands import (
     load,
     usage,
 )
-from pop3proxy.directory import DirectoryUnavailable, Store
+from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store
+from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
     Identity,
     MalformedName,
@@ -178,6 +179,8 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
     stored = Passwords.from_config(config.auth).hash(_read_password())
     store.put_user_fields(user.tenant, user.local, {"password_hash": stored})
     print(f"password set for {user}")
+    if tenant.auth == "local":
+        _end_sessions(store, user, "password changed")
     return EXIT_OK
 
 
@@ -187,7 +190,19 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     if not store.delete_user(user.tenant, user.local):
         raise CommandError(f"no record for {user}")
     print(f"user {user} deleted")
+    tenant = store.get(user.tenant)
+    if tenant is not None and tenant.auth == "local":
+        _end_sessions(store, user, "user deleted")
     return EXIT_OK
+
+
+def _end_sessions(store: Store, user: Identity, reason: str) -> None:
+    """A local user's password changed or the user is gone: the sessions that
+    logged in with it end on every replica (``pop3proxy kick --user``)."""
+    if not isinstance(store, RedisStore):
+        return
+    result = kick(store.client, store.prefix, KickScope("user", user.full), reason)
+    print(f"{result.ended} session(s) of {user} ended")
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:

@@ -67,6 +67,7 @@ def new_session_id() -> str:
 _FAREWELLS = {
     "auth_timeout": replies.err("Authorization timed out", replies.Code.SYS_TEMP),
     "draining": replies.err("Server is restarting, please reconnect", replies.Code.SYS_TEMP),
+    "kicked": replies.err("Session ended by the administrator", replies.Code.SYS_TEMP),
 }
 """What a client still in AUTHORIZATION hears when the proxy ends its session."""
 
@@ -598,7 +599,8 @@ class ClientSession(ErrorBoundary):
         self.services.logins.release(login.lease, lambda: self._close(reason))
 
     def end(self, reason: str) -> None:
-        """End the session from outside: the proxy is draining or stopping."""
+        """End the session from outside: the proxy is draining or stopping, or an
+        operator kicked it (``kicked``); in TRANSACTION, without QUIT to the backend."""
         if self.phase in _ENDED:
             return
         if self._relay is not None:

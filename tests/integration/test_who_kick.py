@@ -1,0 +1,205 @@
+"""``pop3proxy who`` and ``pop3proxy kick`` across two proxy processes sharing one Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from harness.ports import wait_until
+from harness.proxy import TENANT, ProxyProcess, run_cli
+from harness.users import USERS
+from harness.wire import Pop3Wire
+
+from pop3proxy.directory import RedisStore
+from pop3proxy.sessions import SessionRegistry, live_sessions
+from pop3proxy.tenants import parse_tenant
+
+KICK_WITHIN = 2.0
+
+
+@pytest.fixture
+def replicas(make_proxy) -> tuple[ProxyProcess, ProxyProcess]:
+    """Two proxies, one Redis and one key prefix: two replicas of one deployment."""
+    shared = {"directory": {"key_prefix": f"kick-{uuid.uuid4().hex[:8]}"}}
+    return make_proxy(shared), make_proxy(shared)
+
+
+def who(proxy: ProxyProcess, *args: str) -> list[dict[str, Any]]:
+    result = run_cli(proxy.config_path, "who", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def users_listed(proxy: ProxyProcess, *args: str) -> set[str]:
+    return {entry["user"] for entry in who(proxy, *args)}
+
+
+def closed_within(wire: Pop3Wire, seconds: float) -> bool:
+    """The proxy closed the connection (EOF) within ``seconds``, with nothing said."""
+    wire.sock.settimeout(seconds)
+    try:
+        return wire.read_line() == b""
+    except TimeoutError:
+        return False
+
+
+def test_who_lists_both_replicas_and_kick_user_ends_the_other_ones_session_without_deleting(
+    replicas, fresh_mailbox, dovecot
+):
+    first, second = replicas
+    messages = fresh_mailbox("carol")
+    fresh_mailbox("dave")
+    mark = dovecot.log_mark()
+    with (
+        Pop3Wire(first.host, first.ports["plain"]) as carol,
+        Pop3Wire(second.host, second.ports["plain"]) as dave,
+    ):
+        carol.login(f"carol@{TENANT}", USERS["carol"])
+        dave.login(f"DAVE@{TENANT}", USERS["dave"])
+        wanted = {f"carol@{TENANT}", f"dave@{TENANT}"}
+        wait_until(lambda: users_listed(first) == wanted, 10, message="who lists both sessions")
+        entries = {entry["user"]: entry for entry in who(second)}
+        assert entries[f"carol@{TENANT}"]["replica"] != entries[f"dave@{TENANT}"]["replica"]
+        for entry in entries.values():
+            assert entry["tenant"] == TENANT
+            assert entry["backend"] == f"{dovecot.host}:{dovecot.port}"
+            assert entry["listener"] == "plain"
+            assert entry["client"] == "127.0.0.1"
+            assert entry["phase"] == "relay"
+            assert abs(entry["started"] - time.time()) < 60
+        assert users_listed(first, "--user", f"Carol@{TENANT}") == {f"carol@{TENANT}"}
+
+        assert carol.command("DELE 1").startswith(b"+OK")
+        kicked = run_cli(second.config_path, "kick", "--user", f"carol@{TENANT}", "--reason", "x")
+        assert kicked.returncode == 0, kicked.stderr
+        assert kicked.stdout.strip() == "1 session(s) ended"
+        assert closed_within(carol, KICK_WITHIN)
+        assert dave.command("NOOP").startswith(b"+OK")  # another user: untouched
+        wait_until(lambda: users_listed(first) == {f"dave@{TENANT}"}, 5, message="carol unlisted")
+        dovecot.wait_for_log(r"pop3\(carol\).*Disconnected: Connection closed.*del=0/", since=mark)
+    assert dovecot.message_count("carol") == len(messages)
+    kicks = [r for r in first.log_records() if r.get("message") == "kick"]
+    assert [(r["scope"], r["sessions"]) for r in kicks] == [("user", 1)]
+    assert [r["end"] for r in first.sessions() if r.get("user") == f"carol@{TENANT}"] == ["kicked"]
+    assert [r["sessions"] for r in second.log_records() if r.get("message") == "kick"] == [0]
+    wait_until(
+        lambda: 'pop3proxy_kicks_total{scope="user"} 1.0' in first.metrics(), 10, interval=0.5
+    )
+
+
+def test_kick_backend_ends_only_the_sessions_on_that_backend(
+    replicas, make_dovecot, dovecot, fresh_mailbox, redis_server
+):
+    first, second = replicas
+    other = make_dovecot()
+    other.reset_mailbox("erin", [b"Subject: x\r\n\r\nhello\r\n"])
+    fresh_mailbox("bob")
+    store = RedisStore(redis_server.client(), first.config["directory"]["key_prefix"])
+    store.put(
+        parse_tenant(
+            {"name": "other.example", "backends": [{"host": other.host, "port": other.port}]}
+        )
+    )
+    with (
+        Pop3Wire(first.host, first.ports["plain"]) as bob,
+        Pop3Wire(second.host, second.ports["plain"]) as erin,
+    ):
+        bob.login(f"bob@{TENANT}", USERS["bob"])
+        erin.login("erin@other.example", USERS["erin"])
+        other_backend = f"{other.host}:{other.port}"
+        wait_until(
+            lambda: users_listed(first, "--backend", other_backend) == {"erin@other.example"},
+            10,
+            message="who --backend lists erin only",
+        )
+        kicked = run_cli(first.config_path, "kick", "--backend", other_backend)
+        assert kicked.returncode == 0, kicked.stderr
+        assert kicked.stdout.strip() == "1 session(s) ended"
+        assert closed_within(erin, KICK_WITHIN)
+        assert bob.command("NOOP").startswith(b"+OK")
+    store.client.close()
+
+
+def test_kick_in_authorization_says_sys_temp(replicas):
+    first, second = replicas
+    with Pop3Wire(first.host, first.ports["plain"]) as wire:
+        assert wire.greeting.startswith(b"+OK")
+        assert wire.command(f"USER alice@{TENANT}").startswith(b"+OK")
+        kicked = run_cli(second.config_path, "kick", "--from", "127.0.0.0/8")
+        assert kicked.returncode == 0, kicked.stderr
+        assert kicked.stdout.strip() == "1 session(s) ended"
+        assert wire.read_line().startswith(b"-ERR [SYS/TEMP]")
+        assert wire.read_line() == b""
+
+
+def test_kick_with_nothing_matching_exits_0(replicas):
+    kicked = run_cli(replicas[0].config_path, "kick", "--tenant", "nobody.example")
+    assert kicked.returncode == 0, kicked.stderr
+    assert kicked.stdout.strip() == "0 session(s) ended"
+
+
+def test_kick_and_who_exit_1_when_redis_cannot_be_reached(make_proxy):
+    proxy = make_proxy(
+        {"directory": {"redis_url": "redis://127.0.0.1:1/0"}}, start=False, tenants=False
+    )
+    for args in (("kick", "--user", f"alice@{TENANT}"), ("who",)):
+        result = run_cli(proxy.config_path, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "Redis" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_kick_refuses_a_bad_cidr(replicas):
+    result = run_cli(replicas[0].config_path, "kick", "--from", "not-a-network")
+    assert result.returncode == 2
+    assert "--from" in result.stderr and "Traceback" not in result.stderr
+
+
+def synthetic_entry(session: str) -> dict[str, Any]:
+    return {
+        "id": session,
+        "user": f"{session}@{TENANT}",
+        "tenant": TENANT,
+        "client": "192.0.2.1",
+        "listener": "pop3",
+        "backend": "10.0.0.1:110",
+        "phase": "relay",
+        "started": time.time(),
+        "bytes_in": 10,
+        "bytes_out": 1000,
+    }
+
+
+def test_who_reads_10000_sessions_in_under_a_second(redis_server):
+    prefix = f"who-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    states = {f"s{number}": (number, 0) for number in range(5_000)}
+    for replica in ("a:1", "b:2"):
+        SessionRegistry(client, prefix, replica).sync(states, synthetic_entry)
+    started = time.perf_counter()
+    listed = live_sessions(client, prefix)
+    elapsed = time.perf_counter() - started
+    assert len(listed) == 10_000
+    assert {entry["replica"] for entry in listed} == {"a:1", "b:2"}
+    assert elapsed < 1.0, elapsed
+    client.close()
+
+
+def test_changing_a_local_users_password_ends_that_users_sessions(
+    make_local_tenant, dovecot, fresh_mailbox
+):
+    proxy = make_local_tenant(dovecot)
+    fresh_mailbox("alice")
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
+        wire.login("alice@local.example", "local-pass")
+        changed = run_cli(
+            proxy.config_path, "user", "set-password", "alice@local.example", stdin="new-pass\n"
+        )
+        assert changed.returncode == 0, changed.stderr
+        assert "1 session(s) of alice@local.example ended" in changed.stdout
+        assert closed_within(wire, KICK_WITHIN)
+    kick = [r for r in proxy.log_records() if r.get("message") == "kick"][-1]
+    assert (kick["scope"], kick["reason"], kick["sessions"]) == ("user", "password changed", 1)
