@@ -43,6 +43,7 @@ from pop3proxy.interfaces import (
     LoginRefused,
 )
 from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot, Verdict
+from pop3proxy.logs import UserLogForm, loggable_name, read_hash_key
 from pop3proxy.names import match_name, usable_server_name
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
@@ -108,6 +109,14 @@ class RefusalClock:
         return max(self.floor, self.backend_refusal)
 
 
+def user_log_form(config: Config) -> UserLogForm:
+    """``logging.user`` and its key (read at start and on SIGHUP)."""
+    logging_config = config.logging
+    hashed = logging_config.user == "hash"
+    key = read_hash_key(logging_config.user_hash_key_file) if hashed else b""
+    return UserLogForm(logging_config.user, key)
+
+
 class LoginService:
     """Runs a login: budgets, tenant, password (passthrough or local), leases."""
 
@@ -141,6 +150,7 @@ class LoginService:
         )
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
+        self.log_user = user_log_form(config)
 
     def start(self) -> None:
         """Renew this process's leases, so only a dead process's slots expire."""
@@ -232,6 +242,10 @@ class LoginService:
                 raise LoginFailed(AUTH_FAILURE, "malformed_name")
             tenant, logged_in = self._login(name, password, client, session_id)
         except LoginFailed as failure:
+            # As the login understood the name: canonical once the tenant was
+            # found, else folded as the budgets key it, else as typed; made safe.
+            understood = failure.user or (name.folded if name else user)
+            failure.log_user = self.log_user(loggable_name(understood))
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, budget, address, verdict, started)
             raise
@@ -289,6 +303,22 @@ class LoginService:
         # From here on one identity, however the name was typed: the record,
         # the pin, the backend login name, the session slot and the logs.
         user = tenant.identity(name)
+        try:
+            connection, lease = self._open_with_slots(tenant, user, password, client, session_id)
+        except LoginFailed as failure:
+            failure.user = user.full
+            raise
+        full = user.full
+        return tenant, LoggedIn(connection, tenant.name, full, lease, self.log_user(full))
+
+    def _open_with_slots(
+        self,
+        tenant: Tenant,
+        user: Identity,
+        password: bytes,
+        client: ClientAddress | None,
+        session_id: str,
+    ) -> tuple[BackendConnection, Lease]:
         backend_password = password
         if tenant.auth == "local":
             self._check_local_password(tenant, user, password)
@@ -299,7 +329,7 @@ class LoginService:
         except BaseException:  # refused, or ended while Redis had the request
             connection.close()  # no QUIT: the backend never enters UPDATE
             raise
-        return tenant, LoggedIn(connection, tenant.name, str(user), lease)
+        return connection, lease
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:

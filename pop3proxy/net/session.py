@@ -546,6 +546,7 @@ class ClientSession(ErrorBoundary):
                 extra={
                     "session": self.id,
                     "tenant": failure.tenant,
+                    "user": failure.log_user,
                     "result": failure.result,
                     "detail": failure.detail,
                 },
@@ -682,7 +683,7 @@ class ClientSession(ErrorBoundary):
                 "listener": self.listener.name,
                 "client": self.peer[0] if self.peer else None,
                 "tenant": login.tenant if login else None,
-                "user": login.user if login else None,
+                "user": login.log_user if login else None,
                 "backend": login.backend.address if login else None,
                 "result": self.result,
                 "end": reason,
