@@ -145,6 +145,10 @@ class LimitsConfig:
     exclusive maildrop; 0: no limit."""
     lease_ttl: float = 60.0
     """How soon a crashed replica's connection and session slots come back."""
+    login_history: int = 50
+    """Logins remembered per user for ``pop3proxy user history``; 0: none."""
+    login_history_ttl: float = 30 * 86400.0
+    """A user's history goes this long after their last login."""
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -568,6 +572,8 @@ def _limits(r: Reader) -> LimitsConfig:
         ),
         max_sessions_per_user=r.integer("max_sessions_per_user", defaults.max_sessions_per_user),
         lease_ttl=r.duration("lease_ttl", defaults.lease_ttl),
+        login_history=r.integer("login_history", defaults.login_history, minimum=0, maximum=10000),
+        login_history_ttl=r.duration("login_history_ttl", defaults.login_history_ttl),
     )
     if config.lease_ttl < 3:
         r.problem("lease_ttl", "expected at least 3s (leases are renewed every third of it)")

@@ -193,8 +193,12 @@ class Logins(Protocol):
         sni: str | None = None,
         client: ClientAddress | None = None,
         session_id: str = "",
+        listener: str | None = None,
+        mechanism: str = "USER",
     ) -> LoggedIn:
-        """Log ``user`` in (from a greenlet); raises :class:`LoginFailed`."""
+        """Log ``user`` in (from a greenlet); raises :class:`LoginFailed`.
+        ``listener`` and ``mechanism`` (``USER`` or ``PLAIN``) go to the
+        user's login history."""
         ...
 
     def release(self, lease: Lease | None, then: Callable[[], None] | None = None) -> None:

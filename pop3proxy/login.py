@@ -33,6 +33,7 @@ from pop3proxy.auth import Passwords
 from pop3proxy.backends import BackendPicker
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.history import LoginHistory, LoginRecord
 from pop3proxy.interfaces import (
     BackendConnection,
     BackendDialer,
@@ -151,6 +152,18 @@ class LoginService:
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
         self.log_user = user_log_form(config)
+        health = self.directory.redis_health
+        self.history = (
+            LoginHistory(
+                self.directory.redis,
+                prefix,
+                health,
+                config.limits.login_history,
+                config.limits.login_history_ttl,
+            )
+            if health is not None and self.directory.redis is not None
+            else None
+        )
 
     def start(self) -> None:
         """Renew this process's leases, so only a dead process's slots expire."""
@@ -216,6 +229,8 @@ class LoginService:
         sni: str | None = None,
         client: ClientAddress | None = None,
         session_id: str = "",
+        listener: str | None = None,
+        mechanism: str = "USER",
     ) -> LoggedIn:
         """Log ``user`` in; raises :class:`LoginFailed` with the client's reply.
 
@@ -246,6 +261,9 @@ class LoginService:
             # found, else folded as the budgets key it, else as typed; made safe.
             understood = failure.user or (name.folded if name else user)
             failure.log_user = self.log_user(loggable_name(understood))
+            if failure.user is not None and failure.result != "unknown_user":
+                entry = LoginRecord(time.time(), address, listener, mechanism, failure.result)
+                self._remember(failure.user, entry)
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, budget, address, verdict, started)
             raise
@@ -254,10 +272,20 @@ class LoginService:
         except BaseException:  # ended while Redis had the reset: nobody takes the session
             self.abandon(logged_in)
             raise
+        self._remember(
+            logged_in.user,
+            LoginRecord(time.time(), address, listener, mechanism, "ok", logged_in.backend.address),
+        )
         label = metrics.tenant_label(tenant.name)
         metrics.add(metrics.AUTH, label, "ok")
         metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=tenant.max_sessions)
         return logged_in
+
+    def _remember(self, user: str, entry: LoginRecord) -> None:
+        """Add to the user's login history, off the session's path: the
+        client's reply does not wait for the round trip."""
+        if self.history is not None and self.history.size:
+            gevent.spawn_raw(self.history.record, user, entry)
 
     def abandon(self, login: LoggedIn) -> None:
         """Give back what a login took, for a session nobody will use: the

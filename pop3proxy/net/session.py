@@ -537,6 +537,8 @@ class ClientSession(ErrorBoundary):
                 sni=self.server_name,
                 client=self._client_address(),
                 session_id=self.id,
+                listener=self.listener.name,
+                mechanism=action.mechanism,
             )
         except LoginFailed as failure:
             self._task = None
