@@ -19,8 +19,9 @@ the stop, which finds out, is reported on its own. ``--tree`` runs the proxy
 of another checkout.
 
 ``limits``: what one successful login asks of Redis (the budget check, the
-tenant and user slots, giving them back): Redis requests and time per login,
-for each ``NAME=PATH`` tree in a process of its own.
+tenant and user slots, the login history's entry, giving them back): Redis
+requests and time per login, for each ``NAME=PATH`` tree in a process of
+its own.
 
 ``lookup``: in this process, on gevent as the proxy runs: a cached lookup
 (microseconds), a cold tenant asked for by N concurrent logins (the Redis
@@ -189,6 +190,15 @@ def _limits_of_this_tree(url: str, logins: int) -> str:
         requests[0] += 1
         original(self, *args, **kwargs)  # type: ignore[arg-type]
 
+    try:  # the login history's write (a greenlet after the login, in the proxy)
+        from pop3proxy.history import LoginHistory, LoginRecord
+        from pop3proxy.redisconn import RedisHealth
+    except ImportError:  # older trees keep none
+        history = None
+    else:
+        history = LoginHistory(client, "bench", RedisHealth("bench"), 50, 30 * 86400)
+        entry = LoginRecord(time.time(), "192.0.2.1", "pop3", "USER", "ok", "mail:110")
+
     # Older trees cleared the budget with succeeded(user), and only when the
     # verdict said there were failures (older still: always).
     remembers = len(inspect.signature(failures.succeeded).parameters) == 3
@@ -201,6 +211,8 @@ def _limits_of_this_tree(url: str, logins: int) -> str:
         elif getattr(verdict, "user_failures", 1):
             failures.succeeded("alice@acme.example")
         assert lease is not None
+        if history is not None:
+            history.record("alice@acme.example", entry)
         leases.release(lease)
 
     for number in range(50):

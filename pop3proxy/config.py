@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from pop3proxy import tlspolicy
+from pop3proxy.logs import LOG_HASH_KEY_ENV, USER_FORMS, read_hash_key
 from pop3proxy.schema import TLS_MODES, Reader, SchemaError, parse_address
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -144,6 +145,10 @@ class LimitsConfig:
     exclusive maildrop; 0: no limit."""
     lease_ttl: float = 60.0
     """How soon a crashed replica's connection and session slots come back."""
+    login_history: int = 50
+    """Logins remembered per user for ``pop3proxy user history``; 0: none."""
+    login_history_ttl: float = 30 * 86400.0
+    """A user's history goes this long after their last login."""
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -215,6 +220,11 @@ class MetricsConfig:
 class LoggingConfig:
     level: str = "info"
     format: str = "json"
+    user: str = "plain"
+    """How the user appears on session and login lines: ``plain``, ``hash`` or ``off``."""
+    user_hash_key_file: str | None = None
+    """The key of ``user: hash``: the same on every replica. Without it, the
+    environment variable :data:`~pop3proxy.logs.LOG_HASH_KEY_ENV` holds the key."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +284,7 @@ def parse_config(data: object, base: Path | None = None) -> Config:
         auth=_auth(top.section("auth")),
         backends=_backends(top.section("backends")),
         metrics=_metrics(top.section("metrics")),
-        logging=_logging(top.section("logging")),
+        logging=_logging(top.section("logging"), base),
         workers=_workers(top),
     )
     top.finish()
@@ -562,6 +572,8 @@ def _limits(r: Reader) -> LimitsConfig:
         ),
         max_sessions_per_user=r.integer("max_sessions_per_user", defaults.max_sessions_per_user),
         lease_ttl=r.duration("lease_ttl", defaults.lease_ttl),
+        login_history=r.integer("login_history", defaults.login_history, minimum=0, maximum=10000),
+        login_history_ttl=r.duration("login_history_ttl", defaults.login_history_ttl),
     )
     if config.lease_ttl < 3:
         r.problem("lease_ttl", "expected at least 3s (leases are renewed every third of it)")
@@ -655,10 +667,23 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _logging(r: Reader) -> LoggingConfig:
+def _logging(r: Reader, base: Path | None) -> LoggingConfig:
     config = LoggingConfig(
         level=r.choice("level", LoggingConfig.level, LOG_LEVELS),
         format=r.choice("format", LoggingConfig.format, LOG_FORMATS),
+        user=r.choice("user", LoggingConfig.user, USER_FORMS),
+        user_hash_key_file=_resolve(
+            r.string("user_hash_key_file", LoggingConfig.user_hash_key_file), base
+        ),
     )
+    key_file = config.user_hash_key_file
+    if config.user == "hash" and key_file is None and not os.environ.get(LOG_HASH_KEY_ENV):
+        r.problem(
+            "user_hash_key_file", f"is required when user is hash (or set {LOG_HASH_KEY_ENV})"
+        )
+    elif key_file is not None and not os.path.isfile(key_file):
+        r.problem("user_hash_key_file", f"no such file: {key_file}")
+    elif config.user == "hash" and key_file is not None and not read_hash_key(key_file):
+        r.problem("user_hash_key_file", f"is empty: {key_file}")
     r.finish()
     return config

@@ -158,6 +158,8 @@ class LoggedIn:
     """Who logged in, canonical (``alice@acme.example`` however it was typed)."""
     lease: Lease = None
     """The session slots taken for this login: given back when the relay ends."""
+    log_user: str | None = None
+    """``user`` as the logs show it (``logging.user``): the name, a digest, or none."""
 
 
 class LoginFailed(Exception):
@@ -169,6 +171,10 @@ class LoginFailed(Exception):
         self.result = result
         self.tenant = tenant
         self.detail = detail
+        self.user: str | None = None
+        """Who tried, canonical once the tenant was known (the domain's own use)."""
+        self.log_user: str | None = None
+        """``user`` as the logs show it (``logging.user``), or none."""
 
 
 class Logins(Protocol):
@@ -187,8 +193,12 @@ class Logins(Protocol):
         sni: str | None = None,
         client: ClientAddress | None = None,
         session_id: str = "",
+        listener: str | None = None,
+        mechanism: str = "USER",
     ) -> LoggedIn:
-        """Log ``user`` in (from a greenlet); raises :class:`LoginFailed`."""
+        """Log ``user`` in (from a greenlet); raises :class:`LoginFailed`.
+        ``listener`` and ``mechanism`` (``USER`` or ``PLAIN``) go to the
+        user's login history."""
         ...
 
     def release(self, lease: Lease | None, then: Callable[[], None] | None = None) -> None:

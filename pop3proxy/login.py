@@ -33,6 +33,7 @@ from pop3proxy.auth import Passwords
 from pop3proxy.backends import BackendPicker, BackendStates
 from pop3proxy.config import Config
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.history import LoginHistory, LoginRecord
 from pop3proxy.interfaces import (
     BackendConnection,
     BackendDialer,
@@ -43,6 +44,7 @@ from pop3proxy.interfaces import (
     LoginRefused,
 )
 from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot, Verdict
+from pop3proxy.logs import UserLogForm, loggable_name, read_hash_key
 from pop3proxy.names import match_name, usable_server_name
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
@@ -108,6 +110,14 @@ class RefusalClock:
         return max(self.floor, self.backend_refusal)
 
 
+def user_log_form(config: Config) -> UserLogForm:
+    """``logging.user`` and its key (read at start and on SIGHUP)."""
+    logging_config = config.logging
+    hashed = logging_config.user == "hash"
+    key = read_hash_key(logging_config.user_hash_key_file) if hashed else b""
+    return UserLogForm(logging_config.user, key)
+
+
 class LoginService:
     """Runs a login: budgets, tenant, password (passthrough or local), leases."""
 
@@ -144,6 +154,19 @@ class LoginService:
         )
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
+        self.log_user = user_log_form(config)
+        health = self.directory.redis_health
+        self.history = (
+            LoginHistory(
+                self.directory.redis,
+                prefix,
+                health,
+                config.limits.login_history,
+                config.limits.login_history_ttl,
+            )
+            if health is not None and self.directory.redis is not None
+            else None
+        )
 
     def start(self) -> None:
         """Renew this process's leases, so only a dead process's slots expire."""
@@ -210,6 +233,8 @@ class LoginService:
         sni: str | None = None,
         client: ClientAddress | None = None,
         session_id: str = "",
+        listener: str | None = None,
+        mechanism: str = "USER",
     ) -> LoggedIn:
         """Log ``user`` in; raises :class:`LoginFailed` with the client's reply.
 
@@ -236,6 +261,13 @@ class LoginService:
                 raise LoginFailed(AUTH_FAILURE, "malformed_name")
             tenant, logged_in = self._login(name, password, client, session_id)
         except LoginFailed as failure:
+            # As the login understood the name: canonical once the tenant was
+            # found, else folded as the budgets key it, else as typed; made safe.
+            understood = failure.user or (name.folded if name else user)
+            failure.log_user = self.log_user(loggable_name(understood))
+            if failure.user is not None and failure.result != "unknown_user":
+                entry = LoginRecord(time.time(), address, listener, mechanism, failure.result)
+                self._remember(failure.user, entry)
             metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
             self._hold_back(failure, budget, address, verdict, started)
             raise
@@ -244,10 +276,20 @@ class LoginService:
         except BaseException:  # ended while Redis had the reset: nobody takes the session
             self.abandon(logged_in)
             raise
+        self._remember(
+            logged_in.user,
+            LoginRecord(time.time(), address, listener, mechanism, "ok", logged_in.backend.address),
+        )
         label = metrics.tenant_label(tenant.name)
         metrics.add(metrics.AUTH, label, "ok")
         metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=tenant.max_sessions)
         return logged_in
+
+    def _remember(self, user: str, entry: LoginRecord) -> None:
+        """Add to the user's login history, off the session's path: the
+        client's reply does not wait for the round trip."""
+        if self.history is not None and self.history.size:
+            gevent.spawn_raw(self.history.record, user, entry)
 
     def abandon(self, login: LoggedIn) -> None:
         """Give back what a login took, for a session nobody will use: the
@@ -293,6 +335,22 @@ class LoginService:
         # From here on one identity, however the name was typed: the record,
         # the pin, the backend login name, the session slot and the logs.
         user = tenant.identity(name)
+        try:
+            connection, lease = self._open_with_slots(tenant, user, password, client, session_id)
+        except LoginFailed as failure:
+            failure.user = user.full
+            raise
+        full = user.full
+        return tenant, LoggedIn(connection, tenant.name, full, lease, self.log_user(full))
+
+    def _open_with_slots(
+        self,
+        tenant: Tenant,
+        user: Identity,
+        password: bytes,
+        client: ClientAddress | None,
+        session_id: str,
+    ) -> tuple[BackendConnection, Lease]:
         backend_password = password
         if tenant.auth == "local":
             self._check_local_password(tenant, user, password)
@@ -303,7 +361,7 @@ class LoginService:
         except BaseException:  # refused, or ended while Redis had the request
             connection.close()  # no QUIT: the backend never enters UPDATE
             raise
-        return tenant, LoggedIn(connection, tenant.name, str(user), lease)
+        return connection, lease
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:

@@ -7,10 +7,14 @@ defence: the code never logs passwords, and this makes sure it cannot.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import sys
 import time
+import unicodedata
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _SECRET_MARKERS = ("pass", "secret", "token", "credential", "auth_data")
@@ -56,6 +60,66 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+USER_FORMS = ("plain", "hash", "off")
+"""``logging.user``: how a user name appears on session and login lines."""
+
+USER_HASH_PREFIX = "h:"
+"""Marks a hashed user on a log line, so that nobody takes it for a name."""
+
+_MAX_NAME = 128
+"""A name the login could not parse is cut to this many characters."""
+
+
+def loggable_name(typed: str) -> str:
+    """A name as typed, fit for a log line: control and format characters
+    (newlines, escapes, bidi overrides) become ``?`` and it is cut to
+    :data:`_MAX_NAME` characters, so a client cannot forge or flood lines."""
+    cleaned = "".join(
+        "?" if unicodedata.category(char)[0] == "C" else char for char in typed[:_MAX_NAME]
+    )
+    return cleaned + "..." if len(typed) > _MAX_NAME else cleaned
+
+
+class UserLogForm:
+    """How a user appears in the logs (``logging.user``).
+
+    ``plain``: the name; ``hash``: a keyed digest (HMAC-SHA256, the first 16
+    bytes in hex, behind :data:`USER_HASH_PREFIX`), the same on every replica
+    that has the same key, so one user's lines can be found without the name
+    being written; ``off``: no user field at all.
+    """
+
+    def __init__(self, form: str = "plain", key: bytes = b"") -> None:
+        if form == "hash" and not key:
+            raise ValueError("a hashed user needs a key")
+        self.form = form
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"UserLogForm({self.form!r})"  # never the key
+
+    def __call__(self, user: str) -> str | None:
+        if self.form == "plain":
+            return user
+        if self.form == "off":
+            return None
+        digest = hmac.new(self._key, user.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        return USER_HASH_PREFIX + digest.hexdigest()[:32]
+
+
+LOG_HASH_KEY_ENV = "POP3PROXY_LOG_HASH_KEY"
+"""The key of ``logging.user: hash`` when no ``logging.user_hash_key_file`` is set."""
+
+
+def read_hash_key(path: str | None) -> bytes:
+    """The key of ``logging.user: hash``: the file's bytes without a trailing
+    newline, or (no file) the environment variable :data:`LOG_HASH_KEY_ENV`."""
+    if path is None:
+        return os.environ.get(LOG_HASH_KEY_ENV, "").encode()
+    with open(path, "rb") as key_file:
+        return key_file.read().rstrip(b"\r\n")
 
 
 LEVELS = ("debug", "info", "warning", "error")

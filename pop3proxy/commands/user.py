@@ -18,6 +18,10 @@ import argparse
 import getpass
 import json
 import sys
+import time
+from dataclasses import asdict
+
+import redis
 
 from pop3proxy.auth import Passwords
 from pop3proxy.commands import (
@@ -30,6 +34,7 @@ from pop3proxy.commands import (
     usage,
 )
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store
+from pop3proxy.history import LoginHistory
 from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
     Identity,
@@ -69,6 +74,12 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     listing.add_argument("--tenant", required=True)
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     listing.set_defaults(handler=cmd_user_list)
+    history = user_commands.add_parser(
+        "history", parents=[common], help="a user's last logins, newest first"
+    )
+    history.add_argument("user")
+    history.add_argument("--json", action="store_true", help="JSON instead of a table")
+    history.set_defaults(handler=cmd_user_history)
 
 
 def _name(args: argparse.Namespace) -> UserName:
@@ -226,4 +237,32 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     for entry in users:
         password = "set" if entry["password"] else "-"
         print(f"{entry['user']:<40} {password:<9} {entry['backend'] or '-'}")
+    return EXIT_OK
+
+
+def cmd_user_history(args: argparse.Namespace) -> int:
+    config = load(args)
+    store = configured_store(args)
+    user = _identity(_name(args), store)
+    client, health = store.shared_redis(), store.shared_health()
+    if client is None or health is None:
+        raise CommandError("no login history: the directory uses no Redis", EXIT_USAGE)
+    limits = config.limits
+    history = LoginHistory(
+        client, config.directory.key_prefix, health, limits.login_history, limits.login_history_ttl
+    )
+    try:
+        entries = history.read(user.full)
+    except (redis.RedisError, OSError) as error:
+        raise CommandError(f"redis: {error}") from None
+    if args.json:
+        print(json.dumps({"user": user.full, "logins": [asdict(e) for e in entries]}, indent=2))
+        return EXIT_OK
+    print(f"{'TIME (UTC)':<20} {'CLIENT':<40} {'LISTENER':<10} {'MECH':<6} {'RESULT':<16} BACKEND")
+    for entry in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.time))
+        print(
+            f"{when:<20} {entry.client or '-':<40} {entry.listener or '-':<10} "
+            f"{entry.mechanism:<6} {entry.result:<16} {entry.backend or '-'}"
+        )
     return EXIT_OK

@@ -538,6 +538,8 @@ class ClientSession(ErrorBoundary):
                 sni=self.server_name,
                 client=self._client_address(),
                 session_id=self.id,
+                listener=self.listener.name,
+                mechanism=action.mechanism,
             )
         except LoginFailed as failure:
             self._task = None
@@ -547,6 +549,7 @@ class ClientSession(ErrorBoundary):
                 extra={
                     "session": self.id,
                     "tenant": failure.tenant,
+                    "user": failure.log_user,
                     "result": failure.result,
                     "detail": failure.detail,
                 },
@@ -684,7 +687,7 @@ class ClientSession(ErrorBoundary):
                 "listener": self.listener.name,
                 "client": self.peer[0] if self.peer else None,
                 "tenant": login.tenant if login else None,
-                "user": login.user if login else None,
+                "user": login.log_user if login else None,
                 "backend": login.backend.address if login else None,
                 "result": self.result,
                 "end": reason,

@@ -351,3 +351,17 @@ def test_abuse_budgets_are_configurable() -> None:
 )
 def test_bad_abuse_budgets_name_the_key(auth: dict, expected: str) -> None:
     assert any(p.startswith(expected) for p in problems({**PLAIN_LISTENER, "auth": auth}))
+
+
+def test_a_hashed_log_user_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POP3PROXY_LOG_HASH_KEY", raising=False)
+    hashed = {**PLAIN_LISTENER, "logging": {"user": "hash"}}
+    assert problems(hashed) == [
+        "logging.user_hash_key_file: is required when user is hash (or set POP3PROXY_LOG_HASH_KEY)"
+    ]
+    missing = tmp_path / "absent"
+    with_file = {**PLAIN_LISTENER, "logging": {"user": "hash", "user_hash_key_file": str(missing)}}
+    assert problems(with_file) == [f"logging.user_hash_key_file: no such file: {missing}"]
+    assert problems({**PLAIN_LISTENER, "logging": {"user": "name"}})[0].startswith("logging.user:")
+    monkeypatch.setenv("POP3PROXY_LOG_HASH_KEY", "a key")
+    assert parse_config(hashed).logging.user == "hash"

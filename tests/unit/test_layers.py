@@ -40,6 +40,7 @@ DOMAIN = {
     "pop3proxy.directory",
     "pop3proxy.filestore",
     "pop3proxy.health",
+    "pop3proxy.history",
     "pop3proxy.invalidation",
     "pop3proxy.limits",
     "pop3proxy.login",

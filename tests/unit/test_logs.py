@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from pop3proxy import logs
 from pop3proxy.logs import JSONFormatter, TextFormatter
 
 
@@ -64,3 +65,19 @@ def test_exception_stays_on_one_line() -> None:
     line = JSONFormatter().format(rec)
     assert "\n" not in line
     assert "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_a_typed_name_is_bounded_and_loses_its_control_characters() -> None:
+    assert logs.loggable_name("alice@acme.example") == "alice@acme.example"
+    assert logs.loggable_name("a\r\nb\x1b\u202ec") == "a??b??c"
+    assert logs.loggable_name("x" * 500) == "x" * 128 + "..."
+
+
+def test_a_hashed_user_depends_on_the_key_and_never_shows_the_name() -> None:
+    one, same, other = (logs.UserLogForm("hash", key) for key in (b"k1", b"k1", b"k2"))
+    digest = one("alice@acme.example")
+    assert digest == same("alice@acme.example") != other("alice@acme.example")
+    assert digest is not None and digest.startswith("h:") and "alice" not in digest
+    assert "k1" not in repr(one)
+    assert logs.UserLogForm("off")("alice@acme.example") is None
+    assert logs.UserLogForm("plain")("alice@acme.example") == "alice@acme.example"
