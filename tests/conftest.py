@@ -17,6 +17,12 @@ from harness.dovecot import Dovecot
 from harness.mailbox import sample_messages
 from harness.redis import RedisServer
 from harness.users import MASTER_USERS, USERS
+from hypothesis import settings
+
+# Property tests judge behaviour, not speed: no per-example time limit, which a
+# loaded machine (CI beside other work) would trip without anything being wrong.
+settings.register_profile("pop3proxy", deadline=None)
+settings.load_profile("pop3proxy")
 
 
 def _require(binary: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import yaml
 from harness.ports import wait_until
 from harness.proxy import TENANT
 from harness.users import USERS, WRONG_PASSWORD
@@ -15,9 +16,16 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_file_descriptors_return_to_baseline(make_proxy, fresh_mailbox, certs):
+def test_file_descriptors_return_to_baseline(make_proxy, fresh_mailbox, certs, dovecot, tmp_path):
+    """Counted on a tenants file: with Redis, the proxy's background work (the
+    session registry, backend states, login history) shares a connection pool
+    that grows with concurrency up to ``directory.redis_pool_size`` and keeps
+    its connections, which is not what this test is about."""
     fresh_mailbox("erin")
-    proxy = make_proxy()
+    tenants = tmp_path / "tenants.yaml"
+    record = {"name": TENANT, "backends": [{"host": dovecot.host, "port": dovecot.port}]}
+    tenants.write_text(yaml.safe_dump({"tenants": [record]}))
+    proxy = make_proxy({"directory": {"store": "file", "file": str(tenants)}}, tenants=False)
     pid = proxy.proc.pid
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as warm_up:  # lazy imports, pools
         warm_up.login(f"erin@{TENANT}", USERS["erin"])
