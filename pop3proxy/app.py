@@ -217,7 +217,7 @@ class App:
     def _kick(self, kick_id: str, scope: KickScope, reason: str) -> None:
         ended = 0
         for session in list(self.sessions):
-            if session.phase not in ("closing", "closed") and scope.matches(self.describe(session)):
+            if not session.ended and scope.matches(self.describe(session)):
                 session.end("kicked")
                 ended += 1
         metrics.add(metrics.KICKS, scope.scope)

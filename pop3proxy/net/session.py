@@ -253,6 +253,11 @@ class ClientSession(ErrorBoundary):
     def logged_in(self) -> bool:
         return self.login is not None
 
+    @property
+    def ended(self) -> bool:
+        """Closing or closed: nothing more is done for it from outside."""
+        return self.phase in _ENDED
+
     # -- plumbing --------------------------------------------------------------
 
     def log_context(self) -> dict[str, object]:
