@@ -20,7 +20,7 @@ sans-IO core): nothing that does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -160,6 +160,31 @@ class LoggedIn:
     """The session slots taken for this login: given back when the relay ends."""
     log_user: str | None = None
     """``user`` as the logs show it (``logging.user``): the name, a digest, or none."""
+    mechanism: str = "password"
+    """What the client proved itself with: ``password``, ``app_password`` or ``oauth``."""
+    credential: str | None = None
+    """Which withdrawable credential it used (an app password's id), so that
+    withdrawing it can end the sessions it opened; ``None`` for a password."""
+    meter: DownloadMeter | None = None
+    """Counts what the session sends its client, when a download budget applies."""
+    uidl_map: Mapping[bytes, bytes] | None = None
+    """The user's moved mailbox: the backend's UIDL to the one clients know.
+    ``None`` (most users) leaves every reply as the backend sent it."""
+
+
+class DownloadMeter(Protocol):
+    """One session's share of its user's daily download budget.
+
+    The relay adds each chunk it sends the client (an in-memory sum: the
+    domain adds it up in Redis in batches, off the session's path) and reads
+    :attr:`exhausted` before it forwards a RETR or TOP.
+    """
+
+    @property
+    def exhausted(self) -> bool:
+        """The user's budget is used up, counted across every replica."""
+
+    def add(self, octets: int) -> None: ...
 
 
 class LoginFailed(Exception):
