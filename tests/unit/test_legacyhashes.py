@@ -4,6 +4,7 @@ by the proxy's libraries, and replaced by argon2id after a good login."""
 from __future__ import annotations
 
 import pytest
+from harness.doveadm import dovecot_hash
 
 from pop3proxy.auth import HashParameters, Passwords
 from pop3proxy.legacyhashes import (
@@ -14,8 +15,7 @@ from pop3proxy.legacyhashes import (
     stored_scheme,
     verify_legacy,
 )
-from tests.harness.doveadm import dovecot_hash
-from tests.unit.test_auth import CHEAP, fastest
+from unit.test_auth import CHEAP, fastest
 
 PASSWORD = "Sommer 2019 ä!"
 
