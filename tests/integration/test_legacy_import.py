@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import poplib
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,23 @@ def test_nothing_readable_or_no_file_fails(migration, tmp_path):
     )
     assert unknown.returncode == 1
     assert "no tenant named 'nowhere.example'" in unknown.stderr
+
+
+def test_a_legacy_user_is_refused_no_faster_than_an_unknown_one(
+    make_local_tenant, dovecot, tmp_path
+):
+    """A salted SHA is checked in microseconds, argon2id for an unknown user in
+    milliseconds: the dummy check and the refusal clock make both refusals alike."""
+    proxy = make_local_tenant(dovecot, failure_delay="0.5s")
+    hashes = write_passwd_file(tmp_path / "two-columns", [f"bob {dovecot_hash('SSHA', 'b')}"])
+    assert import_file(proxy, hashes).returncode == 0
+
+    def refusal(user: str) -> float:
+        started = time.monotonic()
+        assert attempt(proxy, f"{user}@{LOCAL_TENANT}", WRONG_PASSWORD).startswith(b"-ERR [AUTH]")
+        return time.monotonic() - started
+
+    legacy = [refusal("bob") for _ in range(2)]
+    unknown = [refusal(f"nobody{n}") for n in range(2)]
+    for took in legacy + unknown:
+        assert 0.5 <= took < 0.9, (legacy, unknown)
