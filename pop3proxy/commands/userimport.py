@@ -38,6 +38,7 @@ from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store
 from pop3proxy.legacyhashes import ACCEPTED_SCHEMES, UnreadableHash, parse_imported_hash
 from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import Identity, MalformedName, Tenant, UserName, one_word, split_user
+from pop3proxy.userrecords import UserRecordsUnsupported
 
 FILE_NAME_SEPARATOR = "@"
 """How passwd-files spell ``user@domain``, whatever the proxy's own separator."""
@@ -73,7 +74,9 @@ def register_import(
         parents=[common],
         help="import password hashes from a Dovecot passwd-file or a 'user hash' file",
     )
-    command.add_argument("file", type=Path, metavar="FILE")
+    command.add_argument(
+        "file", type=Path, metavar="FILE", help="the file, or - for standard input"
+    )
     command.add_argument("--tenant", required=True, help="the tenant the users belong to")
     command.add_argument("--dry-run", action="store_true", help="read and report, store nothing")
     command.add_argument(
@@ -149,6 +152,8 @@ def cmd_user_import(args: argparse.Namespace) -> int:
     config = load(args)
     lines = _read_file(args.file)
     store = configured_store(args)
+    if not isinstance(store, RedisStore):
+        raise UserRecordsUnsupported()
     tenant = existing_tenant(store, args.tenant)
     entries, problems = read_import_lines(lines, tenant, config.tenancy.separator)
     if tenant.auth != "local":
@@ -183,7 +188,11 @@ def cmd_user_import(args: argparse.Namespace) -> int:
 
 
 def _read_file(path: Path) -> list[bytes]:
+    """The file's lines; ``-`` reads standard input (``kubectl exec -i``), so the
+    hashes need not be copied onto a proxy's disk."""
     try:
+        if str(path) == "-":
+            return sys.stdin.buffer.read().splitlines()
         return path.read_bytes().splitlines()
     except OSError as error:
         raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
@@ -197,11 +206,9 @@ def _has_password(store: Store, tenant: Tenant, user: Identity) -> bool:
     return bool(record and record.password_hash)
 
 
-def _end_sessions(store: Store, users: list[Identity]) -> int:
+def _end_sessions(store: RedisStore, users: list[Identity]) -> int:
     """Sessions opened with a replaced password end on every replica, as
     after ``user set-password``."""
-    if not isinstance(store, RedisStore):
-        return 0
     reason = "password imported"
     return sum(
         kick(store.client, store.prefix, KickScope("user", user.full), reason).ended

@@ -240,14 +240,16 @@ def test_nothing_readable_or_no_file_fails(migration, tmp_path):
     assert "no tenant named 'nowhere.example'" in unknown.stderr
 
 
-def test_a_legacy_user_is_refused_no_faster_than_an_unknown_one(
-    make_local_tenant, dovecot, tmp_path
-):
+def test_a_legacy_user_is_refused_no_faster_than_an_unknown_one(make_local_tenant, dovecot):
     """A salted SHA is checked in microseconds, argon2id for an unknown user in
-    milliseconds: the dummy check and the refusal clock make both refusals alike."""
+    milliseconds: the dummy check and the refusal clock make both refusals alike.
+    (The hash comes in on standard input, ``FILE`` ``-``.)"""
     proxy = make_local_tenant(dovecot, failure_delay="0.5s")
-    hashes = write_passwd_file(tmp_path / "two-columns", [f"bob {dovecot_hash('SSHA', 'b')}"])
-    assert import_file(proxy, hashes).returncode == 0
+    two_columns = f"bob\t{dovecot_hash('SSHA', 'b')}\n"
+    imported = run_cli(
+        proxy.config_path, "user", "import", "-", "--tenant", LOCAL_TENANT, stdin=two_columns
+    )
+    assert "imported 1 user(s) into local.example (SSHA 1)" in imported.stdout, imported.stderr
 
     def refusal(user: str) -> float:
         started = time.monotonic()
@@ -258,3 +260,24 @@ def test_a_legacy_user_is_refused_no_faster_than_an_unknown_one(
     unknown = [refusal(f"nobody{n}") for n in range(2)]
     for took in legacy + unknown:
         assert 0.5 <= took < 0.9, (legacy, unknown)
+
+
+def test_a_tenants_file_keeps_no_user_records_so_import_is_refused(tmp_path):
+    (tmp_path / "tenants.yaml").write_text(
+        "tenants: [{name: acme.example, backends: [{host: 127.0.0.1, port: 1110}]}]\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "listeners: [{name: plain, address: '127.0.0.1:1110', tls: none}]\n"
+        "directory: {store: file, file: tenants.yaml}\n"
+    )
+    line = f"alice {dovecot_hash('SSHA', 'a')}\n"
+    for options in ((), ("--dry-run",)):
+        result = run_cli(
+            config, "user", "import", "-", "--tenant", "acme.example", *options, stdin=line
+        )
+        assert result.returncode == 2
+        assert "user records (backend pins, local passwords) are kept in Redis only" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
