@@ -23,7 +23,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pop3proxy.commands import (
@@ -49,7 +49,8 @@ class ImportEntry:
     line: int
     user: Identity
     scheme: str
-    stored: str
+    stored: str = field(repr=False)
+    """The hash as the user record keeps it: never in a repr."""
 
 
 @dataclass(frozen=True)
