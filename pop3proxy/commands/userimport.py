@@ -42,6 +42,7 @@ from pop3proxy.userrecords import UserRecordsUnsupported
 
 FILE_NAME_SEPARATOR = "@"
 """How passwd-files spell ``user@domain``, whatever the proxy's own separator."""
+HASH_STARTS = ("{", "$")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ def _read_line(number: int, text: str, tenant: Tenant, separator: str) -> Import
     name = name.strip()
     if not name:
         raise ValueError("no user name")
+    if name.startswith(HASH_STARTS):
+        # Quoting it would print a hash: columns swapped, or a password first.
+        raise ValueError("the user name looks like a hash (expected the user first)")
     if not one_word(name):
         raise ValueError("the user name has a space or control character")
     try:

@@ -48,3 +48,14 @@ def test_a_name_with_a_control_character_is_refused():
         "the user name has a space or control character",
         "no user name",
     ]
+
+
+def test_swapped_columns_do_not_print_the_hash_as_a_name():
+    line = dovecot_hash("SSHA", "pw")
+    bare = dovecot_hash("SHA512-CRYPT", "pw").split("}", 1)[1]
+    _, problems = read_import_lines(
+        [f"{line} alice".encode(), f"{bare}\talice".encode()], parse_tenant(TENANT), "@"
+    )
+    assert [p.reason for p in problems] == [
+        "the user name looks like a hash (expected the user first)"
+    ] * 2
