@@ -4,6 +4,11 @@ The proxy judges the password itself against a hash stored in Redis, then
 logs in to the backend with the tenant's master credentials. Unknown users
 are checked against a dummy hash made with the same parameters, so a wrong
 user name costs the same time as a wrong password: timing tells nothing.
+
+A hash imported from another server (:mod:`pop3proxy.legacyhashes`) is
+checked by its own scheme; a wrong password against one also burns the
+dummy argon2id check, so a user with a fast legacy hash is refused no
+sooner than an unknown one. The first good login replaces it by argon2id.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from pop3proxy.config import AuthConfig
+from pop3proxy.legacyhashes import ARGON2ID_PREFIX, is_legacy, verify_legacy
 
 
 @dataclass(frozen=True)
@@ -43,11 +49,18 @@ class Passwords:
     def verify(self, stored: str | None, password: bytes | str) -> bool:
         """True if ``password`` matches ``stored``; ``None`` (no such user) burns
         the same time against the dummy hash and is always False."""
+        if stored is not None and is_legacy(stored):
+            if verify_legacy(stored, _as_bytes(password)):
+                return True
+            self._verify_argon2(self._dummy, password)
+            return False
+        return self._verify_argon2(stored or self._dummy, password) and bool(stored)
+
+    def _verify_argon2(self, stored: str, password: bytes | str) -> bool:
         try:
-            matched = self.hasher.verify(stored or self._dummy, password)
+            return self.hasher.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
-        return matched and stored is not None
 
     @classmethod
     def from_config(cls, auth: AuthConfig) -> Passwords:
@@ -56,8 +69,15 @@ class Passwords:
         )
 
     def needs_rehash(self, stored: str) -> bool:
-        """After a good login: were these parameters changed since it was hashed?"""
+        """After a good login: is it a legacy (or any non-argon2id) hash, or
+        were these parameters changed since it was hashed?"""
+        if not stored.startswith(ARGON2ID_PREFIX):
+            return True
         try:
             return self.hasher.check_needs_rehash(stored)
         except InvalidHashError:
             return True
+
+
+def _as_bytes(password: bytes | str) -> bytes:
+    return password.encode("utf-8") if isinstance(password, str) else password

@@ -10,6 +10,10 @@ deleted. Only Redis keeps user records; a tenants file has none.
 ```json
 {"version": 1, "backend": "mail2.acme.internal:110", "password_hash": "$argon2id$..."}
 ```
+
+A hash imported from another server (``pop3proxy user import``) is kept as
+Dovecot writes it, ``{SHA512-CRYPT}$6$...``, so its scheme shows; the first
+good login replaces it by argon2id (:mod:`pop3proxy.legacyhashes`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pop3proxy.legacyhashes import stored_scheme
 from pop3proxy.schema import Reader, SchemaError
 from pop3proxy.tenants import parse_backend_address
 
@@ -46,10 +51,19 @@ class UserRecord:
     backend: str | None = None
     """``host:port`` of the pinned backend, one of the tenant's."""
     password_hash: str | None = field(default=None, repr=False)
-    """argon2id hash for tenants with ``auth: local``."""
+    """argon2id hash for tenants with ``auth: local``, or an imported
+    ``{SCHEME}hash`` until the user's first good login."""
     raw: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
     """Every stored field, for writers that must keep what they do not own;
     ``password_hash`` among them, so never in a repr."""
+
+    @property
+    def password_scheme(self) -> str | None:
+        """``ARGON2ID``, the legacy scheme of an imported hash, ``unknown``, or
+        ``None`` without a password: the scheme, never the hash."""
+        if not self.password_hash:
+            return None
+        return stored_scheme(self.password_hash) or "unknown"
 
 
 def user_key_parts(tenant: str, local: str) -> tuple[str, str]:

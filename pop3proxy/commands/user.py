@@ -33,8 +33,10 @@ from pop3proxy.commands import (
     load,
     usage,
 )
+from pop3proxy.commands.userimport import register_import
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store
 from pop3proxy.history import LoginHistory
+from pop3proxy.legacyhashes import ARGON2ID
 from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
     Identity,
@@ -80,6 +82,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     history.add_argument("user")
     history.add_argument("--json", action="store_true", help="JSON instead of a table")
     history.set_defaults(handler=cmd_user_history)
+    register_import(user_commands, common)
 
 
 def _name(args: argparse.Namespace) -> UserName:
@@ -222,10 +225,13 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     users = []
     for local in store.user_locals(tenant):
         record = store.get_user(tenant, local)
+        scheme = record.password_scheme if record else None
         users.append(
             {
                 "user": f"{local}@{tenant}",
-                "password": bool(record and record.password_hash),
+                "password": scheme is not None,
+                "password_scheme": scheme,
+                "legacy_hash": scheme is not None and scheme != ARGON2ID,
                 "backend": record.backend if record else None,
             }
         )
@@ -233,11 +239,22 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(users, indent=2))
         return EXIT_OK
-    print(f"{'USER':<40} {'PASSWORD':<9} BACKEND")
+    print(f"{'USER':<40} {'PASSWORD':<22} BACKEND")
     for entry in users:
-        password = "set" if entry["password"] else "-"
-        print(f"{entry['user']:<40} {password:<9} {entry['backend'] or '-'}")
+        password = _password_column(entry["password_scheme"])
+        print(f"{entry['user']:<40} {password:<22} {entry['backend'] or '-'}")
+    legacy = sum(1 for entry in users if entry["legacy_hash"])
+    if legacy:
+        print(f"{legacy} of {len(users)} user(s) still carry a legacy hash (argon2id after login)")
     return EXIT_OK
+
+
+def _password_column(scheme: object) -> str:
+    """``set`` for the proxy's own argon2id hash, ``legacy SCHEME`` for an
+    imported one not yet replaced by a login, ``-`` for none."""
+    if scheme is None:
+        return "-"
+    return "set" if scheme == ARGON2ID else f"legacy {scheme}"
 
 
 def cmd_user_history(args: argparse.Namespace) -> int:

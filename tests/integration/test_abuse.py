@@ -169,7 +169,13 @@ def test_user_commands(local_tenant):
         local_tenant.config_path, "user", "list", "--tenant", "local.example", "--json"
     )
     assert json.loads(listing.stdout) == [
-        {"user": "alice@local.example", "password": True, "backend": None}
+        {
+            "user": "alice@local.example",
+            "password": True,
+            "password_scheme": "ARGON2ID",
+            "legacy_hash": False,
+            "backend": None,
+        }
     ]
     shown = run_cli(local_tenant.config_path, "user", "show", "alice@local.example")
     assert "$argon2" not in shown.stdout, "the hash is never printed"
