@@ -32,6 +32,7 @@ from typing import Any
 import gevent
 
 from pop3proxy import metrics
+from pop3proxy.config import TimeoutsConfig
 from pop3proxy.redisconn import RedisHealth
 
 log = logging.getLogger("pop3proxy.delays")
@@ -53,6 +54,13 @@ RECHECK = 0.25
 lifted or shortened lets it through this soon after the replica learns it."""
 MAX_REASON = 200
 """Characters of a reason kept: it goes into every replica's log line."""
+
+
+def longest_wait(timeouts: TimeoutsConfig) -> float:
+    """The longest a login waits for a delay: ``timeouts.auth`` (the session
+    ends after it) less ``timeouts.backend_connect``, kept for the backend
+    login that follows the wait. The login counts its own time so far too."""
+    return timeouts.auth - timeouts.backend_connect
 
 
 @dataclass(frozen=True, slots=True)

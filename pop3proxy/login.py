@@ -44,7 +44,7 @@ from pop3proxy import metrics
 from pop3proxy.auth import Passwords
 from pop3proxy.backends import BackendPicker, BackendStates
 from pop3proxy.config import Config
-from pop3proxy.delays import Delay, Delays
+from pop3proxy.delays import Delay, Delays, longest_wait
 from pop3proxy.directory import Directory, DirectoryUnavailable
 from pop3proxy.history import LoginHistory, LoginRecord
 from pop3proxy.interfaces import (
@@ -397,8 +397,7 @@ class LoginService:
     def _respect_delay(self, tenant: Tenant, user: Identity, started: float) -> None:
         """Wait out a login delay of the user or tenant, or refuse the login
         with ``[LOGIN-DELAY]`` (see the module's docstring for where this runs)."""
-        timeouts = self.config.timeouts
-        allowance = timeouts.auth - timeouts.backend_connect - (time.monotonic() - started)
+        allowance = longest_wait(self.config.timeouts) - (time.monotonic() - started)
         held = self.delays.hold(tenant.name, user.full, allowance)
         if held is None:
             return

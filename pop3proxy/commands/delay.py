@@ -33,6 +33,7 @@ from pop3proxy.delays import (
     WAIT,
     Delay,
     lift_delay,
+    longest_wait,
     read_delays,
     set_delay,
 )
@@ -116,8 +117,7 @@ def _set(args: argparse.Namespace, store: RedisStore, scope: str, key: str, seco
         f"login delay for {scope} {key}: {delay.mode} until {_utc(until)} ({seconds:g}s); "
         f"every replica follows within {PROPAGATION_SECONDS:g}s"
     )
-    timeouts = load(args).timeouts
-    can_wait = timeouts.auth - timeouts.backend_connect
+    can_wait = longest_wait(load(args).timeouts)
     if delay.mode == WAIT and seconds > can_wait:
         print(
             f"note: a login waits at most {can_wait:g}s (timeouts.auth less "

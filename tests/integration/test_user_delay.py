@@ -196,3 +196,26 @@ def test_an_unknown_tenant_is_refused_and_redis_unreachable_exits_1(replicas, ma
         result = run_cli(proxy.config_path, "user", "delay", *args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert "redis" in result.stderr.lower() and "Traceback" not in result.stderr
+
+
+def test_route_shows_the_delay_a_login_meets(replicas):
+    first, _ = replicas
+
+    def route(*args: str) -> dict[str, Any]:
+        result = run_cli(first.config_path, "route", f"erin@{TENANT}", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout) if args else {"text": result.stdout}
+
+    assert route("--json")["delay"] is None
+    assert "delay:     none" in route()["text"]
+    delay_cli(first, f"erin@{TENANT}", "--for", "5m", "--reason", "move")
+    delay_cli(first, "--tenant", TENANT, "--for", "8s")
+    shown = route("--json")["delay"]
+    assert (shown["scope"], shown["key"], shown["mode"]) == ("user", f"erin@{TENANT}", "wait")
+    assert shown["login"] == "refused [LOGIN-DELAY]"  # 5 minutes: longer than a login waits
+    delay_cli(first, f"erin@{TENANT}", "--lift")
+    shown = route("--json")["delay"]
+    assert (shown["scope"], shown["key"]) == ("tenant", TENANT)
+    assert shown["login"].startswith("waits ") and shown["login"].endswith("s, then proceeds")
+    assert f"delay:     tenant {TENANT}: wait" in route()["text"]
+    delay_cli(first, "--tenant", TENANT, "--lift")
