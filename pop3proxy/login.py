@@ -46,6 +46,7 @@ from pop3proxy.backends import BackendPicker, BackendStates
 from pop3proxy.config import Config
 from pop3proxy.delays import Delay, Delays, longest_wait
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.downloads import Downloads, is_budget_delay
 from pop3proxy.history import LoginHistory, LoginRecord
 from pop3proxy.interfaces import (
     BackendConnection,
@@ -77,6 +78,9 @@ LOCKED_OUT = replies.err("Too many failed logins, try again later", Code.LOGIN_D
 IN_USE = replies.err("Mailbox is in use by another session", Code.IN_USE)
 TENANT_FULL = replies.err("Too many sessions for this domain, try again later", Code.SYS_TEMP)
 DELAYED = replies.err("Logins are paused for this mailbox, try again later", Code.LOGIN_DELAY)
+BUDGET_USED_UP = replies.err(
+    "Daily download limit reached, try again tomorrow (UTC)", Code.LOGIN_DELAY
+)
 
 REFUSALS = frozenset(
     {"bad_credentials", "unknown_tenant", "unknown_user", "disabled", "malformed_name"}
@@ -153,6 +157,13 @@ class LoginService:
             directory.redis_health,
             log_user=lambda name: self.log_user(name),
         )
+        self.downloads = Downloads(
+            directory.redis,
+            prefix,
+            directory.redis_health,
+            self.delays,
+            log_user=lambda name: self.log_user(name),
+        )
         self.config = config
 
     @property
@@ -175,6 +186,7 @@ class LoginService:
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
         self.log_user = user_log_form(config)
+        self.downloads.budget = config.limits.download_per_user_day
         health = self.directory.redis_health
         self.history = (
             LoginHistory(
@@ -194,11 +206,13 @@ class LoginService:
             self._renewer = gevent.spawn(self._renew_forever)
         self.backends.states.start()
         self.delays.start()
+        self.downloads.start()
 
     def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.kill(block=False)
         self.delays.stop()
+        self.downloads.stop()
 
     def _renew_forever(self) -> None:
         while True:
@@ -370,7 +384,10 @@ class LoginService:
             failure.user = user.full
             raise
         full = user.full
-        return tenant, LoggedIn(connection, tenant.name, full, lease, self.log_user(full))
+        meter = self.downloads.meter(full)  # memory only: no Redis on the login's path
+        return tenant, LoggedIn(
+            connection, tenant.name, full, lease, self.log_user(full), meter=meter
+        )
 
     def _open_with_slots(
         self,
@@ -396,7 +413,12 @@ class LoginService:
 
     def _respect_delay(self, tenant: Tenant, user: Identity, started: float) -> None:
         """Wait out a login delay of the user or tenant, or refuse the login
-        with ``[LOGIN-DELAY]`` (see the module's docstring for where this runs)."""
+        with ``[LOGIN-DELAY]`` (see the module's docstring for where this runs).
+        A user whose download budget this process saw run out is refused
+        before the budget's delay reaches every replica."""
+        if self.downloads.exhausted(user.full):
+            metrics.add(metrics.DELAYED_LOGINS, "refused")
+            raise LoginFailed(BUDGET_USED_UP, "download_budget", tenant.name)
         allowance = longest_wait(self.config.timeouts) - (time.monotonic() - started)
         held = self.delays.hold(tenant.name, user.full, allowance)
         if held is None:
@@ -411,6 +433,8 @@ class LoginService:
 
     def _delay_refusal(self, delay: Delay) -> tuple[bytes, str]:
         """The reply and the result label of a login a delay refuses."""
+        if is_budget_delay(delay.reason):
+            return BUDGET_USED_UP, "download_budget"
         return DELAYED, "delayed"
 
     def _tenant(self, name: UserName) -> Tenant:
