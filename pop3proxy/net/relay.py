@@ -15,12 +15,12 @@ direction stops reading while the other side cannot take more
 (back-pressure), and one callback moves at most one chunk, so a busy
 session never holds the loop.
 
-A session with a download budget runs
+A session with a download budget or a moved mailbox runs
 :class:`TrackedRelay` instead, which knows where each backend reply begins
 and ends (:mod:`pop3proxy.protocol.tracking`): it refuses RETR and TOP in
-their place among pipelined replies once the budget is spent. It pays for
-that in user space; every other session keeps the plain splice above,
-untouched.
+their place among pipelined replies once the budget is spent, and rewrites
+UIDL replies. It pays for that in user space; every other session keeps the
+plain splice above, untouched.
 
 Rule 1 lives here: the backend only ever sees QUIT if the client sent it.
 When the client vanishes, times out or the proxy stops, the backend socket
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -45,6 +45,7 @@ from pop3proxy.net.splice import SplicePipe
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
 from pop3proxy.protocol.tracking import ReplyTracker, command_of
+from pop3proxy.protocol.uidl import UidlRewriter
 
 log = logging.getLogger("pop3proxy.relay")
 
@@ -375,11 +376,13 @@ class TrackedRelay(Relay):
     every reply outstanding before it, so a message being sent finishes
     first. The check is made as each command is forwarded, so commands a
     client pipelined before the budget ran out are still answered.
-    Replies are read in user space (no kernel pipe): a bulk reply costs
-    one ``bytes.find`` per chunk more than the plain relay.
+    ``uidl_map`` rewrites the replies to ``UIDL`` and ``UIDL n``, new UIDL to
+    old. Replies are read in user space (no kernel pipe): a bulk reply costs
+    one ``bytes.find`` per chunk more than the plain relay, a UIDL listing a
+    dictionary look-up per line.
     """
 
-    __slots__ = ("_meter", "_tracker")
+    __slots__ = ("_meter", "_tracker", "uidl_rewriter")
 
     def __init__(
         self,
@@ -392,10 +395,13 @@ class TrackedRelay(Relay):
         on_end: Callable[[str], None],
         *,
         meter: DownloadMeter | None = None,
+        uidl_map: Mapping[bytes, bytes] | None = None,
     ) -> None:
         super().__init__(client, backend, conn, idle_timeout, traffic, tenant, on_end)
         self._meter = meter
         self._tracker = ReplyTracker()
+        self.uidl_rewriter = UidlRewriter(uidl_map) if uidl_map is not None else None
+        """Also counts the UIDLs it translated."""
 
     def _begin(self, pending: list[Action], leftover: bytes) -> None:
         if leftover:  # spoken before any command: a reply nobody asked for
@@ -404,7 +410,7 @@ class TrackedRelay(Relay):
 
     def _to_backend(self, data: bytes) -> None:
         """Tell the tracker of each command line, in order; a refused one stays here."""
-        tracker, meter = self._tracker, self._meter
+        tracker, meter, rewriter = self._tracker, self._meter, self.uidl_rewriter
         forward = bytearray()
         for line in data.split(b"\r\n")[:-1]:  # the core forwards whole lines only
             name, has_argument = command_of(line)
@@ -413,7 +419,7 @@ class TrackedRelay(Relay):
                 if refusal:
                     self._to_client(refusal)
                 continue
-            tracker.expect(name, has_argument)
+            tracker.expect(name, has_argument, rewriter if name == b"UIDL" else None)
             forward += line + b"\r\n"
         if forward:
             super()._to_backend(bytes(forward))

@@ -590,10 +590,10 @@ class ClientSession(ErrorBoundary):
             tenant,
             lambda reason: self.guarded(self._relay_ended, reason),
         )
-        if login.meter is None:
+        if login.meter is None and login.uidl_map is None:
             self._relay = Relay(*relay_args)
         else:  # replies followed one by one: only for the sessions that need it
-            self._relay = TrackedRelay(*relay_args, meter=login.meter)
+            self._relay = TrackedRelay(*relay_args, meter=login.meter, uidl_map=login.uidl_map)
         self._relay.start(pending, backend.leftover)
 
     def _relay_ended(self, reason: str) -> None:

@@ -12,7 +12,7 @@ import fcntl
 import socket
 import struct
 import termios
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import gevent
 import gevent.event
@@ -143,6 +143,7 @@ class Wired:
         dovecot: Dovecot,
         *,
         meter: Meter | None = None,
+        uidl_map: Mapping[bytes, bytes] | None = None,
         dribble: bool = False,
         client_receive_buffer: int = 0,
     ) -> None:
@@ -171,6 +172,7 @@ class Wired:
             "tracked.example",
             self.ended.set,
             meter=meter,
+            uidl_map=uidl_map,
         )
         self.relay.start([], b"")
 
@@ -247,17 +249,58 @@ def test_the_message_being_sent_finishes_before_the_refusal(
     assert after == body + b".\r\n" + BUDGET_SPENT + b"+OK\r\n"
 
 
+def test_uidl_replies_rewritten_when_dovecot_is_read_one_byte_at_a_time(
+    dovecot: Dovecot, mailbox: list[bytes], wires: list[Wired]
+) -> None:
+    commands = [
+        b"UIDL\r\n",
+        b"UIDL 1\r\n",
+        b"UIDL 2\r\n",
+        b"UIDL 99\r\n",
+        b"LIST\r\n",
+        b"RETR 3\r\n",
+    ]
+    listing, first, second, missing, sizes, message = direct(dovecot, USER, commands)
+    uidls = dict(line.split() for line in listing.split(b"\r\n")[1:-2])
+    uidl_map = {uidls[b"1"]: b"old-one", uidls[b"3"]: b"old-three"}
+    wired = Wired(dovecot, uidl_map=uidl_map, dribble=True)
+    wires.append(wired)
+    wired.client.sendall(b"".join(commands))
+    expected_listing = listing.replace(b" " + uidls[b"1"] + b"\r\n", b" old-one\r\n").replace(
+        b" " + uidls[b"3"] + b"\r\n", b" old-three\r\n"
+    )
+    expected = (
+        expected_listing
+        + first.replace(uidls[b"1"], b"old-one")
+        + second  # outside the map: unchanged
+        + missing  # -ERR: untouched
+        + sizes
+        + message
+    )
+    got = wired.read_until(message[-40:], size_at_least=len(expected))
+    assert got == expected
+    assert uidls[b"1"] not in got and uidls[b"3"] not in got and uidls[b"2"] in got
+    assert missing.startswith(b"-ERR")
+    assert wired.relay.uidl_rewriter is not None and wired.relay.uidl_rewriter.translated == 3
+    dribbler = wired.dribbler
+    assert dribbler is not None
+    from_dovecot = len(listing + first + second + missing + sizes + message)
+    with gevent.Timeout(5, AssertionError("not every byte was read on its own")):
+        while dribbler.bytes_dribbled < from_dovecot:
+            gevent.sleep(0.005)
+
+
 @pytest.mark.parametrize("how", ["client_closed", "kicked"])
-def test_a_tracked_session_never_sends_quit_for_the_client(
+def test_a_map_session_never_sends_quit_for_the_client(
     dovecot: Dovecot, mailbox: list[bytes], wires: list[Wired], how: str
 ) -> None:
     (listing,) = direct(dovecot, USER, [b"UIDL\r\n"])
     first_uidl = listing.split(b"\r\n")[1].split()[1]
-    wired = Wired(dovecot, meter=Meter(budget=10**9))
+    wired = Wired(dovecot, uidl_map={first_uidl: b"old-one"}, meter=Meter(budget=10**9))
     wires.append(wired)
     mark = dovecot.log_mark()
     wired.client.sendall(b"DELE 2\r\nUIDL 1\r\n")
-    assert wired.read_until(b" " + first_uidl + b"\r\n").startswith(b"+OK")
+    assert wired.read_until(b" old-one\r\n").startswith(b"+OK")
     if how == "kicked":
         wired.relay.stop("kicked")
     else:
