@@ -28,6 +28,7 @@ from pop3proxy.commands import (
 from pop3proxy.config import Config
 from pop3proxy.delays import REFUSE, Delays, longest_wait, read_delays
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.downloads import counter_key, window
 from pop3proxy.limits import AllowList, FailureLimiter, LeaseLimiter, Slot
 from pop3proxy.login import sni_tenant
 from pop3proxy.routing import Rotation
@@ -121,7 +122,22 @@ def explain(
         config, directory, tenant.name, identity.full, tenant.max_sessions
     )
     route["delay"] = _delay(config, directory, tenant.name, identity.full)
+    route["limits"]["download"] = _download(config, directory, identity.full)
     return route
+
+
+def _download(config: Config, directory: Directory, user: str) -> dict[str, Any] | None:
+    """The user's download budget and what every replica has counted today
+    (up to the last second's flush); ``None`` with the budget off."""
+    budget = config.limits.download_per_user_day
+    if not budget:
+        return None
+    day, end = window(time.time())
+    used = None
+    if directory.redis is not None:
+        counted = directory.redis.get(counter_key(config.directory.key_prefix, day, user))
+        used = int(counted or 0)
+    return {"budget": budget, "used_today": used, "window_ends": end}
 
 
 def _delay(config: Config, directory: Directory, tenant: str, user: str) -> dict[str, Any] | None:
@@ -211,6 +227,11 @@ def print_route(route: dict[str, Any]) -> None:
         for scope, slot in limits.get("sessions", {}).items():
             in_use = "unknown" if slot["in_use"] is None else slot["in_use"]
             print(f"sessions:  {scope} {in_use} in use, limit {slot['limit'] or 'none'}")
+        download = limits.get("download")
+        if download:
+            used = "unknown" if download["used_today"] is None else download["used_today"]
+            ends = time.strftime("%H:%M UTC", time.gmtime(download["window_ends"]))
+            print(f"download:  {used} of {download['budget']} bytes today (until {ends})")
     if "delay" in route:
         delay = route["delay"]
         if delay is None:

@@ -81,6 +81,14 @@ def test_a_download_past_the_budget_on_one_replica_refuses_retr_and_logins_on_bo
     assert delay is not None
     assert (delay["scope"], delay["mode"], delay["reason"]) == ("user", "refuse", BUDGET_REASON)
     assert delay["until"] == window(delay["until"] - 1)[1]  # the end of the UTC day
+    explained = run_cli(second.config_path, "route", f"alice@{TENANT}", "--json")
+    route = json.loads(explained.stdout)
+    assert route["limits"]["download"]["budget"] == BUDGET
+    assert route["limits"]["download"]["used_today"] >= BUDGET
+    assert (route["delay"]["reason"], route["delay"]["login"]) == (
+        BUDGET_REASON,
+        "refused [LOGIN-DELAY]",
+    )
 
     # The session held on the other replica: its next RETR (or TOP) is refused.
     wait_until(lambda: refused(held, "TOP 1 0") is not None, LEARNT_WITHIN, message="second learns")
