@@ -27,7 +27,8 @@ A user's meters share one account, so they all become :attr:`Meter.exhausted`
 at once; the relay then refuses the next RETR or TOP. When Redis cannot be
 reached the bytes stay in the accounts (a session never waits) and the
 budget is judged on what this process knows, until a later flush adds them
-up: a failed flush may count bytes twice, never lose them.
+up: a failed flush may count bytes twice, never lose them. Bytes still in
+memory at midnight UTC (at most a second's worth) count for the new day.
 """
 
 from __future__ import annotations
