@@ -101,7 +101,12 @@ class Meter:
 
     @property
     def exhausted(self) -> bool:
-        return self._account.exhausted
+        """Counts the refusals too: the relay asks once for each RETR or TOP
+        it is about to forward, and refuses the command on a yes."""
+        if self._account.exhausted:
+            metrics.add(metrics.DOWNLOAD_BUDGET_REFUSALS)
+            return True
+        return False
 
     def add(self, octets: int) -> None:
         self._account.unflushed += octets

@@ -110,6 +110,10 @@ DOWNLOAD_BUDGET_EXHAUSTED = Counter(
     "pop3proxy_download_budget_exhausted",
     "Users whose daily download budget ran out, counted by the replica that saw it happen",
 )
+DOWNLOAD_BUDGET_REFUSALS = Counter(
+    "pop3proxy_download_budget_refusals",
+    "RETR and TOP commands refused because the user's download budget is used up",
+)
 DOWNLOAD_BUDGET_FLUSH = Histogram(
     "pop3proxy_download_budget_flush_seconds",
     "Time of one batched write of the sessions' downloaded bytes to Redis",

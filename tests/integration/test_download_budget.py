@@ -42,6 +42,13 @@ def pop(proxy: ProxyProcess, user: str) -> poplib.POP3:
     return client
 
 
+def metric_value(proxy: ProxyProcess, name: str) -> float:
+    for line in proxy.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def refused(client: poplib.POP3, command: str) -> bytes | None:
     """The -ERR line ``command`` got, or ``None`` when it was answered +OK."""
     try:
@@ -115,6 +122,14 @@ def test_a_download_past_the_budget_on_one_replica_refuses_retr_and_logins_on_bo
     assert not [r for r in second.log_records() if r.get("message") == "download budget used up"]
     wait_until(
         lambda: "pop3proxy_download_budget_exhausted_total 1.0" in first.metrics(),
+        10,
+        interval=0.5,
+    )
+    wait_until(  # its RETR 5 (the TOPs that probed it were refused as well)
+        lambda: (
+            "pop3proxy_download_budget_refusals_total" in first.metrics()
+            and metric_value(first, "pop3proxy_download_budget_refusals_total") >= 1
+        ),
         10,
         interval=0.5,
     )
