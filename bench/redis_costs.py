@@ -4,6 +4,7 @@
     .venv/bin/python bench/redis_costs.py stall [--tree /tmp/old]  # latency, Redis hung
     .venv/bin/python bench/redis_costs.py limits [before=/tmp/old after=.]  # per login
     .venv/bin/python bench/redis_costs.py lookup                    # tenant lookups
+    .venv/bin/python bench/redis_costs.py budget                    # download budget
 
 ``bench/run.py`` measures pop3proxy with a file directory, where budgets and
 leases stay in memory; in production the tenant records, the failed-login
@@ -27,6 +28,13 @@ its own.
 (microseconds), a cold tenant asked for by N concurrent logins (the Redis
 GETs it costs, counted by Redis itself: 1 with single-flight), and a cache
 miss that goes to Redis (one round trip).
+
+``budget``: what ``limits.download_per_user_day`` costs: a login's Redis
+round trips with the budget off and on (the login's budget and delay checks
+and its meter, which read memory only), a meter's ``add`` per relayed
+chunk, and one flush of N downloading users' bytes (its round trips, its
+time and the Redis commands it sends), first of a day (INCRBY and
+EXPIREAT) and then (INCRBY only).
 """
 
 from __future__ import annotations
@@ -55,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     lookup.add_argument("--lookups", type=int, default=200_000)
     lookup.add_argument("--logins", type=int, default=1000, help="concurrent, one cold tenant")
     lookup.add_argument("--misses", type=int, default=2000)
+    budget = commands.add_parser("budget", help="the download budget's Redis and CPU costs")
+    budget.add_argument("--logins", type=int, default=2000)
+    budget.add_argument("--users", type=int, nargs="*", default=[1, 100, 1000, 10000])
     args = parser.parse_args(argv)
-    return {"stall": run_stall, "limits": run_limits, "lookup": run_lookup}[args.command](args)
+    runs = {"stall": run_stall, "limits": run_limits, "lookup": run_lookup, "budget": run_budget}
+    return runs[args.command](args)
 
 
 # -- stall ------------------------------------------------------------------------------
@@ -280,6 +292,109 @@ def run_lookup(args: argparse.Namespace) -> int:
     print(f"Redis reads, {args.logins} concurrent logins, one cold tenant: {cold_reads}")
     print(json.dumps(result))
     return 0
+
+
+# -- budget -----------------------------------------------------------------------------
+
+
+def run_budget(args: argparse.Namespace) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+    import json
+    import time
+    import timeit
+
+    import redis
+    from harness.redis import RedisServer
+
+    from pop3proxy.config import AuthConfig
+    from pop3proxy.delays import Delays
+    from pop3proxy.downloads import Downloads
+    from pop3proxy.history import LoginHistory, LoginRecord
+    from pop3proxy.limits import FailureLimiter, LeaseLimiter, Slot
+    from pop3proxy.redisconn import RedisHealth
+
+    sends = [0]
+    original = redis.connection.Connection.send_packed_command
+
+    def counted(self: object, *more: object, **options: object) -> None:
+        sends[0] += 1
+        original(self, *more, **options)  # type: ignore[arg-type]
+
+    redis.connection.Connection.send_packed_command = counted  # type: ignore[method-assign]
+    result: dict[str, object] = {}
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        admin = server.client()
+        health = RedisHealth("bench")
+        failures = FailureLimiter(client, "bench", AuthConfig())
+        leases = LeaseLimiter(client, "bench")
+        history = LoginHistory(client, "bench", health, 50, 30 * 86400)
+        delays = Delays(client, "bench", health)
+        delays.update()
+        user, tenant = "alice@acme.example", "acme.example"
+        slots = [Slot("tenant", tenant, 100_000), Slot("user", user, 100_000)]
+        entry = LoginRecord(time.time(), "192.0.2.1", "pop3", "USER", "ok", "mail:110")
+
+        for budget in (0, 1_250_000_000, 0, 1_250_000_000):  # twice: the best of two
+            downloads = Downloads(client, "bench", health, delays, budget)
+            meters = []
+
+            def login(number: int, downloads: Downloads = downloads, meters: list = meters) -> None:
+                verdict = failures.check(user, "192.0.2.1")
+                if downloads.exhausted(user) or delays.current(tenant, user):
+                    raise AssertionError("no delay in this run")
+                lease, _ = leases.acquire(f"s{number}", slots)
+                failures.succeeded(user, "192.0.2.1", verdict)
+                meters.append(downloads.meter(user))  # held like a session's
+                history.record(user, entry)
+                leases.release(lease)
+
+            for number in range(50):
+                login(number)
+            sends[0] = 0
+            started = time.perf_counter()
+            for number in range(args.logins):
+                login(number)
+            elapsed = time.perf_counter() - started
+            name = "on" if budget else "off"
+            result[f"login_round_trips_budget_{name}"] = round(sends[0] / args.logins, 2)
+            microseconds = round(elapsed / args.logins * 1e6, 1)
+            best = result.get(f"login_us_budget_{name}", microseconds)
+            result[f"login_us_budget_{name}"] = min(microseconds, best)  # type: ignore[type-var]
+
+        downloads = Downloads(client, "bench", health, delays, 1_250_000_000)
+        meter = downloads.meter(user)
+        assert meter is not None
+        add_ns = min(timeit.repeat(lambda: meter.add(16384), number=100_000, repeat=5)) * 1e4
+        result["meter_add_ns"] = round(add_ns, 1)
+        for users in args.users:
+            downloads = Downloads(client, f"bench{users}", health, delays, 1_250_000_000)
+            held = [downloads.meter(f"u{number}@acme.example") for number in range(users)]
+            for phase in ("first", "then"):
+                for each in held:
+                    assert each is not None
+                    each.add(50_000)
+                before = _commands(admin)
+                sends[0] = 0
+                started = time.perf_counter()
+                downloads.flush()
+                elapsed = time.perf_counter() - started
+                result[f"flush_{users}_users_{phase}"] = {
+                    "round_trips": sends[0],
+                    "redis_commands": _commands(admin) - before - 1,  # less the first INFO
+                    "ms": round(elapsed * 1e3, 2),
+                    "us_per_user": round(elapsed / users * 1e6, 2),
+                }
+    for key, value in result.items():
+        print(f"{key:36} {value}")
+    print(json.dumps(result))
+    return 0
+
+
+def _commands(admin) -> int:
+    return int(admin.info("stats")["total_commands_processed"])
 
 
 def _gets(server) -> int:

@@ -149,6 +149,9 @@ class LimitsConfig:
     """Logins remembered per user for ``pop3proxy user history``; 0: none."""
     login_history_ttl: float = 30 * 86400.0
     """A user's history goes this long after their last login."""
+    download_per_user_day: int = 0
+    """Bytes a user may download (backend to client, every replica together)
+    per UTC day; 0: no budget (:mod:`pop3proxy.downloads`)."""
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -574,6 +577,7 @@ def _limits(r: Reader) -> LimitsConfig:
         lease_ttl=r.duration("lease_ttl", defaults.lease_ttl),
         login_history=r.integer("login_history", defaults.login_history, minimum=0, maximum=10000),
         login_history_ttl=r.duration("login_history_ttl", defaults.login_history_ttl),
+        download_per_user_day=r.size("download_per_user_day", defaults.download_per_user_day),
     )
     if config.lease_ttl < 3:
         r.problem("lease_ttl", "expected at least 3s (leases are renewed every third of it)")

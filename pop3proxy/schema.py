@@ -19,6 +19,13 @@ backend alike: never, after ``STLS`` (RFC 2595), or from the first byte."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS: dict[str | None, int] = {
+    None: 1,
+    "b": 1,
+    **{f"{unit}b": 1000**power for power, unit in enumerate("kmgt", 1)},
+    **{f"{unit}ib": 1024**power for power, unit in enumerate("kmgt", 1)},
+}
 
 
 class SchemaError(ValueError):
@@ -43,6 +50,25 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"expected a finite duration that is not negative, got {value!r}")
     return seconds
+
+
+def parse_size(value: object) -> int:
+    """A byte count: ``1250MB``, ``2GiB``, ``500kB`` or a bare number of bytes.
+    ``kB``/``MB``/``GB``/``TB`` count in thousands (as mail providers quote
+    their limits), ``KiB``/``MiB``/``GiB``/``TiB`` in 1024s."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 500MB or 2GiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a size such as 500MB or 2GiB, got {value!r}")
+        unit = match.group(2).lower() if match.group(2) else None
+        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size < 0:
+        raise ValueError(f"expected a size that is not negative, got {value!r}")
+    return size
 
 
 def parse_address(value: object, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -128,6 +154,14 @@ class Reader:
         value = self.raw(key, default)
         try:
             return parse_duration(value)
+        except ValueError as error:
+            self.problem(key, str(error))
+            return default
+
+    def size(self, key: str, default: int) -> int:
+        value = self.raw(key, default)
+        try:
+            return parse_size(value)
         except ValueError as error:
             self.problem(key, str(error))
             return default

@@ -3,9 +3,9 @@
 Every answer comes from the functions a login itself runs (the name split
 and the SNI rule of :mod:`pop3proxy.login`, the tenant's identity rule,
 :func:`pop3proxy.backends.try_order`, the failure budgets' and session
-slots' own reads), so the explanation cannot drift from a real login. The
-breaker of a backend lives in each replica's memory: the CLI does not know
-it and says so.
+slots' own reads, the login delays' own choice), so the explanation cannot
+drift from a real login. The breaker of a backend lives in each replica's
+memory: the CLI does not know it and says so.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import time
 from typing import Any
 
 from pop3proxy.backends import ONLINE, read_states, try_order
@@ -25,7 +26,9 @@ from pop3proxy.commands import (
     load,
 )
 from pop3proxy.config import Config
+from pop3proxy.delays import REFUSE, Delays, longest_wait, read_delays
 from pop3proxy.directory import Directory, DirectoryUnavailable
+from pop3proxy.downloads import counter_key, window
 from pop3proxy.limits import AllowList, FailureLimiter, LeaseLimiter, Slot
 from pop3proxy.login import sni_tenant
 from pop3proxy.routing import Rotation
@@ -118,7 +121,44 @@ def explain(
     route["limits"]["sessions"] = _sessions(
         config, directory, tenant.name, identity.full, tenant.max_sessions
     )
+    route["delay"] = _delay(config, directory, tenant.name, identity.full)
+    route["limits"]["download"] = _download(config, directory, identity.full)
     return route
+
+
+def _download(config: Config, directory: Directory, user: str) -> dict[str, Any] | None:
+    """The user's download budget and what every replica has counted today
+    (up to the last second's flush); ``None`` with the budget off."""
+    budget = config.limits.download_per_user_day
+    if not budget:
+        return None
+    day, end = window(time.time())
+    used = None
+    if directory.redis is not None:
+        counted = directory.redis.get(counter_key(config.directory.key_prefix, day, user))
+        used = int(counted or 0)
+    return {"budget": budget, "used_today": used, "window_ends": end}
+
+
+def _delay(config: Config, directory: Directory, tenant: str, user: str) -> dict[str, Any] | None:
+    """The login delay a login meets now, and what it does (the login's own rule,
+    :meth:`pop3proxy.delays.Delays.current`, and the same allowance)."""
+    if directory.redis is None:
+        return None
+    delays = Delays(None, config.directory.key_prefix)
+    now = time.time()
+    delays.delays = read_delays(directory.redis, config.directory.key_prefix, now)
+    delay = delays.current(tenant, user, now)
+    if delay is None:
+        return None
+    can_wait = longest_wait(config.timeouts)
+    remaining = delay.remaining(now)
+    refused = delay.mode == REFUSE or remaining > can_wait
+    return {
+        **delay.as_dict(),
+        "remaining": round(remaining, 3),
+        "login": "refused [LOGIN-DELAY]" if refused else f"waits {remaining:.0f}s, then proceeds",
+    }
 
 
 def _tenant_source(
@@ -187,3 +227,18 @@ def print_route(route: dict[str, Any]) -> None:
         for scope, slot in limits.get("sessions", {}).items():
             in_use = "unknown" if slot["in_use"] is None else slot["in_use"]
             print(f"sessions:  {scope} {in_use} in use, limit {slot['limit'] or 'none'}")
+        download = limits.get("download")
+        if download:
+            used = "unknown" if download["used_today"] is None else download["used_today"]
+            ends = time.strftime("%H:%M UTC", time.gmtime(download["window_ends"]))
+            print(f"download:  {used} of {download['budget']} bytes today (until {ends})")
+    if "delay" in route:
+        delay = route["delay"]
+        if delay is None:
+            print("delay:     none")
+        else:
+            reason = f", reason: {delay['reason']}" if delay["reason"] else ""
+            print(
+                f"delay:     {delay['scope']} {delay['key']}: {delay['mode']}, "
+                f"{delay['remaining']:.0f}s left{reason}; the login {delay['login']}"
+            )
