@@ -45,6 +45,7 @@ from pop3proxy.interfaces import (
 )
 from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot, Verdict
 from pop3proxy.logs import UserLogForm, loggable_name, read_hash_key
+from pop3proxy.migration import UidlMaps, UidlMapUnavailable
 from pop3proxy.names import match_name, usable_server_name
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
@@ -132,6 +133,7 @@ class LoginService:
         self.leases = LeaseLimiter(
             directory.redis, prefix, config.limits.lease_ttl, health=directory.redis_health
         )
+        self.uidl_maps = UidlMaps(directory.redis, prefix, directory.redis_health)
         self._renewer: gevent.Greenlet | None = None
         self.config = config
 
@@ -173,10 +175,12 @@ class LoginService:
         if self._renewer is None:
             self._renewer = gevent.spawn(self._renew_forever)
         self.backends.states.start()
+        self.uidl_maps.start()
 
     def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.kill(block=False)
+        self.uidl_maps.stop()
 
     def _renew_forever(self) -> None:
         while True:
@@ -341,7 +345,17 @@ class LoginService:
             failure.user = user.full
             raise
         full = user.full
-        return tenant, LoggedIn(connection, tenant.name, full, lease, self.log_user(full))
+        try:
+            uidl_map = self.uidl_maps.for_login(full, connection.address)
+        except UidlMapUnavailable as error:
+            connection.close()  # no QUIT: the backend never enters UPDATE
+            self.release(lease)
+            refusal = LoginFailed(TEMPORARY_FAILURE, "directory_error", tenant.name, str(error))
+            refusal.user = full
+            raise refusal from None
+        return tenant, LoggedIn(
+            connection, tenant.name, full, lease, self.log_user(full), uidl_map=uidl_map
+        )
 
     def _open_with_slots(
         self,
