@@ -18,6 +18,18 @@ before anything is asked of the backend. RFC 2449 defines LOGIN-DELAY as
 instead of asking its user for a new password (as ``[AUTH]`` would make it
 do), which is what a legitimate user locked out by someone else's guessing
 needs. It is sent for unknown names too, so it reveals nothing.
+
+An operator's login delay (:mod:`pop3proxy.delays`) is met where it tells a
+password guesser nothing new: for ``auth: local`` tenants after the proxy
+has checked the password (a wrong one gets the usual ``[AUTH]``, delay or
+not), for passthrough tenants before the backend login, since the delay is
+there to keep the backend (a mailbox being moved) out of it. A passthrough
+name with a delay of its own therefore answers ``[LOGIN-DELAY]`` to anyone
+who tries it, right password or not; the guesser learns the name is
+delayed, and can test no password while it is. A tenant's delay treats
+every name alike. A login waits for a ``wait`` delay only as long as
+``timeouts.auth`` leaves it, less ``timeouts.backend_connect`` for the
+backend login that follows; a longer delay is refused at once.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from pop3proxy import metrics
 from pop3proxy.auth import Passwords
 from pop3proxy.backends import BackendPicker, BackendStates
 from pop3proxy.config import Config
+from pop3proxy.delays import Delay, Delays
 from pop3proxy.directory import Directory, DirectoryUnavailable
 from pop3proxy.history import LoginHistory, LoginRecord
 from pop3proxy.interfaces import (
@@ -64,6 +77,7 @@ log = logging.getLogger("pop3proxy.login")
 LOCKED_OUT = replies.err("Too many failed logins, try again later", Code.LOGIN_DELAY)
 IN_USE = replies.err("Mailbox is in use by another session", Code.IN_USE)
 TENANT_FULL = replies.err("Too many sessions for this domain, try again later", Code.SYS_TEMP)
+DELAYED = replies.err("Logins are paused for this mailbox, try again later", Code.LOGIN_DELAY)
 
 REFUSALS = frozenset(
     {"bad_credentials", "unknown_tenant", "unknown_user", "disabled", "malformed_name"}
@@ -135,6 +149,12 @@ class LoginService:
         )
         self.uidl_maps = UidlMaps(directory.redis, prefix, directory.redis_health)
         self._renewer: gevent.Greenlet | None = None
+        self.delays = Delays(
+            directory.redis,
+            prefix,
+            directory.redis_health,
+            log_user=lambda name: self.log_user(name),
+        )
         self.config = config
 
     @property
@@ -175,11 +195,13 @@ class LoginService:
         if self._renewer is None:
             self._renewer = gevent.spawn(self._renew_forever)
         self.backends.states.start()
+        self.delays.start()
         self.uidl_maps.start()
 
     def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.kill(block=False)
+        self.delays.stop()
         self.uidl_maps.stop()
 
     def _renew_forever(self) -> None:
@@ -263,7 +285,7 @@ class LoginService:
             verdict = self._check_budgets(budget, address)
             if name is None:
                 raise LoginFailed(AUTH_FAILURE, "malformed_name")
-            tenant, logged_in = self._login(name, password, client, session_id)
+            tenant, logged_in = self._login(name, password, client, session_id, started)
         except LoginFailed as failure:
             # As the login understood the name: canonical once the tenant was
             # found, else folded as the budgets key it, else as typed; made safe.
@@ -333,14 +355,21 @@ class LoginService:
         return verdict
 
     def _login(
-        self, name: UserName, password: bytes, client: ClientAddress | None, session_id: str
+        self,
+        name: UserName,
+        password: bytes,
+        client: ClientAddress | None,
+        session_id: str,
+        started: float,
     ) -> tuple[Tenant, LoggedIn]:
         tenant = self._tenant(name)
         # From here on one identity, however the name was typed: the record,
         # the pin, the backend login name, the session slot and the logs.
         user = tenant.identity(name)
         try:
-            connection, lease = self._open_with_slots(tenant, user, password, client, session_id)
+            connection, lease = self._open_with_slots(
+                tenant, user, password, client, session_id, started
+            )
         except LoginFailed as failure:
             failure.user = user.full
             raise
@@ -364,11 +393,13 @@ class LoginService:
         password: bytes,
         client: ClientAddress | None,
         session_id: str,
+        started: float,
     ) -> tuple[BackendConnection, Lease]:
         backend_password = password
         if tenant.auth == "local":
             self._check_local_password(tenant, user, password)
             backend_password = self._master_password(tenant)
+        self._respect_delay(tenant, user, started)
         connection = self._open(tenant, user, backend_password, client)
         try:
             lease = self._take_slots(tenant, user, session_id)
@@ -376,6 +407,26 @@ class LoginService:
             connection.close()  # no QUIT: the backend never enters UPDATE
             raise
         return connection, lease
+
+    def _respect_delay(self, tenant: Tenant, user: Identity, started: float) -> None:
+        """Wait out a login delay of the user or tenant, or refuse the login
+        with ``[LOGIN-DELAY]`` (see the module's docstring for where this runs)."""
+        timeouts = self.config.timeouts
+        allowance = timeouts.auth - timeouts.backend_connect - (time.monotonic() - started)
+        held = self.delays.hold(tenant.name, user.full, allowance)
+        if held is None:
+            return
+        if held.waited:
+            metrics.add(metrics.DELAYED_LOGIN_WAIT, amount=held.waited)
+        if held.refused is None:
+            metrics.add(metrics.DELAYED_LOGINS, "waited")
+            return
+        metrics.add(metrics.DELAYED_LOGINS, "refused")
+        raise LoginFailed(*self._delay_refusal(held.refused), tenant.name)
+
+    def _delay_refusal(self, delay: Delay) -> tuple[bytes, str]:
+        """The reply and the result label of a login a delay refuses."""
+        return DELAYED, "delayed"
 
     def _tenant(self, name: UserName) -> Tenant:
         if name.tenant is None:

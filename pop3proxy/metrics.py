@@ -92,6 +92,29 @@ SESSION_DURATION = Histogram(
     buckets=DURATION_BUCKETS,
 )
 KICKS = Counter("pop3proxy_kicks", "Kicks received by this replica, by scope", ["scope"])
+DELAY_CHANGES = Counter(
+    "pop3proxy_login_delay_changes",
+    "Login delays this replica learnt of, by scope (user, tenant) and change (set, lifted)",
+    ["scope", "change"],
+)
+DELAYED_LOGINS = Counter(
+    "pop3proxy_delayed_logins",
+    "Logins that met a login delay, by outcome (waited: then went on; refused: [LOGIN-DELAY])",
+    ["outcome"],
+)
+DELAYED_LOGIN_WAIT = Counter(
+    "pop3proxy_delayed_login_wait_seconds",
+    "Seconds logins waited for a login delay to end",
+)
+DOWNLOAD_BUDGET_EXHAUSTED = Counter(
+    "pop3proxy_download_budget_exhausted",
+    "Users whose daily download budget ran out, counted by the replica that saw it happen",
+)
+DOWNLOAD_BUDGET_FLUSH = Histogram(
+    "pop3proxy_download_budget_flush_seconds",
+    "Time of one batched write of the sessions' downloaded bytes to Redis",
+    buckets=LATENCY_BUCKETS,
+)
 BYTES = Counter("pop3proxy_bytes", "Bytes relayed", ["tenant", "direction"])
 COMMANDS = Counter("pop3proxy_commands", "Client commands relayed", ["tenant", "command"])
 BACKEND_CONNECT = Histogram(

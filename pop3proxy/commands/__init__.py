@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
+import socket
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from pop3proxy.config import Config, default_config_path, load_config
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store, open_store
@@ -20,6 +26,28 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
+
+
+def log_action(message: str, action: str, **fields: Any) -> None:
+    """An operator's action as one structured line (JSON, like the server's
+    log lines) on stderr: what, its scope, and who ran it where."""
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "message": message,
+        "action": action,
+        **fields,
+        "by": operator(),
+        "host": socket.gethostname(),
+    }
+    print(json.dumps(record, sort_keys=True), file=sys.stderr)
+
+
+def operator() -> str:
+    """Who runs the command: the user behind sudo, else the login name."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

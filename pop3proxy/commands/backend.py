@@ -9,15 +9,17 @@ the absence of an entry, so the hash only ever holds exceptions.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
-import socket
-import sys
-import time
 
 from pop3proxy.backends import ONLINE, STATES, read_states, state_key
-from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, redis_store, usage
+from pop3proxy.commands import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    log_action,
+    redis_store,
+    usage,
+)
 from pop3proxy.tenants import Backend, parse_backend_address
 
 
@@ -62,32 +64,11 @@ def cmd_backend_set(args: argparse.Namespace) -> int:
         store.client.hdel(key, address)
     else:
         store.client.hset(key, address, args.state)
-    _log_action(address, args.state, previous)
+    log_action(
+        "backend state set", "backend_set", backend=address, state=args.state, previous=previous
+    )
     print(f"{address}: {args.state} (was {previous})")
     return EXIT_OK
-
-
-def _log_action(address: str, state: str, previous: str) -> None:
-    """One structured line (JSON, like the server's log lines) on stderr:
-    what, scope, and who ran it where."""
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "message": "backend state set",
-        "action": "backend_set",
-        "backend": address,
-        "state": state,
-        "previous": previous,
-        "by": _operator(),
-        "host": socket.gethostname(),
-    }
-    print(json.dumps(record, sort_keys=True), file=sys.stderr)
-
-
-def _operator() -> str:
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def cmd_backend_list(args: argparse.Namespace) -> int:

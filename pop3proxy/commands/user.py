@@ -1,5 +1,7 @@
 """``pop3proxy user ...``: per-user records in Redis: backend pins, passwords.
 
+``user delay`` (login delays) lives in :mod:`pop3proxy.commands.delay`.
+
 ``user pin alice@acme.example --backend mail2.acme.internal:110`` routes that
 user to that backend of the tenant, whatever the tenant's policy. The
 backend must be one of the tenant's.
@@ -29,6 +31,7 @@ from pop3proxy.commands import (
     EXIT_USAGE,
     CommandError,
     configured_store,
+    delay,
     existing_tenant,
     load,
     usage,
@@ -80,6 +83,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     history.add_argument("user")
     history.add_argument("--json", action="store_true", help="JSON instead of a table")
     history.set_defaults(handler=cmd_user_history)
+    delay.register(user_commands, common, lambda args, store: _identity(_name(args), store))
 
 
 def _name(args: argparse.Namespace) -> UserName:
