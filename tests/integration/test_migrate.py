@@ -1,0 +1,266 @@
+"""``pop3proxy migrate``: a mailbox moves between two real Dovecots whose
+``pop3_uidl_format`` differ, so the same messages get different UIDLs."""
+
+from __future__ import annotations
+
+import json
+import poplib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness.dovecot import Dovecot
+from harness.ports import wait_until
+from harness.proxy import ProxyProcess, run_cli
+from harness.redis import RedisServer
+from harness.users import USERS
+from harness.wire import Pop3Wire
+
+from pop3proxy.delays import read_delays
+from pop3proxy.directory import RedisStore
+from pop3proxy.migration import UidlMaps, map_key, read_index, read_map
+from pop3proxy.tenants import parse_tenant
+
+MOVING = "move.example"
+NEW_UIDL_FORMAT = "%v.%u"
+"""The new server's UIDLs: UIDVALIDITY.UID, where the old one has Dovecot's default."""
+
+
+def message(number: int, subject: str | None = None, body: bytes = b"Hello.\n") -> bytes:
+    headers = (
+        f"From: Sender <sender@example.org>\nTo: alice@{MOVING}\n"
+        f"Subject: {subject or f'message {number}'}\n"
+        f"Message-ID: <move-{number}@pop3proxy.test>\n\n"
+    )
+    return headers.encode() + body
+
+
+@dataclass
+class Move:
+    proxy: ProxyProcess
+    store: RedisStore
+    old: Dovecot
+    new: Dovecot
+    credentials: Path
+
+    @property
+    def to(self) -> str:
+        return f"{self.new.host}:{self.new.port}"
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        result = run_cli(self.proxy.config_path, "migrate", *args)
+        return result.returncode, result.stdout, result.stderr
+
+    def deliver(self, user: str, old: list[bytes], new: list[bytes]) -> None:
+        self.old.reset_mailbox(user, old)
+        self.new.reset_mailbox(user, new)
+
+
+@pytest.fixture
+def move(make_dovecot, make_proxy, redis_server: RedisServer, tmp_path: Path) -> Move:
+    """Tenant ``move.example`` on two Dovecots (failover: the old one first),
+    read with a credentials file (a passthrough tenant has no master)."""
+    old = make_dovecot()
+    new = make_dovecot(uidl_format=NEW_UIDL_FORMAT)
+    proxy = make_proxy()
+    store = RedisStore(redis_server.client(), proxy.config["directory"]["key_prefix"])
+    backends = [{"host": server.host, "port": server.port} for server in (old, new)]
+    store.put(parse_tenant({"name": MOVING, "backends": backends, "policy": "failover"}))
+    credentials = tmp_path / "credentials.yaml"
+    credentials.write_text(
+        json.dumps({f"{user}@{MOVING}": password for user, password in USERS.items()})
+    )
+    return Move(proxy, store, old, new, credentials)
+
+
+def uidls(server: Dovecot, user: str) -> list[bytes]:
+    """The UIDLs ``server`` gives ``user``'s messages, in order (closed without QUIT)."""
+    client = poplib.POP3(server.host, server.port, timeout=10)
+    try:
+        client.user(user)
+        client.pass_(USERS[user])
+        return [line.split()[1] for line in client.uidl()[1]]
+    finally:
+        client.sock.close()
+
+
+def test_map_reports_matched_unmatched_ambiguous_and_stores_new_to_old(move: Move):
+    common = [message(1), message(2), message(3), message(9, "twice"), message(9, "twice")]
+    move.deliver("alice", [*common, message(4, "only old")], [*common, message(5, "only new")])
+    code, out, err = move.cli(
+        "map", f"alice@{MOVING}", "--to", move.to, "--credentials", str(move.credentials), "--json"
+    )
+    assert code == 0, err
+    (report,) = json.loads(out)["users"]
+    assert report["old_backend"] == f"{move.old.host}:{move.old.port}"
+    assert report["new_backend"] == move.to
+    assert {key: report[key] for key in ("old", "new", "matched", "ambiguous")} == {
+        "old": 6,
+        "new": 6,
+        "matched": 3,
+        "ambiguous": 2,
+    }
+    assert (report["unmatched_old"], report["unmatched_new"]) == (1, 1)
+    assert report["order_preserved"] and report["stored"]
+
+    old_uidls, new_uidls = uidls(move.old, "alice"), uidls(move.new, "alice")
+    assert not set(old_uidls) & set(new_uidls)  # the formats really differ
+    stored = read_map(move.store.client, move.store.prefix, f"alice@{MOVING}")
+    assert stored == dict(zip(new_uidls[:5], old_uidls[:5], strict=True))
+    info = read_index(move.store.client, move.store.prefix)[f"alice@{MOVING}"]
+    assert (info.backend, info.entries) == (move.to, 5)
+    audit = json.loads(err.strip().splitlines()[-1])
+    assert (audit["action"], audit["count"], audit["user"]) == ("migrate_map", 1, f"alice@{MOVING}")
+
+
+def test_dry_run_reports_and_stores_nothing(move: Move):
+    mail = [message(1), message(2)]
+    move.deliver("bob", mail, mail)
+    code, out, err = move.cli(
+        "map", f"bob@{MOVING}", "--to", move.to, "--credentials", str(move.credentials), "--dry-run"
+    )
+    assert code == 0, err
+    assert "matched 2" in out and "not stored (dry run)" in out
+    assert read_index(move.store.client, move.store.prefix) == {}
+    assert not move.store.client.exists(map_key(move.store.prefix, f"bob@{MOVING}"))
+
+
+def test_map_a_tenant_reports_every_user_of_the_credentials_file(move: Move):
+    for user in ("alice", "bob"):
+        move.deliver(user, [message(1), message(2)], [message(1), message(2), message(3)])
+    credentials = move.credentials.with_name("two.yaml")
+    credentials.write_text(
+        "\n".join(f"{user}@{MOVING}: {USERS[user]}" for user in ("alice", "bob")) + "\n"
+    )
+    code, out, err = move.cli(
+        "map", "--tenant", MOVING, "--to", move.to, "--credentials", str(credentials), "--json"
+    )
+    assert code == 0, err
+    document = json.loads(out)
+    assert [report["user"] for report in document["users"]] == [
+        f"alice@{MOVING}",
+        f"bob@{MOVING}",
+    ]
+    assert document["totals"]["matched"] == 4
+    assert document["totals"]["unmatched_new"] == 2
+    assert set(read_index(move.store.client, move.store.prefix)) == {
+        f"alice@{MOVING}",
+        f"bob@{MOVING}",
+    }
+
+
+def test_a_user_missing_from_the_credentials_file_fails_with_a_reason_and_exit_1(move: Move):
+    move.credentials.write_text("{}")
+    code, out, _ = move.cli(
+        "map", f"carol@{MOVING}", "--to", move.to, "--credentials", str(move.credentials)
+    )
+    assert code == 1
+    assert "FAILED" in out and "no password" in out
+    assert USERS["carol"] not in out
+
+
+def test_to_must_be_a_backend_of_the_tenant(move: Move):
+    code, _, err = move.cli("map", f"alice@{MOVING}", "--to", "127.0.0.1:1")
+    assert code == 2
+    assert "not a backend of tenant move.example" in err
+
+
+def test_verify_is_clean_after_a_full_match_and_fails_on_new_mail(move: Move):
+    mail = [message(1), message(2), message(3)]
+    move.deliver("carol", mail, mail)
+    credentials = ("--credentials", str(move.credentials))
+    code, _, err = move.cli("map", f"carol@{MOVING}", "--to", move.to, *credentials)
+    assert code == 0, err
+    code, out, err = move.cli("verify", f"carol@{MOVING}", *credentials)
+    assert code == 0, out + err
+    assert out.strip().endswith("same")
+
+    move.new.deliver("carol", [message(7, "arrived on the new server")])
+    code, out, _ = move.cli("verify", f"carol@{MOVING}", *credentials, "--json")
+    assert code == 1
+    result = json.loads(out)
+    assert result["missing"] == [] and len(result["extra"]) == 1
+    assert not result["same"]
+
+
+def test_maps_reach_a_replica_without_a_round_trip_per_login(move: Move):
+    """The index is read in the background: a user without a map costs nothing;
+    a map applies only on the backend it was made for; forget removes it."""
+    mail = [message(1), message(2)]
+    move.deliver("dave", mail, mail)
+    credentials = ("--credentials", str(move.credentials))
+    assert move.cli("map", f"dave@{MOVING}", "--to", move.to, *credentials)[0] == 0
+    maps = UidlMaps(move.store.client, move.store.prefix)
+    maps.update()
+    translated = maps.for_login(f"dave@{MOVING}", move.to)
+    assert translated is not None
+    assert sorted(translated.values()) == sorted(uidls(move.old, "dave"))
+    assert maps.for_login(f"dave@{MOVING}", f"{move.old.host}:{move.old.port}") is None
+    assert maps.for_login(f"erin@{MOVING}", move.to) is None
+
+    code, out, err = move.cli("forget", f"dave@{MOVING}")
+    assert code == 0, err
+    assert out.strip() == "1 map(s) removed"
+    maps.update()
+    assert maps.for_login(f"dave@{MOVING}", move.to) is None
+    assert move.cli("forget", f"dave@{MOVING}")[0] == 1
+
+
+def test_cutover_pins_kicks_without_deleting_and_rollback_returns(move: Move):
+    """A session in TRANSACTION during the cutover (it marked a message
+    deleted) is cut without QUIT: nothing is lost, nothing deleted."""
+    mail = [message(1), message(2), message(3)]
+    move.deliver("erin", mail, mail)
+    user = f"erin@{MOVING}"
+    assert move.cli("map", user, "--to", move.to, "--credentials", str(move.credentials))[0] == 0
+    proxy = move.proxy
+    old_mark, new_mark = move.old.log_mark(), move.new.log_mark()
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as session:
+        session.login(user, USERS["erin"])
+        move.old.wait_for_log(r"Login: user=<erin>", since=old_mark)
+        assert session.command("DELE 1").startswith(b"+OK")
+        code, out, err = move.cli("cutover", user, "--to", move.to)
+        assert code == 0, err
+        assert out.strip() == f"1 user(s) pinned to {move.to}, 1 session(s) ended"
+        session.sock.settimeout(5)
+        assert session.read_line() == b""  # cut: the proxy closed the session
+    move.old.wait_for_log(r"pop3\(erin\).*Disconnected.*del=0/3", since=old_mark)
+    assert move.old.message_count("erin") == 3
+    record = move.store.get_user(MOVING, "erin")
+    assert record is not None and record.backend == move.to
+    assert read_index(move.store.client, move.store.prefix)[user].cutover is not None
+
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as session:
+        session.login(user, USERS["erin"])
+        assert session.command("STAT").startswith(b"+OK 3 ")
+    move.new.wait_for_log(r"Login: user=<erin>", since=new_mark)
+
+    code, out, err = move.cli("rollback", user)
+    assert code == 0, err
+    assert out.strip().startswith("1 user(s) back on their previous route")
+    record = move.store.get_user(MOVING, "erin")
+    assert record is None or record.backend is None
+    old_mark = move.old.log_mark()
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as session:
+        session.login(user, USERS["erin"])
+    move.old.wait_for_log(r"Login: user=<erin>", since=old_mark)
+
+
+def test_cutover_refuses_a_user_without_a_map(move: Move):
+    code, _, err = move.cli("cutover", f"alice@{MOVING}", "--to", move.to)
+    assert code == 1
+    assert "run pop3proxy migrate map first" in err
+    assert move.store.get_user(MOVING, "alice") is None
+
+
+def test_cutover_lifts_the_wait_it_set(move: Move):
+    mail = [message(1)]
+    move.deliver("bob", mail, mail)
+    user = f"bob@{MOVING}"
+    assert move.cli("map", user, "--to", move.to, "--credentials", str(move.credentials))[0] == 0
+    assert move.cli("cutover", user, "--to", move.to)[0] == 0
+    wait_until(
+        lambda: read_delays(move.store.client, move.store.prefix) == {},
+        5,
+        message="the cutover's delay is lifted",
+    )
