@@ -15,6 +15,13 @@ direction stops reading while the other side cannot take more
 (back-pressure), and one callback moves at most one chunk, so a busy
 session never holds the loop.
 
+A session with a download budget or a moved mailbox runs
+:class:`TrackedRelay` instead, which knows where each backend reply begins
+and ends (:mod:`pop3proxy.protocol.tracking`): it refuses RETR and TOP in
+their place among pipelined replies once the budget is spent, and rewrites
+UIDL replies. It pays for that in user space; every other session keeps the
+plain splice above, untouched.
+
 Rule 1 lives here: the backend only ever sees QUIT if the client sent it.
 When the client vanishes, times out or the proxy stops, the backend socket
 is closed without a word, and the backend never enters UPDATE.
@@ -24,16 +31,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from gevent.hub import get_hub
 
 from pop3proxy import metrics
+from pop3proxy.interfaces import DownloadMeter
 from pop3proxy.net.boundary import ErrorBoundary
 from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.splice import SplicePipe
+from pop3proxy.protocol import replies
 from pop3proxy.protocol.client import Action, ClientConnection, Close, Forward, Send
+from pop3proxy.protocol.tracking import ReplyTracker, command_of
+from pop3proxy.protocol.uidl import UidlRewriter
 
 log = logging.getLogger("pop3proxy.relay")
 
@@ -344,3 +356,88 @@ class Relay(ErrorBoundary):
             self.last_activity = time.monotonic()
             self._stop("client_write")
             self._resume_backend_reads()
+
+
+BUDGET_SPENT = replies.err("Daily download limit reached; try again later", replies.Code.SYS_TEMP)
+"""In place of a RETR or TOP once the user's download budget is spent."""
+
+METERED = frozenset({b"RETR", b"TOP"})
+"""The commands a spent download budget refuses."""
+
+_READ_BUFFER = cast(bytearray, SHARED_BUFFER.obj)
+"""The bytearray under :data:`SHARED_BUFFER`: the tracker searches it in place."""
+
+
+class TrackedRelay(Relay):
+    """A relay that follows each backend reply, for the sessions that need it.
+
+    ``meter`` counts what the client gets and, once exhausted, RETR and TOP
+    are answered ``-ERR [SYS/TEMP]`` by the proxy in the command's place: after
+    every reply outstanding before it, so a message being sent finishes
+    first. The check is made as each command is forwarded, so commands a
+    client pipelined before the budget ran out are still answered.
+    ``uidl_map`` rewrites the replies to ``UIDL`` and ``UIDL n``, new UIDL to
+    old. Replies are read in user space (no kernel pipe): a bulk reply costs
+    one ``bytes.find`` per chunk more than the plain relay, a UIDL listing a
+    dictionary look-up per line.
+    """
+
+    __slots__ = ("_meter", "_tracker", "uidl_rewriter")
+
+    def __init__(
+        self,
+        client: Endpoint,
+        backend: Endpoint,
+        conn: ClientConnection,
+        idle_timeout: float,
+        traffic: Traffic,
+        tenant: str,
+        on_end: Callable[[str], None],
+        *,
+        meter: DownloadMeter | None = None,
+        uidl_map: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__(client, backend, conn, idle_timeout, traffic, tenant, on_end)
+        self._meter = meter
+        self._tracker = ReplyTracker()
+        self.uidl_rewriter = UidlRewriter(uidl_map) if uidl_map is not None else None
+        """Also counts the UIDLs it translated."""
+
+    def _begin(self, pending: list[Action], leftover: bytes) -> None:
+        if leftover:  # spoken before any command: a reply nobody asked for
+            leftover = bytes(self._tracker.feed(leftover))
+        super()._begin(pending, leftover)
+
+    def _to_backend(self, data: bytes) -> None:
+        """Tell the tracker of each command line, in order; a refused one stays here."""
+        tracker, meter, rewriter = self._tracker, self._meter, self.uidl_rewriter
+        forward = bytearray()
+        for line in data.split(b"\r\n")[:-1]:  # the core forwards whole lines only
+            name, has_argument = command_of(line)
+            if meter is not None and name in METERED and meter.exhausted:
+                refusal = tracker.insert(BUDGET_SPENT)
+                if refusal:
+                    self._to_client(refusal)
+                continue
+            tracker.expect(name, has_argument, rewriter if name == b"UIDL" else None)
+            forward += line + b"\r\n"
+        if forward:
+            super()._to_backend(bytes(forward))
+
+    def _on_backend_readable(self) -> None:
+        if self.end_reason is not None:  # a continuation queued before the end
+            return
+        size = self.backend.recv_into(SHARED_BUFFER)
+        if size is None:
+            return
+        if not size:
+            self._backend_closed()
+            return
+        out = self._tracker.feed(_READ_BUFFER, size)
+        self.traffic.to_client += len(out)
+        if self._meter is not None:
+            self._meter.add(len(out))
+        self.last_activity = time.monotonic()
+        self._to_client(out)
+        if self.end_reason is None and not self.client.outbox and self.backend.buffered():
+            self._loop.run_callback(self.guarded, self._on_backend_readable)

@@ -47,7 +47,7 @@ from pop3proxy.net.backend import BackendSocket
 from pop3proxy.net.boundary import Ended, ErrorBoundary
 from pop3proxy.net.endpoint import CLIENT_RECV, SHARED_BUFFER, Endpoint
 from pop3proxy.net.listener import ProxyHeaderRefused, refuse_proxy_header, trusted
-from pop3proxy.net.relay import Relay, Traffic
+from pop3proxy.net.relay import Relay, TrackedRelay, Traffic
 from pop3proxy.net.sockets import READ, WRITE, RawSocket
 from pop3proxy.net.tasks import Task, Tasks
 from pop3proxy.protocol import client as core
@@ -581,7 +581,7 @@ class ClientSession(ErrorBoundary):
         assert isinstance(backend, BackendSocket)  # the shell's own dialer made it
         tenant = metrics.tenant_label(login.tenant)
         metrics.add(metrics.SESSIONS_ACTIVE, tenant)
-        self._relay = Relay(
+        relay_args = (
             self.client,
             backend.endpoint,
             self.conn,
@@ -590,6 +590,10 @@ class ClientSession(ErrorBoundary):
             tenant,
             lambda reason: self.guarded(self._relay_ended, reason),
         )
+        if login.meter is None and login.uidl_map is None:
+            self._relay = Relay(*relay_args)
+        else:  # replies followed one by one: only for the sessions that need it
+            self._relay = TrackedRelay(*relay_args, meter=login.meter, uidl_map=login.uidl_map)
         self._relay.start(pending, backend.leftover)
 
     def _relay_ended(self, reason: str) -> None:
