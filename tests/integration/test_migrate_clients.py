@@ -27,20 +27,41 @@ def move(make_dovecot, make_proxy, redis_server, tmp_path) -> Move:
     return set_up_move(make_dovecot, make_proxy, redis_server, tmp_path)
 
 
-class Fetchmail:
-    """fetchmail polling the proxy's plain listener, ``keep`` and ``uidl``:
-    it remembers the UIDLs it has seen in its id file and fetches only others."""
+class Client:
+    """A mail client polling the proxy's plain listener: its memory of the
+    UIDLs it has seen lives in :attr:`state`, each message it fetches becomes
+    a file in :attr:`inbox` (through a delivery script: getmail refuses to
+    write a Maildir as root, as the tests may run)."""
 
-    name = "fetchmail"
-
-    def __init__(self, workdir: Path, proxy: ProxyProcess, user: str) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.state = workdir / "state"
         self.inbox = workdir / "inbox"
         for directory in (self.state, self.inbox):
             directory.mkdir(parents=True)
-        deliver = workdir / "deliver.sh"
-        deliver.write_text('#!/bin/sh\ncat > "$1/$(date +%s%N)-$$"\n')
-        deliver.chmod(0o755)
+        self.deliver = workdir / "deliver.sh"
+        self.deliver.write_text('#!/bin/sh\ncat > "$1/$(date +%s%N)-$$"\n')
+        self.deliver.chmod(0o755)
+
+    def poll(self) -> int:
+        """One poll; how many messages it fetched."""
+        before = len(list(self.inbox.iterdir()))
+        self.run()
+        return len(list(self.inbox.iterdir())) - before
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def subjects(self) -> list[str]:
+        return sorted(_subject(path) for path in self.inbox.iterdir())
+
+
+class Fetchmail(Client):
+    """fetchmail with ``keep`` and ``uidl``: it remembers the UIDLs it has
+    seen in its id file and fetches only others."""
+
+    def __init__(self, workdir: Path, proxy: ProxyProcess, user: str) -> None:
+        super().__init__(workdir)
+        deliver = self.deliver
         self.rcfile = workdir / "fetchmailrc"
         self.rcfile.write_text(
             f"set no syslog\n"
@@ -50,9 +71,7 @@ class Fetchmail:
         )
         self.rcfile.chmod(stat.S_IRUSR | stat.S_IWUSR)
 
-    def poll(self) -> int:
-        """One poll; how many messages it delivered."""
-        before = len(list(self.inbox.iterdir()))
+    def run(self) -> None:
         result = subprocess.run(
             [
                 "fetchmail",
@@ -71,35 +90,25 @@ class Fetchmail:
         )
         # 0: mail fetched, 1: no mail; anything else is an error.
         assert result.returncode in (0, 1), result.stdout + result.stderr
-        return len(list(self.inbox.iterdir())) - before
-
-    def subjects(self) -> list[str]:
-        return sorted(_subject(path) for path in self.inbox.iterdir())
 
 
-class Getmail:
+class Getmail(Client):
     """getmail6 with ``delete = false`` and ``read_all = false``: it keeps the
     UIDLs it has seen in its ``oldmail`` file and fetches only others."""
 
-    name = "getmail6"
-
     def __init__(self, workdir: Path, proxy: ProxyProcess, user: str) -> None:
-        self.state = workdir / "state"
-        self.inbox = workdir / "Maildir"
-        self.state.mkdir(parents=True)
-        for sub in ("cur", "new", "tmp"):
-            (self.inbox / sub).mkdir(parents=True)
+        super().__init__(workdir)
         self.rcfile = workdir / "getmailrc"
         self.rcfile.write_text(
             "[retriever]\ntype = SimplePOP3Retriever\n"
             f"server = {proxy.host}\nport = {proxy.ports['plain']}\n"
             f"username = {user}@{MOVING}\npassword = {USERS[user]}\n"
-            f"[destination]\ntype = Maildir\npath = {self.inbox}/\n"
+            f"[destination]\ntype = MDA_external\npath = {self.deliver}\n"
+            f'arguments = ("{self.inbox}",)\nallow_root_commands = true\n'
             "[options]\ndelete = false\nread_all = false\nverbose = 0\n"
         )
 
-    def poll(self) -> int:
-        before = len(self._messages())
+    def run(self) -> None:
         result = subprocess.run(
             ["getmail", "--getmaildir", str(self.state), "--rcfile", str(self.rcfile)],
             capture_output=True,
@@ -107,13 +116,6 @@ class Getmail:
             timeout=CLIENT_TIMEOUT,
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        return len(self._messages()) - before
-
-    def _messages(self) -> list[Path]:
-        return [path for sub in ("new", "cur") for path in (self.inbox / sub).iterdir()]
-
-    def subjects(self) -> list[str]:
-        return sorted(_subject(path) for path in self._messages())
 
 
 def _subject(path: Path) -> str:
@@ -146,7 +148,7 @@ def test_after_the_cutover_the_next_poll_fetches_only_new_mail_and_without_the_m
     tmp_path: Path,
     client_name: str,
 ):
-    client_class: Callable[[Path, ProxyProcess, str], Fetchmail | Getmail] = CLIENTS[client_name]
+    client_class: Callable[[Path, ProxyProcess, str], Client] = CLIENTS[client_name]
     _require("fetchmail" if client_name == "fetchmail" else "getmail")
     user = "alice"
     mail = [message(number) for number in range(1, 5)]
