@@ -61,7 +61,7 @@ def test_dry_run_reports_and_stores_nothing(move: Move):
     assert not move.store.client.exists(map_key(move.store.prefix, f"bob@{MOVING}"))
 
 
-def test_map_a_tenant_reports_every_user_of_the_credentials_file(move: Move):
+def test_a_tenant_is_mapped_cut_over_rolled_back_and_forgotten_user_by_user(move: Move):
     for user in ("alice", "bob"):
         move.deliver(user, [message(1), message(2)], [message(1), message(2), message(3)])
     credentials = move.credentials.with_name("two.yaml")
@@ -83,6 +83,25 @@ def test_map_a_tenant_reports_every_user_of_the_credentials_file(move: Move):
         f"alice@{MOVING}",
         f"bob@{MOVING}",
     }
+    wait_until(
+        lambda: "pop3proxy_uidl_maps 2.0" in move.proxy.metrics(),
+        10,
+        message="the proxy counts two users with a map",
+    )
+
+    code, out, err = move.cli("cutover", "--tenant", MOVING, "--to", move.to)
+    assert code == 0, err
+    assert out.strip() == f"2 user(s) pinned to {move.to}, 0 session(s) ended"
+    for user in ("alice", "bob"):
+        record = move.store.get_user(MOVING, user)
+        assert record is not None and record.backend == move.to
+    code, out, err = move.cli("rollback", "--tenant", MOVING)
+    assert code == 0, err
+    assert all(move.store.get_user(MOVING, user) is None for user in ("alice", "bob"))
+    code, out, err = move.cli("forget", "--tenant", MOVING)
+    assert code == 0, err
+    assert out.strip() == "2 map(s) removed"
+    assert read_index(move.store.client, move.store.prefix) == {}
 
 
 def test_a_user_missing_from_the_credentials_file_fails_with_a_reason_and_exit_1(move: Move):
