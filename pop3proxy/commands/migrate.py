@@ -23,7 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +165,6 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
 # -- who and where -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Move:
-    """One user's mailbox move: where it is read, and how to log in there."""
-
-    user: Identity
-    old: Backend
-    new: Backend
-    login: str
-    password: bytes
-
-
 class Context:
     """What every action needs: configuration, store, directory, Redis."""
 
@@ -200,9 +189,10 @@ class Context:
             tenant = existing_tenant(self.store, name.tenant or "")
             return tenant, [tenant.identity(name)]
         tenant = existing_tenant(self.store, tenant_name or "")
+        separator = self.config.tenancy.separator
         if from_index:
             index = self.index()
-            suffix = "@" + tenant.name
+            suffix = separator + tenant.name
             locals_ = [user.removesuffix(suffix) for user in index if user.endswith(suffix)]
         elif getattr(args, "credentials", None):
             locals_ = [
@@ -213,7 +203,7 @@ class Context:
         else:
             locals_ = list(self.store.user_locals(tenant.name))
         users = sorted({tenant.canonical_local(local) for local in locals_})
-        return tenant, [Identity(local, tenant.name) for local in users]
+        return tenant, [Identity(local, tenant.name, separator) for local in users]
 
     def user_name(self, text: str) -> UserName:
         tenancy = self.config.tenancy
