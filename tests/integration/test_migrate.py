@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from _migration import MOVING, Move, message, set_up_move, uidls
+from _migration import MOVING, NEW_UIDL_FORMAT, Move, message, set_up_move, uidls
 from harness.ports import wait_until
-from harness.users import USERS
+from harness.proxy import run_cli
+from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
 
 from pop3proxy.delays import read_delays
+from pop3proxy.directory import RedisStore
 from pop3proxy.migration import UidlMaps, map_key, read_index, read_map
+from pop3proxy.tenants import parse_tenant
 
 
 @pytest.fixture
@@ -219,3 +222,46 @@ def test_cutover_lifts_the_wait_it_set(move: Move):
         5,
         message="the cutover's delay is lifted",
     )
+
+
+MASTER_ENV = "POP3PROXY_TEST_MIGRATE_MASTER"
+
+
+def test_a_tenant_with_master_credentials_is_read_without_a_credentials_file(
+    make_dovecot, make_proxy, redis_server, monkeypatch
+):
+    """``auth: local``: the users are the tenant's user records, and both
+    mailboxes are read as ``user*proxymaster``."""
+    monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
+    old = make_dovecot(master_users=MASTER_USERS)
+    new = make_dovecot(master_users=MASTER_USERS, uidl_format=NEW_UIDL_FORMAT)
+    proxy = make_proxy({"auth": {"argon2_time_cost": 1, "argon2_memory_cost": 1024}})
+    store = RedisStore(redis_server.client(), proxy.config["directory"]["key_prefix"])
+    record = {
+        "name": "local-move.example",
+        "backends": [{"host": server.host, "port": server.port} for server in (old, new)],
+        "auth": "local",
+        "master_user": "proxymaster",
+        "master_password_env": MASTER_ENV,
+    }
+    store.put(parse_tenant(record))
+    result = run_cli(
+        proxy.config_path, "user", "set-password", "alice@local-move.example", stdin="pw\n"
+    )
+    assert result.returncode == 0, result.stderr
+    mail = [message(1), message(2), message(3)]
+    old.reset_mailbox("alice", mail)
+    new.reset_mailbox("alice", mail)
+    result = run_cli(
+        proxy.config_path,
+        "migrate", "map", "--tenant", "local-move.example",
+        "--to", f"{new.host}:{new.port}", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (report,) = json.loads(result.stdout)["users"]
+    assert (report["user"], report["matched"], report["stored"]) == (
+        "alice@local-move.example",
+        3,
+        True,
+    )
+    assert MASTER_USERS["proxymaster"] not in result.stdout + result.stderr
