@@ -4,17 +4,28 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from _migration import MOVING, NEW_UIDL_FORMAT, Move, message, set_up_move, uidls
 from harness.ports import wait_until
 from harness.proxy import run_cli
+from harness.redis import RedisServer
 from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
 
 from pop3proxy.delays import read_delays
 from pop3proxy.directory import RedisStore
-from pop3proxy.migration import UidlMaps, map_key, read_index, read_map
+from pop3proxy.migration import (
+    MapInfo,
+    UidlMaps,
+    UidlMapUnavailable,
+    map_key,
+    read_index,
+    read_map,
+    store_map,
+)
+from pop3proxy.redisconn import RedisHealth
 from pop3proxy.tenants import parse_tenant
 
 
@@ -265,3 +276,27 @@ def test_a_tenant_with_master_credentials_is_read_without_a_credentials_file(
         True,
     )
     assert MASTER_USERS["proxymaster"] not in result.stdout + result.stderr
+
+
+def test_a_map_that_cannot_be_read_fails_the_login_instead_of_showing_new_uidls():
+    """With Redis stopped, a user whose map this replica has in memory keeps
+    it; for one whose map it never read, the replica raises
+    :class:`UidlMapUnavailable` (the login answers ``-ERR [SYS/TEMP]`` and the
+    client retries) rather than show new UIDLs that make it download everything."""
+    with RedisServer() as server:
+        client = server.client()
+        now = time.time()
+        for user in ("read@move.example", "unread@move.example"):
+            info = MapInfo("10.0.0.2:110", now + 3600, 1, now)
+            store_map(client, "m", user, {b"new-1": b"old-1"}, info)
+        maps = UidlMaps(client, "m", RedisHealth("test redis"))
+        maps.update()
+        assert maps.for_login("read@move.example", "10.0.0.2:110") == {b"new-1": b"old-1"}
+        server.stop()
+        assert maps.for_login("read@move.example", "10.0.0.2:110") == {b"new-1": b"old-1"}
+        with pytest.raises(UidlMapUnavailable):
+            maps.for_login("unread@move.example", "10.0.0.2:110")
+        maps.update()  # fails: the index last read stays in force
+        assert maps.for_login("someone@move.example", "10.0.0.2:110") is None
+        with pytest.raises(UidlMapUnavailable):
+            maps.for_login("unread@move.example", "10.0.0.2:110")
