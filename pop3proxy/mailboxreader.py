@@ -19,6 +19,12 @@ from typing import Any
 from pop3proxy.migration import Message
 from pop3proxy.tenants import Backend
 
+MAX_LINE = 64 * 1024
+"""Longest line read from a backend. poplib's own limit, 2048 bytes, is below
+some real header lines (unfolded ones, long ``References:``): a mailbox with
+one would fail to map."""
+poplib._MAXLINE = max(poplib._MAXLINE, MAX_LINE)  # type: ignore[attr-defined]
+
 
 class MailboxError(Exception):
     """The backend could not be read: connection, TLS, login or a command failed.

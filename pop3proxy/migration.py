@@ -195,9 +195,9 @@ def store_map(
     ttl = max(1, int(info.expires - time.time()))
     pipe = client.pipeline(transaction=False)
     pipe.delete(key)
-    for start in range(0, len(uidl_map), 1000):
-        chunk = dict(list(uidl_map.items())[start : start + 1000])
-        pipe.hset(key, mapping=chunk)
+    entries = list(uidl_map.items())
+    for start in range(0, len(entries), 1000):  # bounded commands for large mailboxes
+        pipe.hset(key, mapping=dict(entries[start : start + 1000]))
     pipe.expire(key, ttl)
     pipe.hset(index_key(prefix), user, info.to_json())
     pipe.incr(generation_key(prefix))
