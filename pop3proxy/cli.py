@@ -28,6 +28,7 @@ from pop3proxy.commands import (  # noqa: E402
     add_config_option,
     backend,
     load,
+    migrate,
     route,
     sessions,
     tenant,
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend.register(commands, common)
     route.register(commands, common)
     sessions.register(commands, common)
+    migrate.register(commands, common)
     return parser
 
 

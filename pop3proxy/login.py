@@ -59,6 +59,7 @@ from pop3proxy.interfaces import (
 )
 from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slot, Verdict
 from pop3proxy.logs import UserLogForm, loggable_name, read_hash_key
+from pop3proxy.migration import UidlMaps, UidlMapUnavailable
 from pop3proxy.names import match_name, usable_server_name
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
@@ -150,6 +151,7 @@ class LoginService:
         self.leases = LeaseLimiter(
             directory.redis, prefix, config.limits.lease_ttl, health=directory.redis_health
         )
+        self.uidl_maps = UidlMaps(directory.redis, prefix, directory.redis_health)
         self._renewer: gevent.Greenlet | None = None
         self.delays = Delays(
             directory.redis,
@@ -207,12 +209,14 @@ class LoginService:
         self.backends.states.start()
         self.delays.start()
         self.downloads.start()
+        self.uidl_maps.start()
 
     def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.kill(block=False)
         self.delays.stop()
         self.downloads.stop()
+        self.uidl_maps.stop()
 
     def _renew_forever(self) -> None:
         while True:
@@ -384,9 +388,23 @@ class LoginService:
             failure.user = user.full
             raise
         full = user.full
+        try:
+            uidl_map = self.uidl_maps.for_login(full, connection.address)
+        except UidlMapUnavailable as error:
+            connection.close()  # no QUIT: the backend never enters UPDATE
+            self.release(lease)
+            refusal = LoginFailed(TEMPORARY_FAILURE, "directory_error", tenant.name, str(error))
+            refusal.user = full
+            raise refusal from None
         meter = self.downloads.meter(full)  # memory only: no Redis on the login's path
         return tenant, LoggedIn(
-            connection, tenant.name, full, lease, self.log_user(full), meter=meter
+            connection,
+            tenant.name,
+            full,
+            lease,
+            self.log_user(full),
+            meter=meter,
+            uidl_map=uidl_map,
         )
 
     def _open_with_slots(

@@ -147,6 +147,16 @@ BACKEND_STATE_CHANGES = Counter(
     "Backend state changes this process applied, by the new state",
     ["state"],
 )
+UIDL_MAPS = Gauge(
+    "pop3proxy_uidl_maps",
+    "Users with a UIDL map of a moved mailbox (pop3proxy migrate map)",
+    multiprocess_mode="mostrecent",
+)
+UIDL_TRANSLATED = Counter(
+    "pop3proxy_uidl_translated",
+    "UIDLs the relay sent clients as the old backend's instead of the new one's",
+    ["tenant"],
+)
 PROXY_PROTOCOL_ERRORS = Counter(
     "pop3proxy_proxy_protocol_errors",
     "Inbound connections closed for a missing, malformed or untrusted PROXY header",

@@ -107,6 +107,8 @@ class Dovecot(process.ServerProcess):
         mail_user: (root only) the system user mail processes run as.
         username_format: Dovecot's ``auth_username_format``; ``"%u"`` makes user
             names case-sensitive (Dovecot's default, ``%Lu``, lower-cases them).
+        uidl_format: Dovecot's ``pop3_uidl_format``. Two servers with different
+            formats give the same messages different UIDLs (a mailbox move).
     """
 
     def __init__(
@@ -119,9 +121,11 @@ class Dovecot(process.ServerProcess):
         haproxy_port: bool = False,
         mail_user: str | None = None,
         username_format: str | None = None,
+        uidl_format: str = "%08Xu%08Xv",
         binary: str = "dovecot",
     ) -> None:
         self.username_format = username_format
+        self.uidl_format = uidl_format
         self.users = dict(users)
         self.certs = certs
         self.login_trusted_networks = login_trusted_networks
@@ -222,7 +226,7 @@ class Dovecot(process.ServerProcess):
             f"first_valid_uid = {min(ident.mail_uid, 500)}",
             "last_valid_uid = 0",
             f"mail_location = maildir:{self.mail_root}/%u",
-            "pop3_uidl_format = %08Xu%08Xv",
+            f"pop3_uidl_format = {self.uidl_format}",
             "disable_plaintext_auth = no",
             "auth_mechanisms = plain login",
             # A failed login would otherwise slow every later login from
