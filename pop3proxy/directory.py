@@ -246,6 +246,43 @@ class RedisStore:
         self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
         return stored
 
+    def update_user_field(
+        self, tenant: str, local: str, name: str, change: Callable[[Any], Any]
+    ) -> Any:
+        """Replace field ``name`` of the user record with ``change(its value)``
+        (``None`` when absent; returning ``None`` removes it), keeping every
+        other field, in one transaction: a concurrent writer of the record
+        (WATCH) makes it read and change again, so two operators adding app
+        passwords at once both keep theirs. Returns the new value; announced
+        like any change."""
+        key = self.user_key(tenant, local)
+
+        def in_transaction(pipe: Any) -> Any:
+            raw = pipe.get(key)
+            data: dict[str, Any] = {}
+            if raw is not None:
+                try:
+                    loaded = json.loads(raw)
+                    data = loaded if isinstance(loaded, dict) else {}
+                except ValueError:
+                    data = {}  # corrupt: the new record replaces it
+            value = change(data.get(name))
+            if value is None:
+                data.pop(name, None)
+            else:
+                data[name] = value
+            data.setdefault("version", 1)
+            pipe.multi()
+            if set(data) == {"version"}:
+                pipe.delete(key)
+            else:
+                pipe.set(key, json.dumps(data, sort_keys=True))
+            return value
+
+        value = self.client.transaction(in_transaction, key, value_from_callable=True)
+        self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
+        return value
+
     def publish(self, message: str) -> None:
         invalidation.publish(self.client, self.prefix, message)
 

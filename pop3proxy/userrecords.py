@@ -8,8 +8,12 @@ and a rehash at login may meet), and a record with nothing left in it is
 deleted. Only Redis keeps user records; a tenants file has none.
 
 ```json
-{"version": 1, "backend": "mail2.acme.internal:110", "password_hash": "$argon2id$..."}
+{"version": 1, "backend": "mail2.acme.internal:110", "password_hash": "$argon2id$...",
+ "app_passwords": {"7gk2m": {"label": "phone", "created": 1767225600, "hash": "$argon2id$..."}}}
 ```
+
+``app_passwords`` (see :mod:`pop3proxy.apppasswords`) is read with the rest,
+so a login with one costs no read of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pop3proxy.apppasswords import AppPassword, read_app_passwords
 from pop3proxy.schema import Reader, SchemaError
 from pop3proxy.tenants import parse_backend_address
 
@@ -47,6 +52,8 @@ class UserRecord:
     """``host:port`` of the pinned backend, one of the tenant's."""
     password_hash: str | None = field(default=None, repr=False)
     """argon2id hash for tenants with ``auth: local``."""
+    app_passwords: tuple[AppPassword, ...] = field(default=(), repr=False)
+    """The user's app passwords, oldest first."""
     raw: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
     """Every stored field, for writers that must keep what they do not own;
     ``password_hash`` among them, so never in a repr."""
@@ -74,12 +81,18 @@ def parse_user_record(tenant: str, local: str, data: object, path: str = "") -> 
         except ValueError as error:
             r.problem("backend", str(error))
     password_hash = r.string("password_hash", None)
+    app_passwords = read_app_passwords(r)
     r.finish()
     if problems:
         raise UserRecordError(problems)
     raw = tuple(sorted(dict(data).items())) if isinstance(data, dict) else ()
     return UserRecord(
-        tenant=tenant, local=local, backend=backend, password_hash=password_hash, raw=raw
+        tenant=tenant,
+        local=local,
+        backend=backend,
+        password_hash=password_hash,
+        app_passwords=app_passwords,
+        raw=raw,
     )
 
 

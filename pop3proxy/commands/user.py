@@ -23,6 +23,7 @@ from dataclasses import asdict
 
 import redis
 
+from pop3proxy.apppasswords import without_hashes
 from pop3proxy.auth import Passwords
 from pop3proxy.commands import (
     EXIT_OK,
@@ -46,7 +47,11 @@ from pop3proxy.tenants import (
 )
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> argparse._SubParsersAction:
+    """Returns the ``user`` subcommands, for modules that add their own
+    (:mod:`pop3proxy.commands.apppassword`)."""
     user = commands.add_parser("user", help="per-user records: backend pins")
     user_commands = user.add_subparsers(title="user commands", metavar="ACTION")
     user.set_defaults(handler=lambda args: usage(user))
@@ -80,6 +85,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     history.add_argument("user")
     history.add_argument("--json", action="store_true", help="JSON instead of a table")
     history.set_defaults(handler=cmd_user_history)
+    return user_commands
 
 
 def _name(args: argparse.Namespace) -> UserName:
@@ -153,6 +159,7 @@ def cmd_user_show(args: argparse.Namespace) -> int:
     if "password_hash" in data:
         # Never print the hash: a marker that one is set.
         data["password_hash"] = "(set)"  # noqa: S105  # nosec B105
+    data = without_hashes(data)
     print(json.dumps({"user": user.full, "record": data or None}, indent=2))
     return EXIT_OK
 
