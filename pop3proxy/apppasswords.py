@@ -353,6 +353,16 @@ class VerifiedCredentials:
     def forget(self, key: tuple[str, str, bytes]) -> None:
         self._entries.pop(key, None)
 
+    def forget_user(self, tenant: str | None, local: str | None) -> None:
+        """The user's record changed (an app password revoked, maybe): forget
+        what was verified for them; ``None``: for everyone (changes may have
+        been missed). The next login of each device costs one check again."""
+        if tenant is None:
+            self._entries.clear()
+            return
+        for key in [k for k in self._entries if k[0] == tenant and k[1] == local]:
+            del self._entries[key]
+
 
 class AppPasswords:
     """The login's judge of app passwords (:class:`pop3proxy.login.LoginService`)."""

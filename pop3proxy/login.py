@@ -144,6 +144,7 @@ class LoginService:
         )
         self._renewer: gevent.Greenlet | None = None
         self.app_passwords = AppPasswords()
+        directory.on_user_change = self.app_passwords.verified.forget_user
         self.config = config
 
     @property
