@@ -13,52 +13,21 @@ import poplib
 import statistics
 import subprocess
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from conftest import MASTER_ENV
+from conftest import APPS
 from harness.ports import wait_until
 from harness.proxy import ProxyProcess, attempt_login, run_cli
-from harness.users import MASTER_USERS, USERS, WRONG_PASSWORD
+from harness.users import USERS, WRONG_PASSWORD
 from harness.wire import Pop3Wire
 from test_observability import scrape
 from test_who_kick import KICK_WITHIN, closed_within
 
 from pop3proxy import apppasswords
 
-APPS = "apps.example"
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed\r\n"
-
-
-@pytest.fixture
-def app_proxies(
-    make_proxy: Callable[..., ProxyProcess], monkeypatch: pytest.MonkeyPatch, dovecot
-) -> Callable[..., list[ProxyProcess]]:
-    """``app_proxies(mode, replicas=1, **auth)``: proxies sharing one Redis key
-    prefix (replicas of one deployment) that know tenant ``apps.example``
-    with ``app_passwords: mode``, stored through ``tenant set``."""
-
-    def make(mode: str, replicas: int = 1, **auth: Any) -> list[ProxyProcess]:
-        monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
-        shared = {
-            "directory": {"key_prefix": f"apps-{uuid.uuid4().hex[:8]}"},
-            "auth": {"failure_delay": "0s", **auth},
-        }
-        proxies = [make_proxy(shared) for _ in range(replicas)]
-        stored = run_cli(
-            proxies[0].config_path,
-            *("tenant", "set", APPS, "--backend", f"{dovecot.host}:{dovecot.port}"),
-            *("--app-passwords", mode, "--master-user", "proxymaster"),
-            *("--master-password-env", MASTER_ENV),
-        )
-        assert stored.returncode == 0, stored.stderr
-        return proxies
-
-    return make
 
 
 def add_app_password(proxy: ProxyProcess, user: str, label: str, *options: str) -> dict[str, Any]:
