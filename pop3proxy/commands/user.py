@@ -265,11 +265,15 @@ def cmd_user_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"user": user.full, "logins": [asdict(e) for e in entries]}, indent=2))
         return EXIT_OK
-    print(f"{'TIME (UTC)':<20} {'CLIENT':<40} {'LISTENER':<10} {'MECH':<6} {'RESULT':<16} BACKEND")
+    print(
+        f"{'TIME (UTC)':<20} {'CLIENT':<40} {'LISTENER':<10} {'MECH':<6} {'RESULT':<16} "
+        f"{'BACKEND':<28} APP PASSWORD"
+    )
     for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.time))
+        app = f"{entry.credential} ({entry.label})" if entry.credential else "-"
         print(
             f"{when:<20} {entry.client or '-':<40} {entry.listener or '-':<10} "
-            f"{entry.mechanism:<6} {entry.result:<16} {entry.backend or '-'}"
+            f"{entry.mechanism:<6} {entry.result:<16} {entry.backend or '-':<28} {app}"
         )
     return EXIT_OK

@@ -126,6 +126,8 @@ def test_an_app_password_logs_in_with_poplib_curl_and_mpop(
     logins = json.loads(history.stdout)["logins"]
     assert sum(1 for e in logins if e.get("credential") == phone["id"]) == 3
     assert {e.get("label") for e in logins if e.get("credential")} == {"Alice's phone"}
+    table = run_cli(proxy.config_path, "user", "history", user).stdout
+    assert table.count(f"{phone['id']} (Alice's phone)") == 3, table
 
     raw, listed = list_app_passwords(proxy, user)
     assert [(e["id"], e["label"]) for e in listed] == [(phone["id"], "Alice's phone")]
