@@ -267,8 +267,6 @@ class LoginService:
         # which no well-formed name ever checks.
         budget = name.folded if name is not None else user.lower()
         verdict = Verdict(blocked=False)
-        # The ``mechanism`` label of a refused attempt: what the client offered.
-        attempted = apppasswords.MECHANISM if apppasswords.looks_like(password) else "password"
         try:
             verdict = self._check_budgets(budget, address)
             if name is None:
@@ -282,9 +280,9 @@ class LoginService:
             if failure.user is not None and failure.result != "unknown_user":
                 entry = LoginRecord(time.time(), address, listener, mechanism, failure.result)
                 self._remember(failure.user, entry)
-            metrics.add(
-                metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result, attempted
-            )
+            # The ``mechanism`` label of a refused attempt: what the client offered.
+            offered = apppasswords.MECHANISM if apppasswords.looks_like(password) else "password"
+            metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result, offered)
             self._hold_back(failure, budget, address, verdict, started)
             raise
         try:

@@ -173,6 +173,18 @@ def test_required_refuses_the_mailbox_password_with_the_reply_and_time_of_a_wron
     assert details == {"not an app password", "wrong app password"}
     assert {r["result"] for r in refusals(proxy)} == {"bad_credentials"}
 
+    def refused(mechanism: str) -> float:
+        labels = {("tenant", APPS), ("result", "bad_credentials"), ("mechanism", mechanism)}
+        return scrape(proxy).get(("pop3proxy_auth_total", frozenset(labels)), 0.0)
+
+    # A refused attempt counts under what it offered: the mailbox and the wrong
+    # password as passwords, the wrong app password as an app password.
+    wait_until(
+        lambda: (refused("password"), refused("app_password")) == (8, 4),
+        10,
+        message="refusals counted by mechanism",
+    )
+
 
 def test_revoke_ends_the_session_on_another_replica_and_the_next_login_fails(
     app_proxies, fresh_mailbox, dovecot
