@@ -182,6 +182,7 @@ class App:
             "client": session.peer[0] if session.peer else None,
             "listener": session.listener.name,
             "backend": login.backend.address if login else None,
+            "credential": login.credential if login else None,
             "phase": session.phase,
             "started": round(session.started + self._wall_offset, 3),
             "bytes_in": session.traffic.to_backend,

@@ -26,6 +26,7 @@ from pop3proxy.commands import (  # noqa: E402
     EXIT_USAGE,
     CommandError,
     add_config_option,
+    apppassword,
     backend,
     load,
     migrate,
@@ -38,7 +39,7 @@ from pop3proxy.config import Config, ConfigError  # noqa: E402
 from pop3proxy.directory import DirectoryUnavailable  # noqa: E402
 from pop3proxy.filestore import load_tenants_file  # noqa: E402
 from pop3proxy.net import tls  # noqa: E402
-from pop3proxy.tenants import RecordError  # noqa: E402
+from pop3proxy.tenants import MasterPasswordMissing, RecordError, Tenant  # noqa: E402
 from pop3proxy.userrecords import UserRecordsUnsupported  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", parents=[common], help="validate the configuration")
     check.set_defaults(handler=cmd_check_config)
     tenant.register(commands, common)
-    user.register(commands, common)
+    apppassword.register(user.register(commands, common), common)
     backend.register(commands, common)
     route.register(commands, common)
     sessions.register(commands, common)
@@ -108,6 +109,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config.directory.store == "file" and config.directory.file:
         tenants = load_tenants_file(Path(config.directory.file))
         print(f"tenants file: {len(tenants)} tenant(s)")
+        for tenant in tenants.values():
+            _check_master_password(tenant)
     for listener in config.listeners:
         line = f"listener {listener.name}: {listener.host}:{listener.port} tls={listener.tls}"
         if listener.tls != "none":
@@ -117,6 +120,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _check_certificates(config)
     print(f"configuration OK: {config.source}")
     return EXIT_OK
+
+
+def _check_master_password(tenant: Tenant) -> None:
+    """A tenant whose logins go to the backend as the master user (``auth:
+    local``, app passwords) must find its master password where the serving
+    process runs: a warning here, since that may be another environment."""
+    if not tenant.has_master:
+        return
+    try:
+        tenant.master_password()
+    except MasterPasswordMissing as error:
+        print(
+            f"warning: tenant {tenant.name}: master password unreadable here ({error}); "
+            "its logins as the master user fail until it is",
+            file=sys.stderr,
+        )
 
 
 def _check_certificates(config: Config) -> None:

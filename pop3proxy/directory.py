@@ -246,6 +246,43 @@ class RedisStore:
         self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
         return stored
 
+    def update_user_field(
+        self, tenant: str, local: str, name: str, change: Callable[[Any], Any]
+    ) -> Any:
+        """Replace field ``name`` of the user record with ``change(its value)``
+        (``None`` when absent; returning ``None`` removes it), keeping every
+        other field, in one transaction: a concurrent writer of the record
+        (WATCH) makes it read and change again, so two operators adding app
+        passwords at once both keep theirs. Returns the new value; announced
+        like any change."""
+        key = self.user_key(tenant, local)
+
+        def in_transaction(pipe: Any) -> Any:
+            raw = pipe.get(key)
+            data: dict[str, Any] = {}
+            if raw is not None:
+                try:
+                    loaded = json.loads(raw)
+                    data = loaded if isinstance(loaded, dict) else {}
+                except ValueError:
+                    data = {}  # corrupt: the new record replaces it
+            value = change(data.get(name))
+            if value is None:
+                data.pop(name, None)
+            else:
+                data[name] = value
+            data.setdefault("version", 1)
+            pipe.multi()
+            if set(data) == {"version"}:
+                pipe.delete(key)
+            else:
+                pipe.set(key, json.dumps(data, sort_keys=True))
+            return value
+
+        value = self.client.transaction(in_transaction, key, value_from_callable=True)
+        self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
+        return value
+
     def publish(self, message: str) -> None:
         invalidation.publish(self.client, self.prefix, message)
 
@@ -308,6 +345,10 @@ class Directory:
         self._bad_pins: set[tuple[str, str, str]] = set()
         self.on_kick: Callable[[str], None] | None = None
         """Gets each ``kick:`` message's rest (:mod:`pop3proxy.sessions`): set by the app."""
+        self.on_user_change: Callable[[str | None, str | None], None] | None = None
+        """Told of each changed user record (tenant, local part; ``None, None``:
+        maybe any), for what the login remembers beside the directory's cache
+        (:class:`pop3proxy.apppasswords.VerifiedCredentials`)."""
 
     def lookup(self, name: str) -> Tenant | None:
         """The tenant record, or ``None`` if no such tenant exists.
@@ -401,15 +442,22 @@ class Directory:
         elif kind == "user" and rest:
             tenant, _, local = rest.partition(":")
             self.users.invalidate(":".join(user_key_parts(tenant, local)))
+            self._users_changed(*user_key_parts(tenant, local))
         else:  # "all", or a message from a newer version: be safe
             self.cache.clear()
             self.users.clear()
+            self._users_changed(None, None)
+
+    def _users_changed(self, tenant: str | None, local: str | None) -> None:
+        if self.on_user_change is not None:
+            self.on_user_change(tenant, local)
 
     def on_resync(self) -> None:
         """Changes may have been missed (the subscription was lost): every
         cached record becomes due for a reload, kept as a stale fallback."""
         self.cache.expire_all()
         self.users.expire_all()
+        self._users_changed(None, None)
 
     def start(self) -> None:
         """Follow the store's changes: its change subscription or file watcher."""

@@ -8,7 +8,10 @@ newest first, capped (``limits.login_history``) and expiring
 
 A login adds its entry after it is done, in a greenlet of its own: one
 pipelined round trip (LPUSH, LTRIM, EXPIRE) that the client never waits
-for. Only logins whose tenant exists get an entry: a guesser's invented
+for. A login with an app password also notes, in the same round trip, when
+and from where that app password was last used (``<prefix>:app-password-used:
+<user>``, id -> JSON): apart from the user record, which a login never
+rewrites. Only logins whose tenant exists get an entry: a guesser's invented
 tenants would otherwise fill Redis with lists nobody reads.
 """
 
@@ -30,10 +33,26 @@ class LoginRecord:
     client: str | None
     listener: str | None
     mechanism: str
-    """``USER`` (USER and PASS) or ``PLAIN`` (AUTH PLAIN)."""
+    """``USER`` (USER and PASS) or ``PLAIN`` (AUTH PLAIN): how the client sent it."""
     result: str
     """As the ``pop3proxy_auth_total`` result label: ``ok``, ``bad_credentials``, ..."""
     backend: str | None = None
+    credential: str | None = None
+    """The app password's id, for a login with one."""
+    label: str | None = None
+    """And its label."""
+
+    def stored(self) -> str:
+        data = asdict(self)
+        for optional in ("credential", "label"):  # readable by versions without them
+            if data[optional] is None:
+                del data[optional]
+        return json.dumps(data, separators=(",", ":"))
+
+
+def last_used_key(prefix: str, user: str) -> str:
+    """The hash app password id -> JSON ``{"time": ..., "client": ...}`` of ``user``."""
+    return f"{prefix}:app-password-used:{user}"
 
 
 class LoginHistory:
@@ -52,17 +71,22 @@ class LoginHistory:
         return f"{self.prefix}:history:{user}"
 
     def record(self, user: str, entry: LoginRecord) -> None:
-        """Add ``entry`` to ``user``'s list: one pipelined round trip; nothing
-        when the history is off or Redis is down (a lost entry is no harm)."""
-        if not self.size or self.client is None:
+        """Add ``entry`` to ``user``'s list, and note its app password's last
+        use: one pipelined round trip; nothing when the history is off (and no
+        app password was used) or Redis is down (a lost entry is no harm)."""
+        if self.client is None or not (self.size or entry.credential):
             return
         key = self.key(user)
 
         def in_redis() -> None:
             pipe = self.client.pipeline(transaction=False)
-            pipe.lpush(key, json.dumps(asdict(entry), separators=(",", ":")))
-            pipe.ltrim(key, 0, self.size - 1)
-            pipe.expire(key, max(int(self.ttl), 1))
+            if self.size:
+                pipe.lpush(key, entry.stored())
+                pipe.ltrim(key, 0, self.size - 1)
+                pipe.expire(key, max(int(self.ttl), 1))
+            if entry.credential:
+                used = json.dumps({"time": entry.time, "client": entry.client})
+                pipe.hset(last_used_key(self.prefix, user), entry.credential, used)
             pipe.execute()
 
         self.health.call(in_redis, lambda: None)
@@ -77,3 +101,16 @@ class LoginHistory:
             except (ValueError, TypeError):
                 continue  # not ours: skipped rather than fail the listing
         return entries
+
+
+def last_used(client: Any, prefix: str, user: str) -> dict[str, dict[str, Any]]:
+    """``user``'s app password ids -> ``{"time": ..., "client": ...}`` of their
+    last login. Raises what Redis raises (the CLI reports it)."""
+    used = {}
+    for password_id, raw in client.hgetall(last_used_key(prefix, user)).items():
+        name = password_id.decode() if isinstance(password_id, bytes) else password_id
+        try:
+            used[name] = json.loads(raw)
+        except ValueError:
+            continue  # not ours: shown as never used
+    return used

@@ -165,6 +165,8 @@ class LoggedIn:
     credential: str | None = None
     """Which withdrawable credential it used (an app password's id), so that
     withdrawing it can end the sessions it opened; ``None`` for a password."""
+    credential_label: str | None = None
+    """That credential's name for people (an app password's label), for the logs."""
     meter: DownloadMeter | None = None
     """Counts what the session sends its client, when a download budget applies."""
     uidl_map: Mapping[bytes, bytes] | None = None

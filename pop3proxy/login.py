@@ -40,7 +40,8 @@ from collections.abc import Callable
 
 import gevent
 
-from pop3proxy import metrics
+from pop3proxy import apppasswords, metrics
+from pop3proxy.apppasswords import Accepted, AppPassword, AppPasswords
 from pop3proxy.auth import Passwords
 from pop3proxy.backends import BackendPicker, BackendStates
 from pop3proxy.config import Config
@@ -72,6 +73,7 @@ from pop3proxy.tenants import (
     UserName,
     split_user,
 )
+from pop3proxy.userrecords import UserRecord
 
 log = logging.getLogger("pop3proxy.login")
 
@@ -84,7 +86,15 @@ BUDGET_USED_UP = replies.err(
 )
 
 REFUSALS = frozenset(
-    {"bad_credentials", "unknown_tenant", "unknown_user", "disabled", "malformed_name"}
+    {
+        "bad_credentials",
+        "unknown_tenant",
+        "unknown_user",
+        "disabled",
+        "malformed_name",
+        "expired",  # an app password past its expiry
+        "not_allowed_from",  # an app password from outside its networks
+    }
 )
 """Results that mean "wrong credentials" to the client: counted against the
 budgets and held back to the same minimum time."""
@@ -166,6 +176,8 @@ class LoginService:
             self.delays,
             log_user=lambda name: self.log_user(name),
         )
+        self.app_passwords = AppPasswords()
+        directory.on_user_change = self.app_passwords.verified.forget_user
         self.config = config
 
     @property
@@ -308,7 +320,9 @@ class LoginService:
             if failure.user is not None and failure.result != "unknown_user":
                 entry = LoginRecord(time.time(), address, listener, mechanism, failure.result)
                 self._remember(failure.user, entry)
-            metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
+            # The ``mechanism`` label of a refused attempt: what the client offered.
+            offered = apppasswords.MECHANISM if apppasswords.looks_like(password) else "password"
+            metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result, offered)
             self._hold_back(failure, budget, address, verdict, started)
             raise
         try:
@@ -318,17 +332,26 @@ class LoginService:
             raise
         self._remember(
             logged_in.user,
-            LoginRecord(time.time(), address, listener, mechanism, "ok", logged_in.backend.address),
+            LoginRecord(
+                time.time(),
+                address,
+                listener,
+                mechanism,
+                "ok",
+                logged_in.backend.address,
+                logged_in.credential,
+                logged_in.credential_label,
+            ),
         )
         label = metrics.tenant_label(tenant.name)
-        metrics.add(metrics.AUTH, label, "ok")
+        metrics.add(metrics.AUTH, label, "ok", logged_in.mechanism)
         metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=tenant.max_sessions)
         return logged_in
 
     def _remember(self, user: str, entry: LoginRecord) -> None:
         """Add to the user's login history, off the session's path: the
         client's reply does not wait for the round trip."""
-        if self.history is not None and self.history.size:
+        if self.history is not None and (self.history.size or entry.credential):
             gevent.spawn_raw(self.history.record, user, entry)
 
     def abandon(self, login: LoggedIn) -> None:
@@ -381,8 +404,16 @@ class LoginService:
         # the pin, the backend login name, the session slot and the logs.
         user = tenant.identity(name)
         try:
+            app_password = self.app_passwords.check(
+                tenant.name,
+                tenant.app_passwords,
+                user.local,
+                password,
+                client.source[0] if client else None,
+                lambda: self._app_passwords_of(tenant, user),
+            )
             connection, lease = self._open_with_slots(
-                tenant, user, password, client, session_id, started
+                tenant, user, password, client, session_id, started, app_password
             )
         except LoginFailed as failure:
             failure.user = user.full
@@ -397,7 +428,7 @@ class LoginService:
             refusal.user = full
             raise refusal from None
         meter = self.downloads.meter(full)  # memory only: no Redis on the login's path
-        return tenant, LoggedIn(
+        logged_in = LoggedIn(
             connection,
             tenant.name,
             full,
@@ -406,6 +437,11 @@ class LoginService:
             meter=meter,
             uidl_map=uidl_map,
         )
+        if app_password is not None:
+            logged_in.mechanism = apppasswords.MECHANISM
+            logged_in.credential = app_password.id
+            logged_in.credential_label = app_password.label
+        return tenant, logged_in
 
     def _open_with_slots(
         self,
@@ -415,13 +451,19 @@ class LoginService:
         client: ClientAddress | None,
         session_id: str,
         started: float,
+        app_password: Accepted | None,
     ) -> tuple[BackendConnection, Lease]:
+        """The backend login: with the client's password (passthrough), or
+        as the master user once the proxy judged the credential itself
+        (``auth: local``, or an app password)."""
+        as_master = app_password is not None or tenant.auth == "local"
         backend_password = password
-        if tenant.auth == "local":
+        if app_password is None and tenant.auth == "local":
             self._check_local_password(tenant, user, password)
+        if as_master:
             backend_password = self._master_password(tenant)
         self._respect_delay(tenant, user, started)
-        connection = self._open(tenant, user, backend_password, client)
+        connection = self._open(tenant, user, backend_password, client, as_master)
         try:
             lease = self._take_slots(tenant, user, session_id)
         except BaseException:  # refused, or ended while Redis had the request
@@ -468,15 +510,22 @@ class LoginService:
             raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
         return tenant
 
-    def _check_local_password(self, tenant: Tenant, user: Identity, password: bytes) -> None:
-        """argon2id against the user record, off the event loop (argon2 releases
-        the GIL, so checks run in parallel on the hub's thread pool)."""
+    def _user_record(self, tenant: Tenant, user: Identity) -> UserRecord | None:
         try:
-            record = self.directory.user_record(tenant.name, user.local)
+            return self.directory.user_record(tenant.name, user.local)
         except DirectoryUnavailable as error:
             raise LoginFailed(
                 TEMPORARY_FAILURE, "directory_error", tenant.name, str(error)
             ) from None
+
+    def _app_passwords_of(self, tenant: Tenant, user: Identity) -> tuple[AppPassword, ...]:
+        record = self._user_record(tenant, user)
+        return record.app_passwords if record is not None else ()
+
+    def _check_local_password(self, tenant: Tenant, user: Identity, password: bytes) -> None:
+        """argon2id against the user record, off the event loop (argon2 releases
+        the GIL, so checks run in parallel on the hub's thread pool)."""
+        record = self._user_record(tenant, user)
         stored = record.password_hash if record is not None else None
         threadpool = gevent.get_hub().threadpool
         if not threadpool.apply(self.passwords.verify, (stored, password)):
@@ -504,10 +553,15 @@ class LoginService:
             raise LoginFailed(TEMPORARY_FAILURE, "backend_error", tenant.name, str(error)) from None
 
     def _open(
-        self, tenant: Tenant, user: Identity, password: bytes, client: ClientAddress | None
+        self,
+        tenant: Tenant,
+        user: Identity,
+        password: bytes,
+        client: ClientAddress | None,
+        as_master: bool,
     ) -> BackendConnection:
         pin = self.directory.pinned_backend(tenant, user.local)
-        login_name = tenant.backend_login(user)
+        login_name = tenant.backend_login(user, as_master)
         try:
             return self.backends.open(
                 tenant, login_name, password, user=user.full, client=client, pinned=pin

@@ -38,11 +38,12 @@ ENTRY_TTL = 10
 """Seconds a replica's hash outlives its last write (a killed replica's entries go)."""
 KICK_REPLY_TTL = 60
 KICK_PREFIX = "kick:"
-SCOPES = ("user", "tenant", "backend", "session", "from")
+SCOPES = ("user", "tenant", "backend", "session", "from", "credential")
 
 Entry = dict[str, Any]
 """One session as ``who`` shows it: id, user, tenant, client, listener,
-backend, phase, started (Unix time), bytes_in, bytes_out, replica."""
+backend, credential (an app password's id), phase, started (Unix time),
+bytes_in, bytes_out, replica."""
 
 
 def replica_name() -> str:
@@ -64,7 +65,11 @@ def kick_reply_key(prefix: str, kick_id: str) -> str:
 
 @dataclass(frozen=True)
 class KickScope:
-    """Which sessions a kick (or a ``who`` filter) is about: one scope and its value."""
+    """Which sessions a kick (or a ``who`` filter) is about: one scope and its value.
+
+    ``credential`` is ``USER/ID``: the sessions that logged in with that user's
+    app password ``ID`` (ids are unique per user only).
+    """
 
     scope: str
     value: str
@@ -86,6 +91,9 @@ class KickScope:
                 )
             except ValueError:
                 return False
+        if self.scope == "credential":
+            used = entry.get("credential")
+            return used is not None and f"{entry.get('user')}/{used}".lower() == self.value.lower()
         field = {"user": "user", "tenant": "tenant", "backend": "backend", "session": "id"}
         actual = entry.get(field[self.scope])
         if actual is None:

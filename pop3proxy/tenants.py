@@ -23,6 +23,7 @@ POLICIES = ("failover", "round_robin", "hash")
 AUTH_MODES = ("passthrough", "local")
 FORWARD_CLIENT = ("none", "xclient", "proxy_v1", "proxy_v2")
 LOGIN_COMMANDS = ("user_pass", "auth_plain")
+APP_PASSWORD_MODES = ("off", "allowed", "required")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_NAMES = ("user", "local", "domain")
 
@@ -71,27 +72,38 @@ class Tenant:
     max_sessions: int = 200
     version: int = RECORD_VERSION
     master_user: str | None = None
-    """``auth: local``: the backend's master user the proxy logs in as."""
+    """The backend's master user the proxy logs in as (``auth: local``, app passwords)."""
     master_login: str = "{login}*{master}"
-    """``auth: local``: the backend user name, Dovecot style ``user*master``."""
+    """The backend user name as the master user, Dovecot style ``user*master``."""
     master_password_env: str | None = None
-    """``auth: local``: the environment variable holding the master password."""
+    """The environment variable holding the master password."""
     master_password_file: str | None = None
-    """``auth: local``: or the file holding it (a mounted Secret)."""
+    """Or the file holding it (a mounted Secret)."""
     case_sensitive_users: bool = False
     """The backends tell ``Bob`` from ``bob``: local parts keep their case.
     By default they are folded to lower case, so every spelling is one user."""
+    app_passwords: str = "off"
+    """``off``, ``allowed`` (app passwords besides the mailbox password) or
+    ``required`` (only app passwords): see :mod:`pop3proxy.apppasswords`."""
+
+    @property
+    def has_master(self) -> bool:
+        """The proxy may log in to the backend as the master user: it judges
+        the client's credential itself (``auth: local`` or app passwords)."""
+        return self.auth == "local" or self.app_passwords != "off"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["backends"] = [_backend_dict(b) for b in self.backends]
-        if self.auth != "local":
+        if not self.has_master:
             # Left out for passthrough, so records stay readable by proxies
             # that predate local authentication (they refuse unknown keys).
             for key in _MASTER_FIELDS:
                 del data[key]
         if not self.case_sensitive_users:
             del data["case_sensitive_users"]  # readable by proxies that predate it
+        if self.app_passwords == "off":
+            del data["app_passwords"]  # readable by proxies that predate app passwords
         return data
 
     def identity(self, name: UserName) -> Identity:
@@ -102,14 +114,14 @@ class Tenant:
     def canonical_local(self, local: str) -> str:
         return local if self.case_sensitive_users else local.lower()
 
-    def backend_login(self, identity: Identity) -> str:
-        """The user name the backend sees: the ``login`` template, or with
-        ``auth: local`` the ``master_login`` template around it. Built from
-        the canonical identity, so every spelling of a name logs in to the
-        same mailbox."""
+    def backend_login(self, identity: Identity, as_master: bool | None = None) -> str:
+        """The user name the backend sees: the ``login`` template, or logging
+        in as the master user (``as_master``; by default with ``auth: local``)
+        the ``master_login`` template around it. Built from the canonical
+        identity, so every spelling of a name logs in to the same mailbox."""
         fields = {"user": identity.full, "local": identity.local, "domain": identity.tenant}
         login = self.login.format(**fields)
-        if self.auth != "local":
+        if not (self.auth == "local" if as_master is None else as_master):
             return login
         return self.master_login.format(**fields, login=login, master=self.master_user)
 
@@ -297,15 +309,22 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
         max_sessions=r.integer("max_sessions", Tenant.max_sessions, minimum=1),
         version=version,
         case_sensitive_users=r.boolean("case_sensitive_users", Tenant.case_sensitive_users),
+        app_passwords=r.choice("app_passwords", Tenant.app_passwords, APP_PASSWORD_MODES),
         **_master_fields(r),
     )
-    if tenant.auth == "local":
+    if tenant.has_master:
+        # Why the proxy needs them: it judges the credential, then logs in as master.
+        why = (
+            "auth: local"
+            if tenant.auth == "local"
+            else f"app_passwords: {tenant.app_passwords} (after an app password the proxy "
+            "logs in to the backend as the master user)"
+        )
         if not tenant.master_user:
-            r.problem("master_user", "is required with auth: local")
+            r.problem("master_user", f"is required with {why}")
         if not (tenant.master_password_env or tenant.master_password_file):
             r.problem(
-                "master_password_env",
-                "auth: local needs master_password_env or master_password_file",
+                "master_password_env", f"{why} needs master_password_env or master_password_file"
             )
     r.finish()
     if problems:

@@ -8,12 +8,15 @@ and a rehash at login may meet), and a record with nothing left in it is
 deleted. Only Redis keeps user records; a tenants file has none.
 
 ```json
-{"version": 1, "backend": "mail2.acme.internal:110", "password_hash": "$argon2id$..."}
+{"version": 1, "backend": "mail2.acme.internal:110", "password_hash": "$argon2id$...",
+ "app_passwords": {"7gk2m": {"label": "phone", "created": 1767225600, "hash": "$argon2id$..."}}}
 ```
 
 A hash imported from another server (``pop3proxy user import``) is kept as
 Dovecot writes it, ``{SHA512-CRYPT}$6$...``, so its scheme shows; the first
 good login replaces it by argon2id (:mod:`pop3proxy.legacyhashes`).
+``app_passwords`` (see :mod:`pop3proxy.apppasswords`) is read with the rest,
+so a login with one costs no read of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pop3proxy.apppasswords import AppPassword, read_app_passwords
 from pop3proxy.legacyhashes import stored_scheme
 from pop3proxy.schema import Reader, SchemaError
 from pop3proxy.tenants import parse_backend_address
@@ -53,6 +57,8 @@ class UserRecord:
     password_hash: str | None = field(default=None, repr=False)
     """argon2id hash for tenants with ``auth: local``, or an imported
     ``{SCHEME}hash`` until the user's first good login."""
+    app_passwords: tuple[AppPassword, ...] = field(default=(), repr=False)
+    """The user's app passwords, oldest first."""
     raw: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
     """Every stored field, for writers that must keep what they do not own;
     ``password_hash`` among them, so never in a repr."""
@@ -88,12 +94,18 @@ def parse_user_record(tenant: str, local: str, data: object, path: str = "") -> 
         except ValueError as error:
             r.problem("backend", str(error))
     password_hash = r.string("password_hash", None)
+    app_passwords = read_app_passwords(r)
     r.finish()
     if problems:
         raise UserRecordError(problems)
     raw = tuple(sorted(dict(data).items())) if isinstance(data, dict) else ()
     return UserRecord(
-        tenant=tenant, local=local, backend=backend, password_hash=password_hash, raw=raw
+        tenant=tenant,
+        local=local,
+        backend=backend,
+        password_hash=password_hash,
+        app_passwords=app_passwords,
+        raw=raw,
     )
 
 

@@ -12,6 +12,7 @@ ensure_debian_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v dovecot >/dev/null || missing+=(dovecot-pop3d)
     command -v curl >/dev/null || missing+=(curl)
+    command -v mpop >/dev/null || missing+=(mpop)
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

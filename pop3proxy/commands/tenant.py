@@ -28,6 +28,7 @@ from pop3proxy.directory import RedisStore
 from pop3proxy.filestore import load_tenants_file
 from pop3proxy.schema import TLS_MODES
 from pop3proxy.tenants import (
+    APP_PASSWORD_MODES,
     AUTH_MODES,
     FORWARD_CLIENT,
     LOGIN_COMMANDS,
@@ -98,6 +99,17 @@ def _add_tenant_set(commands: argparse._SubParsersAction, common: argparse.Argum
     )
     cmd.add_argument("--policy", choices=POLICIES, default=Tenant.policy)
     cmd.add_argument("--auth", choices=AUTH_MODES, default=Tenant.auth)
+    cmd.add_argument(
+        "--app-passwords",
+        choices=APP_PASSWORD_MODES,
+        default=Tenant.app_passwords,
+        help="per-device passwords: besides the mailbox password, or instead of it "
+        "(needs the master credentials)",
+    )
+    cmd.add_argument("--master-user", help="the backend's master user (auth local, app passwords)")
+    cmd.add_argument("--master-login", help="backend login as master (default: {login}*{master})")
+    cmd.add_argument("--master-password-env", metavar="VAR", help="holds the master password")
+    cmd.add_argument("--master-password-file", metavar="FILE", help="holds the master password")
     cmd.add_argument("--login", default=Tenant.login, help="backend user name template")
     cmd.add_argument("--max-sessions", type=int, default=Tenant.max_sessions)
     cmd.add_argument("--disabled", action="store_true", help="store the tenant as disabled")
@@ -129,6 +141,11 @@ def _record_from_flags(args: argparse.Namespace) -> dict[str, Any]:
         )
         if args.backend_tls == "implicit" and backend["port"] == POP3_PORT:
             print(f"warning: {backend['host']}:{POP3_PORT} with implicit TLS", file=sys.stderr)
+    master = {
+        field: value
+        for field in ("master_user", "master_login", "master_password_env", "master_password_file")
+        if (value := getattr(args, field)) is not None
+    }
     return {
         "name": args.name,
         "enabled": not args.disabled,
@@ -138,6 +155,8 @@ def _record_from_flags(args: argparse.Namespace) -> dict[str, Any]:
         "login": args.login,
         "max_sessions": args.max_sessions,
         "case_sensitive_users": args.case_sensitive_users,
+        "app_passwords": args.app_passwords,
+        **master,
     }
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict
 
 import redis
 
+from pop3proxy.apppasswords import without_hashes
 from pop3proxy.auth import Passwords
 from pop3proxy.commands import (
     EXIT_OK,
@@ -51,7 +52,11 @@ from pop3proxy.tenants import (
 )
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> argparse._SubParsersAction:
+    """Returns the ``user`` subcommands, for modules that add their own
+    (:mod:`pop3proxy.commands.apppassword`)."""
     user = commands.add_parser("user", help="per-user records: backend pins")
     user_commands = user.add_subparsers(title="user commands", metavar="ACTION")
     user.set_defaults(handler=lambda args: usage(user))
@@ -87,6 +92,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     history.set_defaults(handler=cmd_user_history)
     register_import(user_commands, common)
     delay.register(user_commands, common, lambda args, store: _identity(_name(args), store))
+    return user_commands
 
 
 def _name(args: argparse.Namespace) -> UserName:
@@ -160,6 +166,7 @@ def cmd_user_show(args: argparse.Namespace) -> int:
     if "password_hash" in data:
         # Never print the hash: a marker that one is set.
         data["password_hash"] = "(set)"  # noqa: S105  # nosec B105
+    data = without_hashes(data)
     print(json.dumps({"user": user.full, "record": data or None}, indent=2))
     return EXIT_OK
 
@@ -279,11 +286,15 @@ def cmd_user_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"user": user.full, "logins": [asdict(e) for e in entries]}, indent=2))
         return EXIT_OK
-    print(f"{'TIME (UTC)':<20} {'CLIENT':<40} {'LISTENER':<10} {'MECH':<6} {'RESULT':<16} BACKEND")
+    print(
+        f"{'TIME (UTC)':<20} {'CLIENT':<40} {'LISTENER':<10} {'MECH':<6} {'RESULT':<16} "
+        f"{'BACKEND':<28} APP PASSWORD"
+    )
     for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.time))
+        app = f"{entry.credential} ({entry.label})" if entry.credential else "-"
         print(
             f"{when:<20} {entry.client or '-':<40} {entry.listener or '-':<10} "
-            f"{entry.mechanism:<6} {entry.result:<16} {entry.backend or '-'}"
+            f"{entry.mechanism:<6} {entry.result:<16} {entry.backend or '-':<28} {app}"
         )
     return EXIT_OK

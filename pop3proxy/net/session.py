@@ -698,6 +698,10 @@ class ClientSession(ErrorBoundary):
                 "tenant": login.tenant if login else None,
                 "user": login.log_user if login else None,
                 "backend": login.backend.address if login else None,
+                "mechanism": login.mechanism if login else None,
+                # an app password's id and label ("credential" would be dropped as a secret)
+                "app_id": login.credential if login else None,
+                "app_label": login.credential_label if login else None,
                 "result": self.result,
                 "end": reason,
                 "bytes_in": self.traffic.to_backend,

@@ -9,6 +9,7 @@ The shared proxy knows these tenants (stored through the real CLI):
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ MASTER_ENV = "POP3PROXY_TEST_MASTER_PASSWORD"
 """Where local-auth tenants of the tests find the master password."""
 CHEAP_HASH = {"argon2_time_cost": 1, "argon2_memory_cost": 1024}
 """argon2 parameters that keep a test's logins fast."""
+
+APPS = "apps.example"
+"""The tenant :func:`app_proxies` stores: app passwords in front of the shared Dovecot."""
 
 DEAD_BACKEND = "127.0.0.1:1"
 """Port 1 (tcpmux) is privileged and unused: a free ephemeral port could be
@@ -127,5 +131,32 @@ def make_local_tenant(
             **fields,
         )
         return proxy
+
+    return make
+
+
+@pytest.fixture
+def app_proxies(
+    make_proxy: Callable[..., ProxyProcess], monkeypatch: pytest.MonkeyPatch, dovecot
+) -> Callable[..., list[ProxyProcess]]:
+    """``app_proxies(mode, replicas=1, **auth)``: proxies sharing one Redis key
+    prefix (replicas of one deployment) that know tenant ``apps.example``
+    with ``app_passwords: mode``, stored through ``tenant set``."""
+
+    def make(mode: str, replicas: int = 1, **auth: Any) -> list[ProxyProcess]:
+        monkeypatch.setenv(MASTER_ENV, MASTER_USERS["proxymaster"])
+        shared = {
+            "directory": {"key_prefix": f"apps-{uuid.uuid4().hex[:8]}"},
+            "auth": {"failure_delay": "0s", **auth},
+        }
+        proxies = [make_proxy(shared) for _ in range(replicas)]
+        stored = run_cli(
+            proxies[0].config_path,
+            *("tenant", "set", APPS, "--backend", f"{dovecot.host}:{dovecot.port}"),
+            *("--app-passwords", mode, "--master-user", "proxymaster"),
+            *("--master-password-env", MASTER_ENV),
+        )
+        assert stored.returncode == 0, stored.stderr
+        return proxies
 
     return make

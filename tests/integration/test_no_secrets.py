@@ -13,9 +13,13 @@ import base64
 import contextlib
 import json
 
-from harness.proxy import TENANT, attempt_login, store_local_tenant
+from conftest import APPS
+from harness.proxy import TENANT, attempt_login, run_cli, store_local_tenant
 from harness.users import MASTER_USERS, USERS
 from harness.wire import Pop3Wire
+from test_app_passwords import add_app_password
+
+from pop3proxy import apppasswords
 
 CANARY = "Canary-Pw-5d2e"
 """A wrong password that appears nowhere else; any hit is a leak."""
@@ -153,3 +157,55 @@ def test_a_master_password_with_a_line_break_is_refused_unquoted(
         stored = json.loads(client.get(f"{prefix}:user:local.example:alice"))
     for secret in (master, stored["password_hash"], "local-pass"):
         assert secret not in proxy.read_log() + proxy.metrics()
+
+
+def test_no_app_password_or_its_hash_in_any_reply_log_metric_or_listing(
+    app_proxies, fresh_mailbox, redis_server
+):
+    """An app password logged in with, mistyped, listed, shown, used in ``who``
+    and ``history``, and revoked: neither it, nor its secret part, nor its
+    stored hash shows in a reply, the log, the metrics or the CLI's output."""
+    first, second = app_proxies("required", replicas=2)
+    fresh_mailbox("alice")
+    user = f"alice@{APPS}"
+    made = add_app_password(first, user, "phone")
+    password = made["password"]
+    secret_part = password[apppasswords.ID_LENGTH + 1 :]
+    mistyped = password[:-1] + ("a" if password[-1] != "a" else "b")
+    transcripts: list[bytes] = []
+    with Recorder(first.host, first.ports["plain"]) as wire:
+        wire.command(f"USER {user}")
+        wire.command(f"PASS {mistyped}")
+        wire.command(f"USER {user}")
+        wire.command(f"PASS {password}")
+        outputs = [
+            run_cli(first.config_path, *args).stdout
+            for args in (
+                ("who", "--json"),
+                ("user", "app-password", "list", user, "--json"),
+                ("user", "app-password", "list", user),
+                ("user", "show", user),
+                ("user", "history", user, "--json"),
+            )
+        ]
+        outputs.append(
+            run_cli(second.config_path, "user", "app-password", "revoke", user, made["id"]).stdout
+        )
+        transcripts.append(bytes(wire.transcript))
+    assert b"+OK Logged in." in transcripts[0]
+    prefix = first.config["directory"]["key_prefix"]
+    with redis_server.client() as client:
+        stored = json.loads(client.get(f"{prefix}:user:{APPS}:alice") or "{}")
+    assert stored == {}, "revoked: the record is gone with its only field"
+    everything = "".join(
+        [
+            b"".join(transcripts).decode(errors="replace"),
+            *outputs,
+            *(proxy.read_log() + proxy.metrics() for proxy in (first, second)),
+        ]
+    )
+    assert made["id"] in everything, "the id itself may show: it is not the secret"
+    for secret in (password, secret_part, mistyped, password.replace("-", "")):
+        assert secret not in everything
+        assert base64.b64encode(secret.encode()).decode() not in everything
+    assert "$argon2" not in everything

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pop3proxy.apppasswords import AppPasswords, new_app_password, without_hashes
 from pop3proxy.config import parse_config
 from pop3proxy.login import LoginFailed
 from pop3proxy.protocol import client as core
@@ -26,7 +27,7 @@ from pop3proxy.tenants import (
     Tenant,
     UserName,
 )
-from pop3proxy.userrecords import decode_user_record, parse_user_record
+from pop3proxy.userrecords import UserRecordError, decode_user_record, parse_user_record
 
 SECRET = "Sekret-Canary-71c3"
 PLAIN_LISTENER = [{"name": "pop3", "address": "127.0.0.1:1110", "tls": "none"}]
@@ -191,3 +192,48 @@ def test_an_empty_master_password_file_is_missing(tmp_path: Path) -> None:
     path.write_bytes(b"\n")
     with pytest.raises(MasterPasswordMissing, match="empty"):
         local_tenant(master_password_file=str(path)).master_password()
+
+
+# -- app passwords: neither the password nor its hash in any rendering ----------
+
+
+def test_app_passwords_hide_their_hash_the_password_and_its_digest() -> None:
+    password, entry = new_app_password([], "phone")
+    stored = {"version": 1, "app_passwords": {entry.id: {**entry.stored(), "hash": HASH}}}
+    record = decode_user_record("acme.example", "alice", json.dumps(stored).encode())
+    assert record.app_passwords[0].hash == HASH
+    assert_hidden(record)
+    assert_hidden(record.app_passwords[0])
+    assert "phone" in repr(record.app_passwords[0]), "the rest still shows"
+    assert_hidden(entry, entry.hash)
+    assert_hidden(without_hashes(dict(record.raw)))
+    judge = AppPasswords()
+    accepted = judge.check(
+        "acme.example", "required", "alice", password.encode(), None, lambda: (entry,)
+    )
+    assert accepted is not None
+    for thing in (judge, judge.verified, accepted, *judge.verified._entries.values()):
+        assert_hidden(thing, password)
+        assert_hidden(thing, password[6:])
+        assert_hidden(thing, entry.hash)
+    (key,) = judge.verified._entries
+    assert password not in repr(key) and password[6:] not in repr(key)
+
+
+def test_an_invalid_app_password_entry_error_does_not_quote_the_hash() -> None:
+    stored = {"app_passwords": {"abcde": {"created": 1, "hash": HASH, "label": ["x"]}}}
+    with pytest.raises(UserRecordError) as error:
+        decode_user_record("acme.example", "alice", json.dumps(stored).encode())
+    assert "app_passwords.abcde.label" in str(error.value)
+    assert_hidden(error.value)
+
+
+def test_a_refused_app_password_names_its_id_but_not_its_secret() -> None:
+    password, entry = new_app_password([], "phone", "1s", now=0.0)
+    with pytest.raises(LoginFailed) as refused:
+        AppPasswords().check(
+            "acme.example", "required", "alice", password.encode(), None, lambda: (entry,)
+        )
+    assert refused.value.result == "expired" and entry.id in refused.value.detail
+    assert_hidden(refused.value, password[6:])
+    assert_hidden(refused.value.detail, password[6:])
