@@ -1,7 +1,8 @@
 # Shared set-up for scripts/test and scripts/dev-stack: sourced, not run.
 #
 # Installs what a fresh Debian machine lacks (redis-server, Dovecot's POP3
-# server, curl) and a virtualenv in .venv with the package and its test extra.
+# server, curl, and the mail clients the tests drive: mpop, fetchmail,
+# getmail6) and a virtualenv in .venv with the package and its test extra.
 # Idempotent: a second run installs nothing.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,6 +14,8 @@ ensure_debian_packages() {
     command -v dovecot >/dev/null || missing+=(dovecot-pop3d)
     command -v curl >/dev/null || missing+=(curl)
     command -v mpop >/dev/null || missing+=(mpop)
+    command -v fetchmail >/dev/null || missing+=(fetchmail)
+    command -v getmail >/dev/null || missing+=(getmail6)
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
