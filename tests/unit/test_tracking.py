@@ -363,3 +363,36 @@ def test_pipelined_sequences_cut_at_every_byte(sequence: list[Exchange]) -> None
     out = sent_now + feed_in_pieces(tracker, backend, list(range(1, len(backend))))
     assert out == b"".join(exchange.expected for exchange in sequence)
     assert tracker.idle
+
+
+body_lines = st.lists(
+    st.tuples(
+        st.one_of(
+            st.lists(st.sampled_from([b"a", b".", b" "]), max_size=5).map(b"".join),
+            st.integers(MAX_HELD_LINE - 6, MAX_HELD_LINE + 2).map(lambda size: b"a" * size),
+        ),
+        st.sampled_from([b"\r\n", b"\n"]),
+    ),
+    max_size=8,
+)
+
+
+@given(body_lines, st.data())
+def test_every_body_line_rewritten_the_same_however_cut(
+    lines: list[tuple[bytes, bytes]], data: st.DataObject
+) -> None:
+    """Dot-stuffed lines, bare LFs and lines about as long as the tracker
+    holds: each comes out as the model says, wherever the reads end."""
+    wire = b"+OK\r\n" + b"".join(replies.dot_stuff(raw) + end for raw, end in lines) + b".\r\n"
+    expected = b"+OK\r\n"
+    for raw, end in lines:
+        stuffed = replies.dot_stuff(raw)
+        too_long = len(stuffed) + len(end) > MAX_HELD_LINE
+        expected += (stuffed if too_long else replies.dot_stuff(raw + b"!")) + end
+    expected += b".\r\n"
+    cuts = data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=10))
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", False, lambda line: line + b"!")
+    tracker.insert(REFUSAL)
+    assert feed_in_pieces(tracker, wire, cuts) == expected + REFUSAL
+    assert tracker.idle
