@@ -74,11 +74,9 @@ def is_multiline(name: bytes, has_argument: bool) -> bool:
 
 
 def _split_line_end(line: bytes) -> tuple[bytes, bytes]:
-    if line.endswith(b"\r\n"):
-        return line[:-2], b"\r\n"
-    if line.endswith(b"\n"):
-        return line[:-1], b"\n"
-    return line, b""
+    """A complete line's content and its end (CRLF, or a bare LF)."""
+    size = 2 if line.endswith(b"\r\n") else 1
+    return line[:-size], line[-size:]
 
 
 def _rewrite_line(content: bytes, line_end: bytes, rewrite: Rewrite) -> bytes:
