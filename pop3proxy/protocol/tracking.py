@@ -306,10 +306,8 @@ class ReplyTracker:
                 self._held.clear()
             self._end_reply(stop)
             return stop
-        new = _rewrite_lines(line, rewrite)
-        if self._held or new != line:
-            self._replace(start, stop, new)
-            self._held.clear()
+        self._replace(start, stop, _rewrite_lines(line, rewrite))  # begun in an earlier read
+        self._held.clear()
         return stop
 
     def _hold(
