@@ -471,3 +471,48 @@ def test_a_long_line_in_a_rewritten_reply_streams_and_is_left_whole() -> None:
     assert out.endswith(b"n" * 150 + b"\r\n2 b!\r\n.\r\n")
     assert b"!" not in out[: -len(b"\r\n2 b!\r\n.\r\n")]
     assert tracker.idle
+
+
+def test_replies_after_a_rewritten_listing_in_the_same_read_are_left_alone() -> None:
+    """The listing ends at its own end, not at a later reply's."""
+    rewriter = UidlRewriter(MAP)
+    backend = (
+        b"+OK\r\n1 new1\r\n.\r\n"  # UIDL
+        b"+OK\r\n1 new1\r\n.\r\n"  # LIST (a size that looks like a UIDL)
+        b"+OK\r\n2 new2\r\n.\r\n"  # RETR 1
+    )
+    for cuts in [[], *every_split(backend)]:
+        tracker = ReplyTracker()
+        tracker.expect(b"UIDL", False, rewriter)
+        tracker.expect(b"LIST", False)
+        tracker.expect(b"RETR", True)
+        assert feed_through_buffer(tracker, backend, cuts) == backend.replace(
+            b"new1", b"old1", 1
+        ), cuts
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_uidl_status_line_is_held_up_to_the_limit_exactly(extra: int) -> None:
+    uidl = b"u" * (MAX_HELD_LINE - len(b"+OK 1 \r\n") + extra)
+    line = b"+OK 1 " + uidl + b"\r\n"
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", True, UidlRewriter({uidl: b"old"}))
+    out = feed_through_buffer(tracker, line, [3, 700])
+    assert out == (line if extra else b"+OK 1 old\r\n")
+
+
+def test_after_a_line_too_long_to_hold_the_next_is_rewritten_again() -> None:
+    rewriter = UidlRewriter({b"new1": b"old1", b"new2": b"old2"})
+    long_line = b"1 " + b"n" * (MAX_HELD_LINE + 10) + b"\r\n"
+    listing = b"+OK\r\n" + long_line + b"2 new2\r\n.\r\n"
+    before_lf = listing.index(b"\n2 new2")
+    for cuts in ([before_lf], [100, before_lf], [100, before_lf + 1]):
+        tracker = ReplyTracker()
+        tracker.expect(b"UIDL", False, rewriter)
+        assert feed_through_buffer(tracker, listing, cuts) == listing.replace(b"new2", b"old2")
+    status = b"+OK 1 " + b"n" * (MAX_HELD_LINE + 10) + b"\r\n"
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", True, rewriter)
+    tracker.expect(b"UIDL", True, rewriter)
+    out = feed_through_buffer(tracker, status + b"+OK 2 new2\r\n", [100, len(status) + 3])
+    assert out == status + b"+OK 2 old2\r\n"
