@@ -74,11 +74,33 @@ def is_multiline(name: bytes, has_argument: bool) -> bool:
 
 
 def _split_line_end(line: bytes) -> tuple[bytes, bytes]:
-    if line.endswith(b"\r\n"):
-        return line[:-2], b"\r\n"
-    if line.endswith(b"\n"):
-        return line[:-1], b"\n"
-    return line, b""
+    """A complete line's content and its end (CRLF, or a bare LF)."""
+    size = 2 if line.endswith(b"\r\n") else 1
+    return line[:-size], line[-size:]
+
+
+def _rewrite_line(content: bytes, line_end: bytes, rewrite: Rewrite) -> bytes:
+    """One body line (dot-stuffed, ``line_end`` not included), rewritten; a
+    line too long to hold (see :data:`MAX_HELD_LINE`) stays as it is."""
+    if len(content) + len(line_end) > MAX_HELD_LINE:
+        return content
+    if not content.startswith(b"."):
+        return rewrite(content)
+    unstuffed = unstuff(content)
+    # A lone "." ended by a bare LF ends nothing (nor does it in a reply not rewritten).
+    return content if unstuffed is None else dot_stuff(rewrite(unstuffed))
+
+
+def _rewrite_lines(block: bytes, rewrite: Rewrite) -> bytes:
+    """Complete body lines (``block`` ends with a line end), each rewritten."""
+    if block.count(b"\n") == block.count(b"\r\n"):  # every line ends in CRLF: the norm
+        lines = block[:-2].split(b"\r\n")
+        return b"\r\n".join([_rewrite_line(line, b"\r\n", rewrite) for line in lines]) + b"\r\n"
+    rewritten = []
+    for line in block[:-1].split(b"\n"):
+        content, line_end = _split_line_end(line + b"\n")
+        rewritten.append(_rewrite_line(content, line_end, rewrite) + line_end)
+    return b"".join(rewritten)
 
 
 def _terminator_prefix(data: bytes | bytearray, start: int, end: int) -> int:
@@ -230,7 +252,7 @@ class ReplyTracker:
         current = self._current
         assert current is not None
         if current.rewrite is not None:
-            return self._body_line(data, start, end, current.rewrite)
+            return self._body_lines(data, start, end, current.rewrite)
         matched = self._matched
         if matched:  # a terminator begun in an earlier read
             rest = TERMINATOR[matched:]
@@ -248,6 +270,26 @@ class ReplyTracker:
         self._matched = _terminator_prefix(data, start, end)
         return end
 
+    def _body_lines(self, data: bytes | bytearray, start: int, end: int, rewrite: Rewrite) -> int:
+        """The complete lines of this read at once (a listing of 10,000 UIDLs
+        is a few reads); a line begun in an earlier read, the reply's end
+        at a line start and a partial last line one by one."""
+        if self._held or self._passing_line or data.startswith(b".\r\n", start):
+            return self._body_line(data, start, end, rewrite)
+        last = data.rfind(b"\n", start, end)
+        if last < 0:
+            return self._body_line(data, start, end, rewrite)
+        found = data.find(TERMINATOR, start, last + 1)
+        lines_end = last + 1 if found < 0 else found + 1
+        block = bytes(data[start:lines_end])
+        new = _rewrite_lines(block, rewrite)
+        if new != block:
+            self._replace(start, lines_end, new)
+        if found < 0:
+            return lines_end
+        self._end_reply(found + len(TERMINATOR))
+        return found + len(TERMINATOR)
+
     def _body_line(self, data: bytes | bytearray, start: int, end: int, rewrite: Rewrite) -> int:
         newline = data.find(b"\n", start, end)
         stop = end if newline < 0 else newline + 1
@@ -264,13 +306,8 @@ class ReplyTracker:
                 self._held.clear()
             self._end_reply(stop)
             return stop
-        content, line_end = _split_line_end(line)
-        unstuffed = unstuff(content)
-        # A lone "." ended by a bare LF ends nothing (nor does it in a reply not rewritten).
-        new = line if unstuffed is None else dot_stuff(rewrite(unstuffed)) + line_end
-        if self._held or new != line:
-            self._replace(start, stop, new)
-            self._held.clear()
+        self._replace(start, stop, _rewrite_lines(line, rewrite))  # begun in an earlier read
+        self._held.clear()
         return stop
 
     def _hold(

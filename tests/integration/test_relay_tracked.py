@@ -8,11 +8,15 @@ client gets against what Dovecot itself answers.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import poplib
 import socket
 import struct
 import termios
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import gevent
 import gevent.event
@@ -23,8 +27,13 @@ from harness.mailbox import crlf
 from harness.ports import LOOPBACK
 from harness.users import USERS
 
+from pop3proxy.config import parse_config
+from pop3proxy.interfaces import LoggedIn
+from pop3proxy.net.backend import Dialer
 from pop3proxy.net.endpoint import Endpoint
-from pop3proxy.net.relay import BUDGET_SPENT, TrackedRelay, Traffic
+from pop3proxy.net.relay import BUDGET_SPENT, Relay, TrackedRelay, Traffic
+from pop3proxy.net.session import ClientSession, Services
+from pop3proxy.protocol.backend import BackendLogin
 from pop3proxy.protocol.client import ClientConnection, Settings
 
 USER = "dave"
@@ -311,3 +320,135 @@ def test_a_map_session_never_sends_quit_for_the_client(
     dovecot.wait_for_log(rf"pop3\({USER}\).*Disconnected.*del=0/5", since=mark)
     assert "Logged out" not in dovecot.read_log()[mark:]
     assert dovecot.message_count(USER) == 5
+
+
+# -- through a real ClientSession and a real client ------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Dovecot as a backend target (plain POP3, no client forwarding)."""
+
+    host: str
+    port: int
+    tls: str = "none"
+    verify: bool = False
+    ca_file: str | None = None
+    server_name: str | None = None
+    forward_client: str = "none"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class DovecotLogins:
+    """The domain cut down to what this test needs: every login goes to
+    Dovecot through the shell's real dialer, and carries the test's meter and
+    map (the download budget and the migration are built elsewhere)."""
+
+    def __init__(
+        self, dovecot: Dovecot, meter: Meter | None, uidl_map: Mapping[bytes, bytes] | None
+    ) -> None:
+        self.target = Target(dovecot.host, dovecot.port)
+        self.meter = meter
+        self.uidl_map = uidl_map
+
+    def admit(self, session_id: str, address: str | None) -> object:
+        return object()
+
+    def login(self, user: str, password: bytes, **context: object) -> LoggedIn:
+        backend = Dialer().dial(
+            self.target, 10.0, BackendLogin(user, password, starttls=False), None
+        )
+        return LoggedIn(backend, "tracked.example", user, meter=self.meter, uidl_map=self.uidl_map)
+
+    def release(self, lease: object, then: Callable[[], None] | None = None) -> None:
+        if then is not None:
+            then()
+
+    def abandon(self, login: LoggedIn) -> None:
+        login.backend.close()
+
+
+def run_session(
+    dovecot: Dovecot,
+    client: Callable[[poplib.POP3], object],
+    meter: Meter | None = None,
+    uidl_map: Mapping[bytes, bytes] | None = None,
+) -> tuple[object, set[type]]:
+    """A real :class:`ClientSession` serving poplib (in a thread of its own);
+    returns what ``client`` returned and the relay classes the session ran."""
+    config = parse_config(
+        {"listeners": [{"name": "plain", "address": f"{LOOPBACK}:1", "tls": "none"}]}
+    )
+    listener = dataclasses.replace(config.listeners[0], require_tls=False)
+    services = Services(config, DovecotLogins(dovecot, meter, uidl_map), server_tls={})
+    outcome: dict[str, object] = {}
+
+    def in_thread(port: int) -> None:
+        try:
+            pop = poplib.POP3(LOOPBACK, port, timeout=20)
+            pop.user(USER)
+            pop.pass_(USERS[USER])
+            assert relay_seen.wait(10), "the session never started its relay"
+            outcome["result"] = client(pop)
+        except BaseException as error:  # handed to the test's greenlet
+            outcome["error"] = error
+
+    closed = gevent.event.Event()
+    relays: set[type] = set()
+    relay_seen = threading.Event()
+    with socket.create_server((LOOPBACK, 0)) as server:
+        thread = threading.Thread(target=in_thread, args=(server.getsockname()[1],))
+        thread.start()
+        sock, peer = server.accept()
+    sock.setblocking(False)
+    session = ClientSession(sock, peer, listener, services, lambda session: closed.set())
+    session.start()
+    with gevent.Timeout(30, AssertionError("the session did not end")):
+        while thread.is_alive() or not closed.is_set():
+            if session._relay is not None:
+                relays.add(type(session._relay))
+                relay_seen.set()
+            gevent.sleep(0.005)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"], relays
+
+
+def test_a_session_with_a_meter_or_map_runs_the_tracked_relay_for_a_real_client(
+    dovecot: Dovecot, mailbox: list[bytes]
+) -> None:
+    (listing,) = direct(dovecot, USER, [b"UIDL\r\n"])
+    backend_uidls = [line.split()[1] for line in listing.split(b"\r\n")[1:-2]]
+    uidl_map = {backend_uidls[0]: b"old-one"}
+
+    def poll(pop: poplib.POP3) -> tuple[list[bytes], str]:
+        uidls = pop.uidl()[1]
+        try:
+            pop.retr(1)
+            refusal = ""
+        except poplib.error_proto as error:
+            refusal = str(error)
+        pop.quit()
+        return uidls, refusal
+
+    (uidls, refusal), relays = run_session(dovecot, poll, Meter(budget=0), uidl_map)
+    assert relays == {TrackedRelay}
+    assert uidls == [b"1 old-one"] + [b"%d %s" % (n, u) for n, u in enumerate(backend_uidls[1:], 2)]
+    assert refusal.startswith("b'-ERR [SYS/TEMP]")
+
+
+def test_a_session_without_meter_or_map_keeps_the_plain_relay(
+    dovecot: Dovecot, mailbox: list[bytes]
+) -> None:
+    def fetch(pop: poplib.POP3) -> list[bytes]:
+        lines = pop.retr(1)[1]
+        pop.quit()
+        return lines
+
+    lines, relays = run_session(dovecot, fetch)
+    assert relays == {Relay}
+    assert b"short body 1" in lines

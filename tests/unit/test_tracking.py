@@ -38,6 +38,24 @@ def feed_in_pieces(tracker: ReplyTracker, data: bytes, cuts: list[int]) -> bytes
     return out
 
 
+STALE = b"\n.\r\n+OK 1 new1\r\n" * 64
+"""What a reused read buffer holds past the bytes of the current read."""
+
+
+def feed_through_buffer(tracker: ReplyTracker, data: bytes, cuts: list[int]) -> bytes:
+    """As :func:`feed_in_pieces`, each piece read into one reused buffer the way
+    the relay reads (a shared bytearray with an earlier read's bytes after it)."""
+    buffer = bytearray(STALE + b"\0" * len(data))
+    out = b""
+    start = 0
+    for cut in [*sorted(set(cuts)), len(data)]:
+        if start < cut <= len(data):
+            buffer[: cut - start] = data[start:cut]
+            out += bytes(tracker.feed(buffer, cut - start))
+            start = cut
+    return out
+
+
 def every_split(data: bytes) -> list[list[int]]:
     """Each cut into two, and the cut into single bytes."""
     return [[cut] for cut in range(1, len(data))] + [list(range(1, len(data)))]
@@ -342,7 +360,8 @@ def test_pipelined_sequences_cut_anywhere(sequence: list[Exchange], data: st.Dat
             tracker.expect(exchange.name, exchange.has_argument, rewrite)
     backend = b"".join(exchange.reply for exchange in sequence)
     cuts = data.draw(st.lists(st.integers(1, max(len(backend) - 1, 1)), max_size=20))
-    out = sent_now + feed_in_pieces(tracker, backend, cuts)
+    feed = feed_through_buffer if data.draw(st.booleans()) else feed_in_pieces
+    out = sent_now + feed(tracker, backend, cuts)
     assert out == b"".join(exchange.expected for exchange in sequence)
     assert tracker.idle
 
@@ -360,6 +379,140 @@ def test_pipelined_sequences_cut_at_every_byte(sequence: list[Exchange]) -> None
                 exchange.name, exchange.has_argument, rewriter if exchange.name == b"UIDL" else None
             )
     backend = b"".join(exchange.reply for exchange in sequence)
-    out = sent_now + feed_in_pieces(tracker, backend, list(range(1, len(backend))))
+    out = sent_now + feed_through_buffer(tracker, backend, list(range(1, len(backend))))
     assert out == b"".join(exchange.expected for exchange in sequence)
     assert tracker.idle
+
+
+body_lines = st.lists(
+    st.tuples(
+        st.one_of(
+            st.lists(st.sampled_from([b"a", b".", b" "]), max_size=5).map(b"".join),
+            st.integers(MAX_HELD_LINE - 6, MAX_HELD_LINE + 2).map(lambda size: b"a" * size),
+        ),
+        st.sampled_from([b"\r\n", b"\n"]),
+    ),
+    max_size=8,
+)
+
+
+@given(body_lines, st.data())
+def test_every_body_line_rewritten_the_same_however_cut(
+    lines: list[tuple[bytes, bytes]], data: st.DataObject
+) -> None:
+    """Dot-stuffed lines, bare LFs and lines about as long as the tracker
+    holds: each comes out as the model says, wherever the reads end."""
+    wire = b"+OK\r\n" + b"".join(replies.dot_stuff(raw) + end for raw, end in lines) + b".\r\n"
+    expected = b"+OK\r\n"
+    for raw, end in lines:
+        stuffed = replies.dot_stuff(raw)
+        too_long = len(stuffed) + len(end) > MAX_HELD_LINE
+        expected += (stuffed if too_long else replies.dot_stuff(raw + b"!")) + end
+    expected += b".\r\n"
+    cuts = data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=10))
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", False, lambda line: line + b"!")
+    tracker.insert(REFUSAL)
+    assert feed_through_buffer(tracker, wire, cuts) == expected + REFUSAL
+    assert tracker.idle
+
+
+EDGES = [
+    # (commands, backend bytes, what the client gets); each with a refusal queued last
+    (
+        [(b"STAT", False), (b"LIST", False), (b"NOOP", False)],
+        b"+OK 1 2\r\n+OK\r\n.\r\n+OK\r\n",
+        b"+OK 1 2\r\n+OK\r\n.\r\n+OK\r\n",
+    ),
+    (  # an empty line ended by a bare LF right before the end
+        [(b"UIDL", False)],
+        b"+OK\r\n1 new1\r\n\n.\r\n",
+        b"+OK\r\n1 old1\r\n\n.\r\n",
+    ),
+    (  # a lone "." ended by a bare LF is a line like any other
+        [(b"UIDL", False)],
+        b"+OK\r\n.\n1 new1\r\n.\r\n",
+        b"+OK\r\n.\n1 old1\r\n.\r\n",
+    ),
+    (  # UIDL n after a reply longer than a held line, in the same read
+        [(b"RETR", True), (b"UIDL", True)],
+        b"+OK\r\n" + b"x" * (2 * MAX_HELD_LINE) + b"\r\n.\r\n+OK 2 new2\r\n",
+        b"+OK\r\n" + b"x" * (2 * MAX_HELD_LINE) + b"\r\n.\r\n+OK 2 old2\r\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("commands", "backend", "expected"), EDGES)
+def test_edges_split_at_every_byte(
+    commands: list[tuple[bytes, bool]], backend: bytes, expected: bytes
+) -> None:
+    splits = every_split(backend) if len(backend) < 200 else [[], list(range(1, len(backend), 7))]
+    for cuts in [[], *splits]:
+        rewriter = UidlRewriter(MAP)
+        tracker = ReplyTracker()
+        for name, has_argument in commands:
+            tracker.expect(name, has_argument, rewriter if name == b"UIDL" else None)
+        tracker.insert(REFUSAL)
+        assert feed_through_buffer(tracker, backend, cuts) == expected + REFUSAL, cuts
+        assert tracker.idle
+
+
+def test_a_long_line_in_a_rewritten_reply_streams_and_is_left_whole() -> None:
+    """Past :data:`MAX_HELD_LINE` a line goes on at once, and its rest is not
+    taken for a line of its own (which the rewrite would change)."""
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", False, lambda line: line + b"!")
+    out = bytes(tracker.feed(b"+OK\r\n1 " + b"n" * 100))
+    assert out == b"+OK\r\n"  # a line to rewrite waits for its end...
+    for _ in range(MAX_HELD_LINE // 100 + 1):  # past the limit, and a little more
+        out += bytes(tracker.feed(b"n" * 100))
+    assert len(out) > MAX_HELD_LINE  # ...but not past the limit
+    out += bytes(tracker.feed(b"n" * 50 + b"\r\n2 b\r\n.\r\n"))
+    assert out.endswith(b"n" * 150 + b"\r\n2 b!\r\n.\r\n")
+    assert b"!" not in out[: -len(b"\r\n2 b!\r\n.\r\n")]
+    assert tracker.idle
+
+
+def test_replies_after_a_rewritten_listing_in_the_same_read_are_left_alone() -> None:
+    """The listing ends at its own end, not at a later reply's."""
+    rewriter = UidlRewriter(MAP)
+    backend = (
+        b"+OK\r\n1 new1\r\n.\r\n"  # UIDL
+        b"+OK\r\n1 new1\r\n.\r\n"  # LIST (a size that looks like a UIDL)
+        b"+OK\r\n2 new2\r\n.\r\n"  # RETR 1
+    )
+    for cuts in [[], *every_split(backend)]:
+        tracker = ReplyTracker()
+        tracker.expect(b"UIDL", False, rewriter)
+        tracker.expect(b"LIST", False)
+        tracker.expect(b"RETR", True)
+        assert feed_through_buffer(tracker, backend, cuts) == backend.replace(
+            b"new1", b"old1", 1
+        ), cuts
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_uidl_status_line_is_held_up_to_the_limit_exactly(extra: int) -> None:
+    uidl = b"u" * (MAX_HELD_LINE - len(b"+OK 1 \r\n") + extra)
+    line = b"+OK 1 " + uidl + b"\r\n"
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", True, UidlRewriter({uidl: b"old"}))
+    out = feed_through_buffer(tracker, line, [3, 700])
+    assert out == (line if extra else b"+OK 1 old\r\n")
+
+
+def test_after_a_line_too_long_to_hold_the_next_is_rewritten_again() -> None:
+    rewriter = UidlRewriter({b"new1": b"old1", b"new2": b"old2"})
+    long_line = b"1 " + b"n" * (MAX_HELD_LINE + 10) + b"\r\n"
+    listing = b"+OK\r\n" + long_line + b"2 new2\r\n.\r\n"
+    before_lf = listing.index(b"\n2 new2")
+    for cuts in ([before_lf], [100, before_lf], [100, before_lf + 1]):
+        tracker = ReplyTracker()
+        tracker.expect(b"UIDL", False, rewriter)
+        assert feed_through_buffer(tracker, listing, cuts) == listing.replace(b"new2", b"old2")
+    status = b"+OK 1 " + b"n" * (MAX_HELD_LINE + 10) + b"\r\n"
+    tracker = ReplyTracker()
+    tracker.expect(b"UIDL", True, rewriter)
+    tracker.expect(b"UIDL", True, rewriter)
+    out = feed_through_buffer(tracker, status + b"+OK 2 new2\r\n", [100, len(status) + 3])
+    assert out == status + b"+OK 2 old2\r\n"
