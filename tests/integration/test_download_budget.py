@@ -133,7 +133,10 @@ def test_a_download_past_the_budget_on_one_replica_refuses_retr_and_logins_on_bo
         10,
         interval=0.5,
     )
-    refusals = f'pop3proxy_auth_total{{result="download_budget",tenant="{TENANT}"}} 1.0'
+    refusals = (
+        f'pop3proxy_auth_total{{mechanism="password",result="download_budget",tenant="{TENANT}"}}'
+        " 1.0"
+    )
     for proxy in replicas:
         wait_until(
             lambda proxy=proxy: refusals in proxy.metrics(),

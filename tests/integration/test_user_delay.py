@@ -138,7 +138,8 @@ def test_a_delay_longer_than_the_wait_gets_login_delay_and_lifting_it_lets_login
     assert [r["result"] for r in failed] == ["delayed"]
     wait_until(
         lambda: (
-            f'pop3proxy_auth_total{{result="delayed",tenant="{TENANT}"}} 1.0' in first.metrics()
+            f'pop3proxy_auth_total{{mechanism="password",result="delayed",tenant="{TENANT}"}} 1.0'
+            in first.metrics()
         ),
         10,
         interval=0.5,
