@@ -382,7 +382,7 @@ class TrackedRelay(Relay):
     dictionary look-up per line.
     """
 
-    __slots__ = ("_meter", "_tracker", "uidl_rewriter")
+    __slots__ = ("_meter", "_tracker", "_translated_counted", "uidl_rewriter")
 
     def __init__(
         self,
@@ -402,6 +402,16 @@ class TrackedRelay(Relay):
         self._tracker = ReplyTracker()
         self.uidl_rewriter = UidlRewriter(uidl_map) if uidl_map is not None else None
         """Also counts the UIDLs it translated."""
+        self._translated_counted = 0
+
+    def flush_metrics(self) -> None:
+        """The plain relay's counters, and the UIDLs translated since the last call."""
+        super().flush_metrics()
+        rewriter = self.uidl_rewriter
+        if rewriter is not None and rewriter.translated > self._translated_counted:
+            new = rewriter.translated - self._translated_counted
+            metrics.add(metrics.UIDL_TRANSLATED, self.tenant, amount=new)
+            self._translated_counted = rewriter.translated
 
     def _begin(self, pending: list[Action], leftover: bytes) -> None:
         if leftover:  # spoken before any command: a reply nobody asked for

@@ -203,7 +203,15 @@ def test_cutover_pins_kicks_without_deleting_and_rollback_returns(move: Move):
     with Pop3Wire(proxy.host, proxy.ports["plain"]) as session:
         session.login(user, USERS["erin"])
         assert session.command("STAT").startswith(b"+OK 3 ")
+        assert session.command("UIDL").startswith(b"+OK")
+        listed = [line.split()[1] for line in session.read_multiline().splitlines()[:-1]]
     move.new.wait_for_log(r"Login: user=<erin>", since=new_mark)
+    assert listed == uidls(move.old, "erin")  # the old backend's UIDLs, through the new one
+    wait_until(
+        lambda: f'pop3proxy_uidl_translated_total{{tenant="{MOVING}"}} 3.0' in proxy.metrics(),
+        10,
+        message="the three translated UIDLs are counted",
+    )
 
     code, out, err = move.cli("rollback", user)
     assert code == 0, err
