@@ -32,6 +32,7 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
 from pop3proxy import __version__, logs, metrics
+from pop3proxy.backends import EVACUATE, EVACUATE_QUIET, utc_text
 from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
 from pop3proxy.login import LoginService
@@ -43,7 +44,7 @@ from pop3proxy.reload import CertificateWatcher, changes, live_config
 from pop3proxy.sessions import (
     SYNC_INTERVAL,
     Entry,
-    KickScope,
+    Kick,
     SessionRegistry,
     answer_kick,
     parse_kick,
@@ -99,6 +100,9 @@ class App:
         if self._redis is not None:
             self.registry = SessionRegistry(self._redis, config.directory.key_prefix, self.replica)
         self.directory.on_kick = self._on_kick
+        self._evacuations: dict[str, gevent.Greenlet] = {}
+        """Backend address -> the greenlet ending its sessions (:meth:`evacuate`)."""
+        self.logins.backends.states.on_change.append(self._on_backend_state)
         self._wall_offset = time.time() - time.monotonic()
         """Turns a session's monotonic start into Unix time, the same way every time."""
 
@@ -208,19 +212,21 @@ class App:
     def _on_kick(self, message: str) -> None:
         """A kick from the change channel: end the matching sessions here, then answer."""
         try:
-            kick_id, scope, reason = parse_kick(message)
-        except (ValueError, KeyError, TypeError):
+            kick = parse_kick(message)
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("kick message unreadable: ignored", extra={"change": message[:200]})
             return
-        gevent.spawn(self._kick, kick_id, scope, reason)
+        gevent.spawn(self._kick, kick)
 
-    def _kick(self, kick_id: str, scope: KickScope, reason: str) -> None:
+    def _kick(self, kick: Kick) -> None:
+        scope, reason = kick.scope, kick.reason
         ended = 0
         for session in list(self.sessions):
             if not session.ended and scope.matches(self.describe(session)):
                 session.end("kicked")
                 ended += 1
         metrics.add(metrics.KICKS, scope.scope)
+        metrics.add(metrics.KICKED_SESSIONS, scope.scope, amount=ended)
         log.info(
             "kick",
             extra={
@@ -228,16 +234,76 @@ class App:
                 "value": scope.value,
                 "reason": reason or None,
                 "sessions": ended,
-                "kick": kick_id,
+                "kick": kick.id,
+                "by": kick.by,
             },
         )
         if self._redis is not None:
             try:
                 answer_kick(
-                    self._redis, self.config.directory.key_prefix, kick_id, self.replica, ended
+                    self._redis, self.config.directory.key_prefix, kick.id, self.replica, ended
                 )
             except Exception as error:
                 log.warning("kick: cannot answer", extra={"error": str(error)})
+
+    # -- evacuation (backend state evacuate) ---------------------------------------
+
+    def _on_backend_state(self, address: str, before: str, after: str) -> None:
+        """A backend state change applied here: an evacuation starts (also when
+        this process starts and finds the backend evacuated: same deadline)."""
+        if after == EVACUATE and address not in self._evacuations:
+            self._evacuations[address] = gevent.spawn(self.evacuate, address)
+
+    def evacuate(self, address: str) -> None:
+        """End this replica's sessions on ``address`` while it stays evacuated:
+        each once it has been quiet for :data:`EVACUATE_QUIET` seconds with no
+        reply in flight, every one left at the deadline, as a kick does (no
+        QUIT to the backend). New logins do not go there (``try_order``), but a
+        login under way when the state arrived may still land: it is ended too.
+        Costs one pass over this replica's sessions every half second, only
+        while a backend is evacuated."""
+        states = self.logins.backends.states
+        ended = {"quiet": 0, "deadline": 0}
+        metrics.add(metrics.KICKS, EVACUATE)
+        log.info(
+            "evacuation started",
+            extra={
+                "backend": address,
+                "deadline": _when(states.deadline(address)),
+                "sessions": len(self._sessions_on(address)),
+            },
+        )
+        emptied = False
+        try:
+            while states.state(address) == EVACUATE:
+                deadline = states.deadline(address)
+                due = deadline is not None and time.time() >= deadline
+                now = time.monotonic()
+                remaining = self._sessions_on(address)
+                for session in remaining:
+                    if due or session.quiet_for(now) >= EVACUATE_QUIET:
+                        session.end("evacuated")
+                        ended["deadline" if due else "quiet"] += 1
+                        metrics.add(metrics.KICKED_SESSIONS, EVACUATE)
+                if not remaining and not emptied:
+                    log.info("evacuation done", extra={"backend": address, **ended})
+                emptied = not remaining
+                gevent.sleep(EVACUATE_TICK)
+        finally:
+            del self._evacuations[address]
+        log.info(
+            "evacuation stopped",
+            extra={"backend": address, "state": states.state(address), **ended},
+        )
+
+    def _sessions_on(self, address: str) -> list[ClientSession]:
+        return [
+            session
+            for session in self.sessions
+            if session.login is not None
+            and not session.ended
+            and session.login.backend.address == address
+        ]
 
     def _watch_parent(self, parent: int) -> None:
         """A worker whose supervisor is gone drains and exits instead of lingering."""
@@ -286,7 +352,7 @@ class App:
         gevent.signal_handler(signal.SIGUSR2, change_log_level, +1)
         self.stopping.wait()
         self.drain()
-        for greenlet in self._background:
+        for greenlet in [*self._background, *self._evacuations.values()]:
             greenlet.kill(block=False)
         self.directory.stop()
         if self.registry is not None:
@@ -333,6 +399,14 @@ class App:
         metrics.configure(merged.metrics.max_tenant_labels)
         self.directory.reload()  # a tenants file is read again; Redis: the cache expires
         log_reload(live, restart)
+
+
+EVACUATE_TICK = 0.5
+"""Seconds between two looks at an evacuated backend's sessions."""
+
+
+def _when(deadline: float | None) -> str | None:
+    return utc_text(deadline) if deadline is not None else None
 
 
 def _with_tls(config: Config, running: Config) -> Config:

@@ -91,7 +91,16 @@ SESSION_DURATION = Histogram(
     ["tenant"],
     buckets=DURATION_BUCKETS,
 )
-KICKS = Counter("pop3proxy_kicks", "Kicks received by this replica, by scope", ["scope"])
+KICKS = Counter(
+    "pop3proxy_kicks",
+    "Kicks this replica acted on, by scope (evacuate: an evacuation it started)",
+    ["scope"],
+)
+KICKED_SESSIONS = Counter(
+    "pop3proxy_kicked_sessions",
+    "Sessions this replica ended for a kick or an evacuation, by scope",
+    ["scope"],
+)
 BYTES = Counter("pop3proxy_bytes", "Bytes relayed", ["tenant", "direction"])
 COMMANDS = Counter("pop3proxy_commands", "Client commands relayed", ["tenant", "command"])
 BACKEND_CONNECT = Histogram(

@@ -17,6 +17,7 @@ many replicas heard it, adds up their answers.
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import json
 import logging
@@ -147,10 +148,27 @@ class SessionRegistry:
         self._written = {}
 
 
-def parse_kick(message: str) -> tuple[str, KickScope, str]:
-    """``kick:<json>`` (without its ``kick:``) -> (kick id, scope, reason)."""
+@dataclass(frozen=True)
+class Kick:
+    """A kick as a replica receives it."""
+
+    id: str
+    scope: KickScope
+    reason: str
+    by: str | None
+    """Who asked for it (``operator@host``), when the sender said."""
+
+
+def parse_kick(message: str) -> Kick:
+    """``kick:<json>`` (without its ``kick:``) -> the kick."""
     data = json.loads(message)
-    return str(data["id"]), KickScope(str(data["scope"]), str(data["value"])), str(data["reason"])
+    by = data.get("by")
+    return Kick(
+        id=str(data["id"]),
+        scope=KickScope(str(data["scope"]), str(data["value"])),
+        reason=str(data["reason"]),
+        by=str(by) if by is not None else None,
+    )
 
 
 def answer_kick(client: Any, prefix: str, kick_id: str, replica: str, count: int) -> None:
@@ -163,6 +181,16 @@ def answer_kick(client: Any, prefix: str, kick_id: str, replica: str, count: int
 
 
 # -- in the CLI ---------------------------------------------------------------
+
+
+def operator() -> str:
+    """Who runs this command, for the log lines of what it changes: the user
+    behind sudo if any, and the host."""
+    try:
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def live_sessions(client: Any, prefix: str) -> list[Entry]:
@@ -193,10 +221,17 @@ class KickResult:
 
 
 def kick(client: Any, prefix: str, scope: KickScope, reason: str, wait: float = 2.0) -> KickResult:
-    """Publish a kick and add up the replicas' answers, waiting up to ``wait`` seconds."""
+    """Publish a kick and add up the replicas' answers, waiting up to ``wait`` seconds.
+    Each replica logs it with who asked (:func:`operator`)."""
     kick_id = uuid.uuid4().hex
     message = json.dumps(
-        {"id": kick_id, "scope": scope.scope, "value": scope.value, "reason": reason}
+        {
+            "id": kick_id,
+            "scope": scope.scope,
+            "value": scope.value,
+            "reason": reason,
+            "by": operator(),
+        }
     )
     receivers = invalidation.publish(client, prefix, KICK_PREFIX + message)
     key = kick_reply_key(prefix, kick_id)
