@@ -81,10 +81,10 @@ def set_state(
     Returns the CLI's structured log line."""
     result = run_cli(proxies[0].config_path, "backend", "set", backend, "--state", state, *extra)
     assert result.returncode == 0, result.stderr
+    labels = {"backend": backend, "state": state}
     for proxy in proxies:
         wait_until(
-            lambda proxy=proxy: metric(proxy, "pop3proxy_backend_state", backend=backend, state=state)
-            == 1,
+            lambda proxy=proxy: metric(proxy, "pop3proxy_backend_state", **labels) == 1,
             APPLIED_WITHIN,
             message=f"{proxy.config_path.parent.name} applies {backend} {state}",
         )
@@ -147,10 +147,9 @@ def test_evacuate_lets_a_retr_finish_then_ends_idle_sessions_on_both_replicas(po
         assert [record["backend"] for record in started] == [address(old)]
         assert started[0]["deadline"] == line["deadline"]
         wait_until(
-            lambda proxy=proxy: metric(
-                proxy, "pop3proxy_kicked_sessions_total", scope="evacuate"
-            )
-            == 1,
+            lambda proxy=proxy: (
+                metric(proxy, "pop3proxy_kicked_sessions_total", scope="evacuate") == 1
+            ),
             10,
             message="the ended session counted",
         )
@@ -200,9 +199,7 @@ def test_the_deadline_ends_busy_sessions_on_every_replica_at_once(pool):
         assert done[-1]["deadline"] == 1 and done[-1]["quiet"] == 0
 
 
-def test_a_restarted_replica_keeps_the_deadline_and_online_stops_the_evacuation(
-    pool, make_proxy
-):
+def test_a_restarted_replica_keeps_the_deadline_and_online_stops_the_evacuation(pool, make_proxy):
     first, second, old, _new = pool
     old.reset_mailbox("alice", [BIG_MESSAGE])
     with SlowReader(first.host, first.ports["plain"]) as alice:
@@ -212,9 +209,7 @@ def test_a_restarted_replica_keeps_the_deadline_and_online_stops_the_evacuation(
         assert time.strptime(line["deadline"], "%Y-%m-%dT%H:%M:%SZ")
         second.stop()
         second.start()  # a replica that restarts finds the evacuation and its deadline
-        wait_until(
-            lambda: records(second, "evacuation started"), APPLIED_WITHIN, message="resumed"
-        )
+        wait_until(lambda: records(second, "evacuation started"), APPLIED_WITHIN, message="resumed")
         assert records(second, "evacuation started")[-1]["deadline"] == line["deadline"]
 
         set_state((first, second), address(old), "online")
