@@ -203,3 +203,73 @@ def test_changing_a_local_users_password_ends_that_users_sessions(
         assert closed_within(wire, KICK_WITHIN)
     kick = [r for r in proxy.log_records() if r.get("message") == "kick"][-1]
     assert (kick["scope"], kick["reason"], kick["sessions"]) == ("user", "password changed", 1)
+
+
+def test_disabling_or_deleting_a_tenant_ends_its_sessions_on_both_replicas(
+    replicas, dovecot, fresh_mailbox, redis_server
+):
+    first, second = replicas
+    backend = f"{dovecot.host}:{dovecot.port}"
+    store = RedisStore(redis_server.client(), first.config["directory"]["key_prefix"])
+    store.put(
+        parse_tenant(
+            {"name": "other.example", "backends": [{"host": dovecot.host, "port": dovecot.port}]}
+        )
+    )
+    store.client.close()
+    kept = {user: fresh_mailbox(user) for user in ("carol", "dave", "erin")}
+    mark = dovecot.log_mark()
+    with (
+        Pop3Wire(first.host, first.ports["plain"]) as carol,
+        Pop3Wire(second.host, second.ports["plain"]) as dave,
+        Pop3Wire(second.host, second.ports["plain"]) as erin,
+    ):
+        carol.login(f"carol@{TENANT}", USERS["carol"])
+        dave.login(f"dave@{TENANT}", USERS["dave"])
+        erin.login("erin@other.example", USERS["erin"])
+        assert carol.command("DELE 1").startswith(b"+OK")  # never committed: no QUIT follows
+
+        disabled = run_cli(
+            first.config_path, "tenant", "set", TENANT, "--backend", backend, "--disabled"
+        )
+        assert disabled.returncode == 0, disabled.stderr
+        assert f"2 session(s) of tenant {TENANT} ended" in disabled.stdout
+        assert closed_within(carol, KICK_WITHIN) and closed_within(dave, KICK_WITHIN)
+        assert erin.command("NOOP").startswith(b"+OK"), "another tenant's session goes on"
+
+        deleted = run_cli(second.config_path, "tenant", "delete", "other.example")
+        assert deleted.returncode == 0, deleted.stderr
+        assert "1 session(s) of tenant other.example ended" in deleted.stdout
+        assert closed_within(erin, KICK_WITHIN)
+    for user in ("carol", "dave", "erin"):
+        dovecot.wait_for_log(rf"pop3\({user}\).*Disconnected.*del=0/", since=mark)
+        assert dovecot.message_count(user) == len(kept[user])
+    kicks = [r for p in (first, second) for r in p.log_records() if r.get("message") == "kick"]
+    assert sorted((r["scope"], r["reason"], r["sessions"]) for r in kicks) == [
+        ("tenant", "tenant deleted", 0),
+        ("tenant", "tenant deleted", 1),
+        ("tenant", "tenant disabled", 1),
+        ("tenant", "tenant disabled", 1),
+    ]
+    assert all(r["by"] for r in kicks), "each replica logs who asked"
+    assert [r["end"] for r in first.sessions() if r.get("user") == f"carol@{TENANT}"] == ["kicked"]
+
+
+def test_importing_a_file_that_disables_a_tenant_ends_its_sessions(
+    replicas, dovecot, fresh_mailbox, tmp_path
+):
+    first, second = replicas
+    fresh_mailbox("carol")
+    tenants_file = tmp_path / "tenants.yaml"
+    record = {
+        "name": TENANT,
+        "enabled": False,
+        "backends": [{"host": dovecot.host, "port": dovecot.port}],
+    }
+    tenants_file.write_text(json.dumps({"tenants": [record]}))
+    with Pop3Wire(second.host, second.ports["plain"]) as carol:
+        carol.login(f"carol@{TENANT}", USERS["carol"])
+        imported = run_cli(first.config_path, "tenant", "import", str(tenants_file))
+        assert imported.returncode == 0, imported.stderr
+        assert f"1 session(s) of tenant {TENANT} ended" in imported.stdout
+        assert closed_within(carol, KICK_WITHIN)
