@@ -89,9 +89,11 @@ def read_states(client: Any, prefix: str) -> dict[str, str]:
 
 
 def read_backend_states(client: Any, prefix: str) -> tuple[dict[str, str], dict[str, float]]:
-    """The states and the deadlines of the evacuated backends, in one round trip
-    (one MULTI, so never a state without the deadline written with it)."""
-    pipe = client.pipeline(transaction=True)
+    """The states and the deadlines of the evacuated backends, in one round trip.
+    (No MULTI: the two hashes may live on two nodes of a Redis Cluster.
+    :func:`write_state` orders its writes so that a state read here is never
+    newer than its deadline.)"""
+    pipe = client.pipeline(transaction=False)
     pipe.hgetall(state_key(prefix))
     pipe.hgetall(deadline_key(prefix))
     stored_states, stored_deadlines = pipe.execute()
@@ -125,17 +127,16 @@ def write_state(
     client: Any, prefix: str, address: str, state: str, deadline: float | None = None
 ) -> None:
     """Store ``address``'s state (online: no entry) and, for evacuate, its
-    deadline (Unix time), together."""
-    pipe = client.pipeline(transaction=True)
-    if state == ONLINE:
-        pipe.hdel(state_key(prefix), address)
-    else:
-        pipe.hset(state_key(prefix), address, state)
+    deadline (Unix time): a new deadline before the state, an old one removed
+    after it, so that a replica reading in between never ends sessions early."""
     if state == EVACUATE and deadline is not None:
-        pipe.hset(deadline_key(prefix), address, repr(deadline))
+        client.hset(deadline_key(prefix), address, repr(deadline))
+    if state == ONLINE:
+        client.hdel(state_key(prefix), address)
     else:
-        pipe.hdel(deadline_key(prefix), address)
-    pipe.execute()
+        client.hset(state_key(prefix), address, state)
+    if state != EVACUATE:
+        client.hdel(deadline_key(prefix), address)
 
 
 def try_order(
