@@ -96,8 +96,9 @@ def records(proxy: ProxyProcess, message: str) -> list[dict[str, Any]]:
     return [record for record in proxy.log_records() if record.get("message") == message]
 
 
-def ends_of(proxy: ProxyProcess, user: str) -> list[str]:
-    return [record["end"] for record in proxy.sessions() if record.get("user") == user]
+def ends_on(proxy: ProxyProcess, backend: str) -> dict[str, str]:
+    """User -> how their last session on ``backend`` ended, from the summary lines."""
+    return {r["user"]: r["end"] for r in proxy.sessions() if r.get("backend") == backend}
 
 
 def listed(proxy: ProxyProcess) -> list[dict[str, Any]]:
@@ -140,8 +141,14 @@ def test_evacuate_lets_a_retr_finish_then_ends_idle_sessions_on_both_replicas(po
         for user in ("alice", "bob"):
             old.wait_for_log(rf"pop3\({user}\).*Disconnected.*del=0/", since=mark)
     assert old.message_count("bob") == len(kept)
-    assert ends_of(first, f"alice@{POOL}")[-1] == "evacuated"
-    assert ends_of(second, f"bob@{POOL}")[-1] == "evacuated"
+    for proxy, user in ((first, "alice"), (second, "bob")):
+        wait_until(
+            lambda proxy=proxy, user=user: (
+                ends_on(proxy, address(old)).get(f"{user}@{POOL}") == "evacuated"
+            ),
+            5,
+            message=f"{user}'s summary line says evacuated",
+        )
     for proxy in (first, second):
         started = records(proxy, "evacuation started")
         assert [record["backend"] for record in started] == [address(old)]
