@@ -3,7 +3,8 @@
 New logins go to the other backend at once; each replica ends its sessions on
 the evacuated backend once each has been quiet for a moment (a RETR under
 way completes first), the rest at a deadline every replica shares, and never
-with QUIT to the backend (Dovecot logs ``del=0``).
+with QUIT to the backend (Dovecot logs ``del=0``). And ``standby``, on both
+replicas, only when the online backend is down.
 """
 
 from __future__ import annotations
@@ -240,3 +241,14 @@ def test_deadline_needs_evacuate_and_a_duration(pool):
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
     assert listed(first) == []
+
+
+def test_standby_takes_logins_on_every_replica_only_when_the_online_backend_is_down(pool):
+    first, second, spare, main = pool
+    set_state((first, second), address(spare), "standby")
+    for proxy in (first, second):
+        assert login_via(proxy) == address(main), "the online backend comes first"
+    main.stop()
+    for proxy in (first, second):
+        assert login_via(proxy) == address(spare), "the standby takes over"
+    assert listed(second) == [{"backend": address(spare), "state": "standby", "deadline": None}]

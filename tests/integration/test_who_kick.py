@@ -95,32 +95,54 @@ def test_kick_backend_ends_only_the_sessions_on_that_backend(
 ):
     first, second = replicas
     other = make_dovecot()
-    other.reset_mailbox("erin", [b"Subject: x\r\n\r\nhello\r\n"])
+    for user in ("erin", "alice"):
+        other.reset_mailbox(user, [b"Subject: x\r\n\r\nhello\r\n"])
     fresh_mailbox("bob")
+    fresh_mailbox("carol")
     store = RedisStore(redis_server.client(), first.config["directory"]["key_prefix"])
     store.put(
         parse_tenant(
             {"name": "other.example", "backends": [{"host": other.host, "port": other.port}]}
         )
     )
+    store.client.close()
+    other_backend = f"{other.host}:{other.port}"
+    mark = other.log_mark()
     with (
         Pop3Wire(first.host, first.ports["plain"]) as bob,
+        Pop3Wire(second.host, second.ports["plain"]) as carol,
+        Pop3Wire(first.host, first.ports["plain"]) as alice,
         Pop3Wire(second.host, second.ports["plain"]) as erin,
     ):
         bob.login(f"bob@{TENANT}", USERS["bob"])
+        carol.login(f"carol@{TENANT}", USERS["carol"])
+        alice.login("alice@other.example", USERS["alice"])
         erin.login("erin@other.example", USERS["erin"])
-        other_backend = f"{other.host}:{other.port}"
+        on_other = {"alice@other.example", "erin@other.example"}
         wait_until(
-            lambda: users_listed(first, "--backend", other_backend) == {"erin@other.example"},
+            lambda: users_listed(first, "--backend", other_backend) == on_other,
             10,
-            message="who --backend lists erin only",
+            message="who --backend lists alice and erin only",
         )
+        assert alice.command("DELE 1").startswith(b"+OK")  # never committed: no QUIT follows
         kicked = run_cli(first.config_path, "kick", "--backend", other_backend)
         assert kicked.returncode == 0, kicked.stderr
-        assert kicked.stdout.strip() == "1 session(s) ended"
-        assert closed_within(erin, KICK_WITHIN)
-        assert bob.command("NOOP").startswith(b"+OK")
-    store.client.close()
+        assert kicked.stdout.strip() == "2 session(s) ended", "one on each replica"
+        assert closed_within(alice, KICK_WITHIN) and closed_within(erin, KICK_WITHIN)
+        assert bob.command("NOOP").startswith(b"+OK"), "the other backend's sessions go on"
+        assert carol.command("NOOP").startswith(b"+OK")
+    for user in ("alice", "erin"):
+        other.wait_for_log(rf"pop3\({user}\).*Disconnected.*del=0/", since=mark)
+        assert other.message_count(user) == 1
+    for proxy in (first, second):
+        wait_until(
+            lambda proxy=proxy: (
+                'pop3proxy_kicked_sessions_total{scope="backend"} 1.0' in proxy.metrics()
+            ),
+            10,
+            interval=0.5,
+            message="the ended session counted",
+        )
 
 
 def test_kick_in_authorization_says_sys_temp(replicas):
