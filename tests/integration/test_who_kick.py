@@ -295,3 +295,25 @@ def test_importing_a_file_that_disables_a_tenant_ends_its_sessions(
         assert imported.returncode == 0, imported.stderr
         assert f"1 session(s) of tenant {TENANT} ended" in imported.stdout
         assert closed_within(carol, KICK_WITHIN)
+
+
+def test_kick_with_workers_counts_every_worker_and_waits_for_no_supervisor(
+    make_proxy, fresh_mailbox
+):
+    """The supervisor follows the change channel too but runs no session: the
+    CLI must not wait for its answer (nor warn that a replica is silent)."""
+    proxy = make_proxy({"workers": 2})
+    fresh_mailbox("carol")
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as carol:
+        carol.login(f"carol@{TENANT}", USERS["carol"])
+        wait_until(lambda: len({e["replica"] for e in who(proxy)}) == 1, 10, message="listed")
+        wait_until(
+            lambda: run_cli(proxy.config_path, "kick", "--tenant", "nobody.example").stderr == "",
+            10,
+            message="both workers answer a kick (each lists itself within a second of starting)",
+        )
+        kicked = run_cli(proxy.config_path, "kick", "--user", f"carol@{TENANT}")
+        assert kicked.returncode == 0, kicked.stderr
+        assert kicked.stdout.strip() == "1 session(s) ended"
+        assert "warning" not in kicked.stderr, kicked.stderr
+        assert closed_within(carol, KICK_WITHIN)
