@@ -317,3 +317,30 @@ def test_kick_with_workers_counts_every_worker_and_waits_for_no_supervisor(
         assert kicked.stdout.strip() == "1 session(s) ended"
         assert "warning" not in kicked.stderr, kicked.stderr
         assert closed_within(carol, KICK_WITHIN)
+
+
+def test_a_changed_password_ends_the_users_sessions_on_both_replicas(
+    make_local_tenant, make_proxy, dovecot, fresh_mailbox
+):
+    first = make_local_tenant(dovecot)
+    second = make_proxy(
+        {"directory": first.config["directory"], "auth": first.config["auth"]}
+    )  # the same Redis and key prefix: the tenant and alice's password are shared
+    fresh_mailbox("alice")
+    mark = dovecot.log_mark()
+    with (
+        Pop3Wire(first.host, first.ports["plain"]) as on_first,
+        Pop3Wire(second.host, second.ports["plain"]) as on_second,
+    ):
+        on_first.login("alice@local.example", "local-pass")
+        on_second.login("alice@local.example", "local-pass")
+        changed = run_cli(
+            second.config_path, "user", "set-password", "alice@local.example", stdin="new-pass\n"
+        )
+        assert changed.returncode == 0, changed.stderr
+        assert "2 session(s) of alice@local.example ended" in changed.stdout
+        assert closed_within(on_first, KICK_WITHIN) and closed_within(on_second, KICK_WITHIN)
+    dovecot.wait_for_log(r"pop3\(alice\).*Disconnected.*del=0/", since=mark)
+    with Pop3Wire(first.host, first.ports["plain"]) as again:
+        assert again.command("USER alice@local.example").startswith(b"+OK")
+        assert again.command("PASS local-pass").startswith(b"-ERR"), "the old password is gone"
