@@ -260,9 +260,10 @@ class App:
         reply in flight, every one left at the deadline, as a kick does (no
         QUIT to the backend). New logins do not go there (``try_order``), but a
         login under way when the state arrived may still land: it is ended too.
-        Costs one pass over this replica's sessions every half second, only
-        while a backend is evacuated."""
+        Costs one pass over this replica's sessions every half second, until
+        the state changes or, past the deadline, nothing can land there any more."""
         states = self.logins.backends.states
+        begun = time.time()
         ended = {"quiet": 0, "deadline": 0}
         metrics.add(metrics.KICKS, EVACUATE)
         log.info(
@@ -288,6 +289,8 @@ class App:
                 if not remaining and not emptied:
                     log.info("evacuation done", extra={"backend": address, **ended})
                 emptied = not remaining
+                if emptied and due and time.time() >= max(deadline or 0, begun) + LATE_LOGINS:
+                    return  # the backend stays evacuated; nothing is left to end here
                 gevent.sleep(EVACUATE_TICK)
         finally:
             del self._evacuations[address]
@@ -403,6 +406,10 @@ class App:
 
 EVACUATE_TICK = 0.5
 """Seconds between two looks at an evacuated backend's sessions."""
+LATE_LOGINS = 60.0
+"""Seconds after an evacuation's deadline (or its start here, if later) during
+which a login that was under way when the state arrived may still land on
+the backend: its replica keeps looking until then."""
 
 
 def _when(deadline: float | None) -> str | None:
