@@ -10,9 +10,11 @@ replicas, only when the online backend is down.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import select
 import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -252,3 +254,51 @@ def test_standby_takes_logins_on_every_replica_only_when_the_online_backend_is_d
     for proxy in (first, second):
         assert login_via(proxy) == address(spare), "the standby takes over"
     assert listed(second) == [{"backend": address(spare), "state": "standby", "deadline": None}]
+
+
+class HoldingBackend:
+    """A POP3 backend that answers every command at once except LIST, whose
+    reply it holds until :attr:`release` is set: a reply slow to begin, which
+    a real Dovecot cannot be made to show on demand."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self._listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                conn.sendall(b"+OK ready\r\n")
+                for line in lines:
+                    if line.upper().startswith(b"LIST"):
+                        self.release.wait(30)
+                        conn.sendall(b"+OK 0 messages\r\n.\r\n")
+                    else:
+                        conn.sendall(b"+OK\r\n")
+
+    def close(self) -> None:
+        self.release.set()
+        self._listener.close()
+
+
+def test_a_command_waiting_for_its_reply_is_not_cut(make_proxy):
+    holding = HoldingBackend()
+    try:
+        proxy = make_proxy(start=False, tenants=False)
+        store(proxy, f"{holding.host}:{holding.port}")
+        proxy.start()
+        with Pop3Wire(proxy.host, proxy.ports["plain"]) as client:
+            client.login(f"alice@{POOL}", USERS["alice"])
+            client.send(b"LIST\r\n")
+            set_state((proxy,), f"{holding.host}:{holding.port}", "evacuate", "--deadline", "1m")
+            assert stays_quiet(client, EVACUATE_QUIET + 2), "the reply is outstanding: no cut"
+            holding.release.set()
+            assert client.read_line() == b"+OK 0 messages\r\n"
+            assert client.read_line() == b".\r\n"
+            assert closed_within(client, QUIET_KICK_WITHIN), "answered, then quiet: ended"
+    finally:
+        holding.close()
