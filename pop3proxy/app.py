@@ -35,6 +35,7 @@ from pop3proxy import __version__, logs, metrics
 from pop3proxy.backends import EVACUATE, EVACUATE_QUIET, utc_text
 from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
+from pop3proxy.filestore import FileStore
 from pop3proxy.login import LoginService
 from pop3proxy.net.backend import Dialer
 from pop3proxy.net.listener import Listener
@@ -161,6 +162,8 @@ class App:
         self._background.append(gevent.spawn(self._flush_metrics))
         if self.registry is not None:
             self._background.append(gevent.spawn(self._sync_registry))
+        if isinstance(self.directory.store, FileStore):
+            self._background.append(gevent.spawn(self._follow_tenants_file, self.directory.store))
         if self.worker is not None:
             self._background.append(gevent.spawn(self._watch_parent, os.getppid()))
         log.info("started", extra={"version": __version__, "pid": os.getpid()})
@@ -245,6 +248,43 @@ class App:
                 )
             except Exception as error:
                 log.warning("kick: cannot answer", extra={"error": str(error)})
+
+    # -- a tenants file that withdraws a tenant ------------------------------------
+
+    def _follow_tenants_file(self, store: FileStore) -> None:
+        """With ``directory.store: file`` no kick carries the news that a tenant
+        was disabled or removed: each process, after each reload of the file
+        (on change or SIGHUP), ends the sessions of such tenants itself."""
+        seen = store.reloads
+        while True:
+            gevent.sleep(TENANTS_FILE_CHECK)
+            if store.reloads != seen:
+                seen = store.reloads
+                self._end_withdrawn_tenants(store)
+
+    def _end_withdrawn_tenants(self, store: FileStore) -> None:
+        ended: dict[str, int] = {}
+        for session in list(self.sessions):
+            login = session.login
+            if login is None or session.ended:
+                continue
+            tenant = store.get(login.tenant)
+            if tenant is None or not tenant.enabled:
+                session.end("kicked")
+                ended[login.tenant] = ended.get(login.tenant, 0) + 1
+        for name, count in sorted(ended.items()):
+            metrics.add(metrics.KICKS, "tenant")
+            metrics.add(metrics.KICKED_SESSIONS, "tenant", amount=count)
+            log.info(
+                "kick",
+                extra={
+                    "scope": "tenant",
+                    "value": name,
+                    "reason": "tenant deleted" if store.get(name) is None else "tenant disabled",
+                    "sessions": count,
+                    "by": "tenants file",
+                },
+            )
 
     # -- evacuation (backend state evacuate) ---------------------------------------
 
@@ -404,6 +444,8 @@ class App:
         log_reload(live, restart)
 
 
+TENANTS_FILE_CHECK = 1.0
+"""Seconds between two looks at whether the tenants file was reloaded."""
 EVACUATE_TICK = 0.5
 """Seconds between two looks at an evacuated backend's sessions."""
 LATE_LOGINS = 60.0

@@ -344,3 +344,38 @@ def test_a_changed_password_ends_the_users_sessions_on_both_replicas(
     with Pop3Wire(first.host, first.ports["plain"]) as again:
         assert again.command("USER alice@local.example").startswith(b"+OK")
         assert again.command("PASS local-pass").startswith(b"-ERR"), "the old password is gone"
+
+
+def test_a_tenants_file_that_disables_a_tenant_ends_its_sessions(
+    make_proxy, dovecot, fresh_mailbox, tmp_path
+):
+    """No Redis, no kick: each process ends them itself after reloading the file."""
+    backends = [{"host": dovecot.host, "port": dovecot.port}]
+    path = tmp_path / "tenants.yaml"
+
+    def write(acme_enabled: bool) -> None:
+        records = [
+            {"name": TENANT, "backends": backends, "enabled": acme_enabled},
+            {"name": "other.example", "backends": backends},
+        ]
+        path.write_text(json.dumps({"tenants": records}))
+
+    write(acme_enabled=True)
+    proxy = make_proxy({"directory": {"store": "file", "file": str(path)}})
+    fresh_mailbox("carol")
+    fresh_mailbox("erin")
+    mark = dovecot.log_mark()
+    with (
+        Pop3Wire(proxy.host, proxy.ports["plain"]) as carol,
+        Pop3Wire(proxy.host, proxy.ports["plain"]) as erin,
+    ):
+        carol.login(f"carol@{TENANT}", USERS["carol"])
+        erin.login("erin@other.example", USERS["erin"])
+        write(acme_enabled=False)
+        assert closed_within(carol, 6), "the file is polled every second, then checked"
+        assert erin.command("NOOP").startswith(b"+OK")
+    dovecot.wait_for_log(r"pop3\(carol\).*Disconnected.*del=0/", since=mark)
+    kicks = [r for r in proxy.log_records() if r.get("message") == "kick"]
+    assert [(r["value"], r["reason"], r["sessions"], r["by"]) for r in kicks] == [
+        (TENANT, "tenant disabled", 1, "tenants file")
+    ]
