@@ -196,13 +196,15 @@ class App:
         }
 
     def _sync_registry(self) -> None:
-        """Every :data:`SYNC_INTERVAL`: the logged-in sessions to Redis, in one pipeline."""
+        """Every :data:`SYNC_INTERVAL`: the logged-in sessions to Redis, in one
+        pipeline. The first write is at once: it lists this replica, whose
+        answers a kick then waits for."""
         registry, health = self.registry, self.directory.store.shared_health()
         assert registry is not None and health is not None
         while True:
-            gevent.sleep(SYNC_INTERVAL)
             # Skipped while Redis is known to be down; everything is written again after.
             health.call(lambda: self._write_registry(registry), lambda: None)
+            gevent.sleep(SYNC_INTERVAL)
 
     def _write_registry(self, registry: SessionRegistry) -> None:
         by_id = {session.id: session for session in self.sessions if session.phase == "relay"}

@@ -38,6 +38,9 @@ SYNC_INTERVAL = 1.0
 ENTRY_TTL = 10
 """Seconds a replica's hash outlives its last write (a killed replica's entries go)."""
 KICK_REPLY_TTL = 60
+KICK_GRACE = 0.2
+"""Seconds a kick waits, once every listed replica answered, for subscribers
+that are not listed (a replica just started; a supervisor, which never answers)."""
 KICK_PREFIX = "kick:"
 SCOPES = ("user", "tenant", "backend", "session", "from")
 
@@ -235,24 +238,25 @@ def kick(client: Any, prefix: str, scope: KickScope, reason: str, wait: float = 
     )
     receivers = invalidation.publish(client, prefix, KICK_PREFIX + message)
     # Not every subscriber runs sessions (with ``workers: N`` the supervisor
-    # listens too, and never answers): wait for the live replicas only.
+    # listens too, and never answers): the live replicas' answers are awaited
+    # up to ``wait``, any other subscriber's only for a short grace (a replica
+    # that started a moment ago may not be listed yet).
     expected = min(receivers, client.zcount(replicas_key(prefix), time.time() - ENTRY_TTL, "+inf"))
     key = kick_reply_key(prefix, kick_id)
     deadline = time.monotonic() + wait
+    grace_until: float | None = None
     ended = answered = 0
-    while answered < expected:
-        left = deadline - time.monotonic()
-        if left <= 0:
+    while answered < receivers:
+        now = time.monotonic()
+        if answered >= expected and grace_until is None:
+            grace_until = now + KICK_GRACE
+        until = deadline if grace_until is None else min(deadline, grace_until)
+        if until <= now:
             break
-        reply = client.blpop([key], timeout=max(left, 0.01))
+        reply = client.blpop([key], timeout=max(until - now, 0.01))
         if reply is None:
             break
         ended += int(json.loads(reply[1])["count"])
         answered += 1
-    pipe = client.pipeline(transaction=False)
-    pipe.lrange(key, 0, -1)  # a replica too new to be listed yet may have answered too
-    pipe.delete(key)
-    late, _ = pipe.execute()
-    ended += sum(int(json.loads(raw)["count"]) for raw in late)
-    answered += len(late)
+    client.delete(key)
     return KickResult(ended=ended, replicas=max(expected, answered), answered=answered)
