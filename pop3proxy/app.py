@@ -32,8 +32,10 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
 from pop3proxy import __version__, logs, metrics
+from pop3proxy.backends import EVACUATE, EVACUATE_QUIET, utc_text
 from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
+from pop3proxy.filestore import FileStore
 from pop3proxy.login import LoginService
 from pop3proxy.net.backend import Dialer
 from pop3proxy.net.listener import Listener
@@ -43,7 +45,7 @@ from pop3proxy.reload import CertificateWatcher, changes, live_config
 from pop3proxy.sessions import (
     SYNC_INTERVAL,
     Entry,
-    KickScope,
+    Kick,
     SessionRegistry,
     answer_kick,
     parse_kick,
@@ -99,6 +101,9 @@ class App:
         if self._redis is not None:
             self.registry = SessionRegistry(self._redis, config.directory.key_prefix, self.replica)
         self.directory.on_kick = self._on_kick
+        self._evacuations: dict[str, gevent.Greenlet] = {}
+        """Backend address -> the greenlet ending its sessions (:meth:`evacuate`)."""
+        self.logins.backends.states.on_change.append(self._on_backend_state)
         self._wall_offset = time.time() - time.monotonic()
         """Turns a session's monotonic start into Unix time, the same way every time."""
 
@@ -157,6 +162,8 @@ class App:
         self._background.append(gevent.spawn(self._flush_metrics))
         if self.registry is not None:
             self._background.append(gevent.spawn(self._sync_registry))
+        if isinstance(self.directory.store, FileStore):
+            self._background.append(gevent.spawn(self._follow_tenants_file, self.directory.store))
         if self.worker is not None:
             self._background.append(gevent.spawn(self._watch_parent, os.getppid()))
         log.info("started", extra={"version": __version__, "pid": os.getpid()})
@@ -190,13 +197,15 @@ class App:
         }
 
     def _sync_registry(self) -> None:
-        """Every :data:`SYNC_INTERVAL`: the logged-in sessions to Redis, in one pipeline."""
+        """Every :data:`SYNC_INTERVAL`: the logged-in sessions to Redis, in one
+        pipeline. The first write is at once: it lists this replica, whose
+        answers a kick then waits for."""
         registry, health = self.registry, self.directory.store.shared_health()
         assert registry is not None and health is not None
         while True:
-            gevent.sleep(SYNC_INTERVAL)
             # Skipped while Redis is known to be down; everything is written again after.
             health.call(lambda: self._write_registry(registry), lambda: None)
+            gevent.sleep(SYNC_INTERVAL)
 
     def _write_registry(self, registry: SessionRegistry) -> None:
         by_id = {session.id: session for session in self.sessions if session.phase == "relay"}
@@ -209,19 +218,21 @@ class App:
     def _on_kick(self, message: str) -> None:
         """A kick from the change channel: end the matching sessions here, then answer."""
         try:
-            kick_id, scope, reason = parse_kick(message)
-        except (ValueError, KeyError, TypeError):
+            kick = parse_kick(message)
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("kick message unreadable: ignored", extra={"change": message[:200]})
             return
-        gevent.spawn(self._kick, kick_id, scope, reason)
+        gevent.spawn(self._kick, kick)
 
-    def _kick(self, kick_id: str, scope: KickScope, reason: str) -> None:
+    def _kick(self, kick: Kick) -> None:
+        scope, reason = kick.scope, kick.reason
         ended = 0
         for session in list(self.sessions):
             if not session.ended and scope.matches(self.describe(session)):
                 session.end("kicked")
                 ended += 1
         metrics.add(metrics.KICKS, scope.scope)
+        metrics.add(metrics.KICKED_SESSIONS, scope.scope, amount=ended)
         log.info(
             "kick",
             extra={
@@ -229,16 +240,116 @@ class App:
                 "value": scope.value,
                 "reason": reason or None,
                 "sessions": ended,
-                "kick": kick_id,
+                "kick": kick.id,
+                "by": kick.by,
             },
         )
         if self._redis is not None:
             try:
                 answer_kick(
-                    self._redis, self.config.directory.key_prefix, kick_id, self.replica, ended
+                    self._redis, self.config.directory.key_prefix, kick.id, self.replica, ended
                 )
             except Exception as error:
                 log.warning("kick: cannot answer", extra={"error": str(error)})
+
+    # -- a tenants file that withdraws a tenant ------------------------------------
+
+    def _follow_tenants_file(self, store: FileStore) -> None:
+        """With ``directory.store: file`` no kick carries the news that a tenant
+        was disabled or removed: each process, after each reload of the file
+        (on change or SIGHUP), ends the sessions of such tenants itself."""
+        seen = store.reloads
+        while True:
+            gevent.sleep(TENANTS_FILE_CHECK)
+            if store.reloads != seen:
+                seen = store.reloads
+                self._end_withdrawn_tenants(store)
+
+    def _end_withdrawn_tenants(self, store: FileStore) -> None:
+        ended: dict[str, int] = {}
+        for session in list(self.sessions):
+            login = session.login
+            if login is None or session.ended:
+                continue
+            tenant = store.get(login.tenant)
+            if tenant is None or not tenant.enabled:
+                session.end("kicked")
+                ended[login.tenant] = ended.get(login.tenant, 0) + 1
+        for name, count in sorted(ended.items()):
+            metrics.add(metrics.KICKS, "tenant")
+            metrics.add(metrics.KICKED_SESSIONS, "tenant", amount=count)
+            log.info(
+                "kick",
+                extra={
+                    "scope": "tenant",
+                    "value": name,
+                    "reason": "tenant deleted" if store.get(name) is None else "tenant disabled",
+                    "sessions": count,
+                    "by": "tenants file",
+                },
+            )
+
+    # -- evacuation (backend state evacuate) ---------------------------------------
+
+    def _on_backend_state(self, address: str, before: str, after: str) -> None:
+        """A backend state change applied here: an evacuation starts (also when
+        this process starts and finds the backend evacuated: same deadline)."""
+        if after == EVACUATE and address not in self._evacuations:
+            self._evacuations[address] = gevent.spawn(self.evacuate, address)
+
+    def evacuate(self, address: str) -> None:
+        """End this replica's sessions on ``address`` while it stays evacuated:
+        each once it has been quiet for :data:`EVACUATE_QUIET` seconds with no
+        reply in flight, every one left at the deadline, as a kick does (no
+        QUIT to the backend). New logins do not go there (``try_order``), but a
+        login under way when the state arrived may still land: it is ended too.
+        Costs one pass over this replica's sessions every half second, until
+        the state changes or, past the deadline, nothing can land there any more."""
+        states = self.logins.backends.states
+        begun = time.time()
+        ended = {"quiet": 0, "deadline": 0}
+        metrics.add(metrics.KICKS, EVACUATE)
+        log.info(
+            "evacuation started",
+            extra={
+                "backend": address,
+                "deadline": _when(states.deadline(address)),
+                "sessions": len(self._sessions_on(address)),
+            },
+        )
+        emptied = False
+        try:
+            while states.state(address) == EVACUATE:
+                deadline = states.deadline(address)
+                due = deadline is not None and time.time() >= deadline
+                now = time.monotonic()
+                remaining = self._sessions_on(address)
+                for session in remaining:
+                    if due or session.quiet_for(now) >= EVACUATE_QUIET:
+                        session.end("evacuated")
+                        ended["deadline" if due else "quiet"] += 1
+                        metrics.add(metrics.KICKED_SESSIONS, EVACUATE)
+                if not remaining and not emptied:
+                    log.info("evacuation done", extra={"backend": address, **ended})
+                emptied = not remaining
+                if emptied and due and time.time() >= max(deadline or 0, begun) + LATE_LOGINS:
+                    return  # the backend stays evacuated; nothing is left to end here
+                gevent.sleep(EVACUATE_TICK)
+        finally:
+            del self._evacuations[address]
+        log.info(
+            "evacuation stopped",
+            extra={"backend": address, "state": states.state(address), **ended},
+        )
+
+    def _sessions_on(self, address: str) -> list[ClientSession]:
+        return [
+            session
+            for session in self.sessions
+            if session.login is not None
+            and not session.ended
+            and session.login.backend.address == address
+        ]
 
     def _watch_parent(self, parent: int) -> None:
         """A worker whose supervisor is gone drains and exits instead of lingering."""
@@ -287,7 +398,7 @@ class App:
         gevent.signal_handler(signal.SIGUSR2, change_log_level, +1)
         self.stopping.wait()
         self.drain()
-        for greenlet in self._background:
+        for greenlet in [*self._background, *self._evacuations.values()]:
             greenlet.kill(block=False)
         self.directory.stop()
         if self.registry is not None:
@@ -334,6 +445,20 @@ class App:
         metrics.configure(merged.metrics.max_tenant_labels)
         self.directory.reload()  # a tenants file is read again; Redis: the cache expires
         log_reload(live, restart)
+
+
+TENANTS_FILE_CHECK = 1.0
+"""Seconds between two looks at whether the tenants file was reloaded."""
+EVACUATE_TICK = 0.5
+"""Seconds between two looks at an evacuated backend's sessions."""
+LATE_LOGINS = 60.0
+"""Seconds after an evacuation's deadline (or its start here, if later) during
+which a login that was under way when the state arrived may still land on
+the backend: its replica keeps looking until then."""
+
+
+def _when(deadline: float | None) -> str | None:
+    return utc_text(deadline) if deadline is not None else None
 
 
 def _with_tls(config: Config, running: Config) -> Config:

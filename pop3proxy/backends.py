@@ -24,6 +24,13 @@ waits for Redis to learn it. :func:`try_order` applies the states to the
 routing order: ``online`` backends in the policy's order, then ``standby``
 ones (tried only when no online backend could take the login); ``evacuate``
 and ``offline`` take no new logins.
+
+An ``evacuate`` state also has a deadline, an absolute time in a second
+hash, ``<prefix>:backend-deadline``, so that every replica (and one that
+restarts meanwhile) ends the backend's last sessions at the same moment. The
+state hash keeps holding plain state names, which a replica of an older
+version still reads. Ending the sessions is the composition root's
+(:meth:`pop3proxy.app.App.evacuate`), started by :attr:`BackendStates.on_change`.
 """
 
 from __future__ import annotations
@@ -57,6 +64,12 @@ STATES = (ONLINE, STANDBY, EVACUATE, OFFLINE)
 """Backend states, as Dovecot Pro names them. A backend with no state set is online."""
 STATE_REFRESH = 1.0
 """Seconds between two reads of the state hash: how soon every replica follows a change."""
+EVACUATE_DEADLINE = 300.0
+"""Seconds ``backend set --state evacuate`` gives a backend's sessions when no
+``--deadline`` is given: after it every remaining session is ended."""
+EVACUATE_QUIET = 2.0
+"""Seconds a session of an evacuated backend must have moved nothing, with no
+reply outstanding, before it is ended: long enough to never cut a reply."""
 
 
 def state_key(prefix: str) -> str:
@@ -64,17 +77,66 @@ def state_key(prefix: str) -> str:
     return f"{prefix}:backend-state"
 
 
+def deadline_key(prefix: str) -> str:
+    """The Redis hash of evacuation deadlines: ``HOST:PORT`` -> Unix time."""
+    return f"{prefix}:backend-deadline"
+
+
 def read_states(client: Any, prefix: str) -> dict[str, str]:
     """Every state stored in Redis (unknown values are ignored: they were not
     written by ``backend set``)."""
-    stored = client.hgetall(state_key(prefix))
+    return _states(client.hgetall(state_key(prefix)))
+
+
+def read_backend_states(client: Any, prefix: str) -> tuple[dict[str, str], dict[str, float]]:
+    """The states and the deadlines of the evacuated backends, in one round trip.
+    (No MULTI: the two hashes may live on two nodes of a Redis Cluster.
+    :func:`write_state` orders its writes so that a state read here is never
+    newer than its deadline.)"""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(state_key(prefix))
+    pipe.hgetall(deadline_key(prefix))
+    stored_states, stored_deadlines = pipe.execute()
+    states = _states(stored_states)
+    deadlines = {}
+    for raw_address, raw_deadline in stored_deadlines.items():
+        address = _text(raw_address)
+        if states.get(address) != EVACUATE:
+            continue
+        try:
+            deadlines[address] = float(raw_deadline)
+        except ValueError:
+            continue  # not written by ``backend set``: the evacuation has no deadline
+    return states, deadlines
+
+
+def _states(stored: dict) -> dict[str, str]:
     states = {}
     for raw_address, raw_state in stored.items():
-        address = raw_address.decode() if isinstance(raw_address, bytes) else raw_address
-        state = raw_state.decode() if isinstance(raw_state, bytes) else raw_state
+        state = _text(raw_state)
         if state in STATES:
-            states[address] = state
+            states[_text(raw_address)] = state
     return states
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def write_state(
+    client: Any, prefix: str, address: str, state: str, deadline: float | None = None
+) -> None:
+    """Store ``address``'s state (online: no entry) and, for evacuate, its
+    deadline (Unix time): a new deadline before the state, an old one removed
+    after it, so that a replica reading in between never ends sessions early."""
+    if state == EVACUATE and deadline is not None:
+        client.hset(deadline_key(prefix), address, repr(deadline))
+    if state == ONLINE:
+        client.hdel(state_key(prefix), address)
+    else:
+        client.hset(state_key(prefix), address, state)
+    if state != EVACUATE:
+        client.hdel(deadline_key(prefix), address)
 
 
 def try_order(
@@ -116,14 +178,18 @@ class BackendStates:
         self.health = health or RedisHealth("redis")
         self.refresh = refresh
         self.states: dict[str, str] = {}
+        self.deadlines: dict[str, float] = {}
+        """Evacuated backends' deadlines (Unix time), as stored by ``backend set``."""
         self.on_change: list[StateChange] = []
-        """Hooks run for each applied change. Ending the running sessions of a
-        backend set to ``evacuate`` belongs here: the session registry's kick
-        subscribes with a callable that ends the sessions on that address."""
+        """Hooks run for each applied change (the app starts an evacuation)."""
         self._reader: gevent.Greenlet | None = None
 
     def state(self, address: str) -> str:
         return self.states.get(address, ONLINE)
+
+    def deadline(self, address: str) -> float | None:
+        """When an evacuated backend's last sessions are ended (Unix time)."""
+        return self.deadlines.get(address)
 
     def start(self) -> None:
         if self.client is not None and self._reader is None:
@@ -141,9 +207,10 @@ class BackendStates:
 
     def update(self) -> None:
         """Read the hash once and apply what changed."""
-        fresh = self.health.call(lambda: read_states(self.client, self.prefix), lambda: None)
-        if fresh is None:
+        read = self.health.call(lambda: read_backend_states(self.client, self.prefix), lambda: None)
+        if read is None:
             return
+        fresh, self.deadlines = read
         old, self.states = self.states, fresh
         for address in sorted(set(old) | set(fresh)):
             before, after = old.get(address, ONLINE), fresh.get(address, ONLINE)
@@ -151,14 +218,25 @@ class BackendStates:
                 self._applied(address, before, after)
 
     def _applied(self, address: str, before: str, after: str) -> None:
+        deadline = self.deadline(address)
         log.info(
             "backend state applied",
-            extra={"backend": address, "state": after, "previous": before},
+            extra={
+                "backend": address,
+                "state": after,
+                "previous": before,
+                "deadline": utc_text(deadline) if deadline is not None else None,
+            },
         )
         metrics.add(metrics.BACKEND_STATE_CHANGES, after)
         show_state(address, after)
         for hook in self.on_change:
             hook(address, before, after)
+
+
+def utc_text(when: float) -> str:
+    """A Unix time as log lines and ``backend list`` show it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def show_state(address: str, state: str) -> None:

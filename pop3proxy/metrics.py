@@ -95,7 +95,16 @@ SESSION_DURATION = Histogram(
     ["tenant"],
     buckets=DURATION_BUCKETS,
 )
-KICKS = Counter("pop3proxy_kicks", "Kicks received by this replica, by scope", ["scope"])
+KICKS = Counter(
+    "pop3proxy_kicks",
+    "Kicks this replica acted on, by scope (evacuate: an evacuation it started)",
+    ["scope"],
+)
+KICKED_SESSIONS = Counter(
+    "pop3proxy_kicked_sessions",
+    "Sessions this replica ended for a kick or an evacuation, by scope",
+    ["scope"],
+)
 DELAY_CHANGES = Counter(
     "pop3proxy_login_delay_changes",
     "Login delays this replica learnt of, by scope (user, tenant) and change (set, lifted)",

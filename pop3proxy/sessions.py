@@ -17,6 +17,7 @@ many replicas heard it, adds up their answers.
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import json
 import logging
@@ -37,6 +38,9 @@ SYNC_INTERVAL = 1.0
 ENTRY_TTL = 10
 """Seconds a replica's hash outlives its last write (a killed replica's entries go)."""
 KICK_REPLY_TTL = 60
+KICK_GRACE = 0.2
+"""Seconds a kick waits, once every listed replica answered, for subscribers
+that are not listed (a replica just started; a supervisor, which never answers)."""
 KICK_PREFIX = "kick:"
 SCOPES = ("user", "tenant", "backend", "session", "from", "credential")
 
@@ -155,10 +159,27 @@ class SessionRegistry:
         self._written = {}
 
 
-def parse_kick(message: str) -> tuple[str, KickScope, str]:
-    """``kick:<json>`` (without its ``kick:``) -> (kick id, scope, reason)."""
+@dataclass(frozen=True)
+class Kick:
+    """A kick as a replica receives it."""
+
+    id: str
+    scope: KickScope
+    reason: str
+    by: str | None
+    """Who asked for it (``operator@host``), when the sender said."""
+
+
+def parse_kick(message: str) -> Kick:
+    """``kick:<json>`` (without its ``kick:``) -> the kick."""
     data = json.loads(message)
-    return str(data["id"]), KickScope(str(data["scope"]), str(data["value"])), str(data["reason"])
+    by = data.get("by")
+    return Kick(
+        id=str(data["id"]),
+        scope=KickScope(str(data["scope"]), str(data["value"])),
+        reason=str(data["reason"]),
+        by=str(by) if by is not None else None,
+    )
 
 
 def answer_kick(client: Any, prefix: str, kick_id: str, replica: str, count: int) -> None:
@@ -171,6 +192,16 @@ def answer_kick(client: Any, prefix: str, kick_id: str, replica: str, count: int
 
 
 # -- in the CLI ---------------------------------------------------------------
+
+
+def operator() -> str:
+    """Who runs this command, for the log lines of what it changes: the user
+    behind sudo if any, and the host."""
+    try:
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def live_sessions(client: Any, prefix: str) -> list[Entry]:
@@ -201,23 +232,39 @@ class KickResult:
 
 
 def kick(client: Any, prefix: str, scope: KickScope, reason: str, wait: float = 2.0) -> KickResult:
-    """Publish a kick and add up the replicas' answers, waiting up to ``wait`` seconds."""
+    """Publish a kick and add up the replicas' answers, waiting up to ``wait`` seconds.
+    Each replica logs it with who asked (:func:`operator`)."""
     kick_id = uuid.uuid4().hex
     message = json.dumps(
-        {"id": kick_id, "scope": scope.scope, "value": scope.value, "reason": reason}
+        {
+            "id": kick_id,
+            "scope": scope.scope,
+            "value": scope.value,
+            "reason": reason,
+            "by": operator(),
+        }
     )
     receivers = invalidation.publish(client, prefix, KICK_PREFIX + message)
+    # Not every subscriber runs sessions (with ``workers: N`` the supervisor
+    # listens too, and never answers): the live replicas' answers are awaited
+    # up to ``wait``, any other subscriber's only for a short grace (a replica
+    # that started a moment ago may not be listed yet).
+    expected = min(receivers, client.zcount(replicas_key(prefix), time.time() - ENTRY_TTL, "+inf"))
     key = kick_reply_key(prefix, kick_id)
     deadline = time.monotonic() + wait
+    grace_until: float | None = None
     ended = answered = 0
     while answered < receivers:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if answered >= expected and grace_until is None:
+            grace_until = now + KICK_GRACE
+        until = deadline if grace_until is None else min(deadline, grace_until)
+        if until <= now:
             break
-        reply = client.blpop([key], timeout=max(left, 0.01))
+        reply = client.blpop([key], timeout=max(until - now, 0.01))
         if reply is None:
             break
         ended += int(json.loads(reply[1])["count"])
         answered += 1
     client.delete(key)
-    return KickResult(ended=ended, replicas=receivers, answered=answered)
+    return KickResult(ended=ended, replicas=max(expected, answered), answered=answered)

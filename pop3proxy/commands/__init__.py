@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any
 from pop3proxy.config import Config, default_config_path, load_config
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store, open_store
 from pop3proxy.redisconn import CredentialsError
+from pop3proxy.sessions import operator
 from pop3proxy.tenants import Tenant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -37,17 +35,8 @@ def log_action(message: str, action: str, **fields: Any) -> None:
         "action": action,
         **fields,
         "by": operator(),
-        "host": socket.gethostname(),
     }
     print(json.dumps(record, sort_keys=True), file=sys.stderr)
-
-
-def operator() -> str:
-    """Who runs the command: the user behind sudo, else the login name."""
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

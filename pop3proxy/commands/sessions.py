@@ -16,7 +16,7 @@ import sys
 import time
 
 from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, redis_store
-from pop3proxy.sessions import Entry, KickScope, kick, live_sessions
+from pop3proxy.sessions import Entry, KickResult, KickScope, kick, live_sessions
 
 _COLUMNS = (
     ("id", "SESSION"),
@@ -112,11 +112,17 @@ def cmd_kick(args: argparse.Namespace) -> int:
         ) from None
     store = redis_store(args)
     result = kick(store.client, store.prefix, scope, args.reason)
-    print(f"{result.ended} session(s) ended")
+    print_kick(result, "session(s) ended")
+    return EXIT_OK
+
+
+def print_kick(result: KickResult, ended: str) -> None:
+    """How many sessions a kick ended (``ended``: what follows the count), and
+    a warning when a replica did not answer in time (its sessions may remain)."""
+    print(f"{result.ended} {ended}")
     if result.answered < result.replicas:
         print(
             f"warning: {result.replicas - result.answered} of {result.replicas} replica(s) "
             "did not answer within 2 s",
             file=sys.stderr,
         )
-    return EXIT_OK

@@ -2,7 +2,9 @@
 
 Every write is validated first (a bad record is refused with the field path,
 exit 2) and announced on ``<prefix>:changes`` so running proxies drop their
-cached copy at once.
+cached copy at once. A tenant that is disabled or deleted (by ``set``,
+``delete`` or ``import``) loses its running sessions on every replica, as
+``pop3proxy kick --tenant`` ends them.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pop3proxy.commands import (
     redis_store,
     usage,
 )
+from pop3proxy.commands.sessions import print_kick
 from pop3proxy.directory import RedisStore
 from pop3proxy.filestore import load_tenants_file
 from pop3proxy.schema import TLS_MODES
+from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
     APP_PASSWORD_MODES,
     AUTH_MODES,
@@ -189,9 +193,23 @@ def cmd_tenant_set(args: argparse.Namespace) -> int:
     else:
         record = _record_from_flags(args)
     tenant = parse_tenant(record)
-    redis_store(args).put(tenant)
+    store = redis_store(args)
+    existed = store.raw(tenant.name) is not None
+    store.put(tenant)
     print(f"tenant {tenant.name} saved")
+    if existed and not tenant.enabled:
+        end_sessions(store, tenant.name, "tenant disabled")
     return EXIT_OK
+
+
+def end_sessions(store: RedisStore, tenant: str, reason: str) -> None:
+    """A tenant withdrawn (disabled or deleted): its sessions end on every replica.
+    Also when it was disabled already: a session whose login raced the first
+    kick ends now."""
+    print_kick(
+        kick(store.client, store.prefix, KickScope("tenant", tenant), reason),
+        f"session(s) of tenant {tenant} ended",
+    )
 
 
 def cmd_tenant_get(args: argparse.Namespace) -> int:
@@ -233,9 +251,11 @@ def cmd_tenant_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tenant_delete(args: argparse.Namespace) -> int:
-    if not redis_store(args).delete(args.name.lower()):
+    store, name = redis_store(args), args.name.lower()
+    if not store.delete(name):
         raise CommandError(f"no tenant named {args.name!r}")
-    print(f"tenant {args.name.lower()} deleted")
+    print(f"tenant {name} deleted")
+    end_sessions(store, name, "tenant deleted")
     return EXIT_OK
 
 
@@ -280,6 +300,11 @@ def cmd_tenant_import(args: argparse.Namespace) -> int:
     for name in removed:
         store.delete(name)
     print(f"imported {args.file}: {summary}")
+    for name in changed:
+        if not wanted[name].enabled:
+            end_sessions(store, name, "tenant disabled")
+    for name in removed:
+        end_sessions(store, name, "tenant deleted")
     return EXIT_OK
 
 

@@ -80,6 +80,7 @@ class Relay(ErrorBoundary):
         "end_reason",
         "idle_timeout",
         "last_activity",
+        "last_command",
         "started",
         "tenant",
         "traffic",
@@ -108,6 +109,9 @@ class Relay(ErrorBoundary):
         self._counted = Traffic()
         """What :meth:`flush_metrics` has already added to the counters."""
         self.started = self.last_activity = time.monotonic()
+        self.last_command = 0.0
+        """When the client's last command went to the backend (``last_activity``'s
+        value then): while nothing came back since, its reply is outstanding."""
         self.end_reason: str | None = None
         """Whichever side ended first says why; the other only follows."""
         self._on_end = on_end
@@ -136,6 +140,19 @@ class Relay(ErrorBoundary):
         if self.end_reason is None:
             self._resume_client_reads()
             self._resume_backend_reads()
+
+    @property
+    def in_flight(self) -> bool:
+        """A command waits for its reply, or reply bytes wait for a client that
+        has not read them yet (in the kernel pipe or the outbox). A reply the
+        backend pauses in the middle of is not seen here: the quiet time is.
+        Read from outside (an evacuation waits for it), never on the relay's path."""
+        return (
+            self.last_command >= self.last_activity
+            or bool(self._pipe and self._pipe.pending)
+            or bool(self.client.outbox)
+            or bool(self.backend.outbox)
+        )
 
     def flush_metrics(self) -> None:
         """Add the bytes and commands relayed since the last call to the counters.
@@ -239,6 +256,7 @@ class Relay(ErrorBoundary):
             self.last_activity = time.monotonic()
             forward = self.conn.relay_data(SHARED_BUFFER[:size], self.traffic.commands)
             if forward:
+                self.last_command = self.last_activity
                 self._to_backend(forward)
             if not self.client.buffered() or self._active("backend_write"):
                 return
@@ -257,6 +275,7 @@ class Relay(ErrorBoundary):
                 self._finish(action.reason)
                 return
         if batch:
+            self.last_command = self.last_activity
             self._to_backend(bytes(batch))
 
     def _to_backend(self, data: bytes) -> None:

@@ -620,6 +620,15 @@ class ClientSession(ErrorBoundary):
         elif not self.logged_in:
             self._end_unauthorized(reason)
 
+    def quiet_for(self, now: float) -> float:
+        """Seconds (to monotonic ``now``) its relay has moved nothing with no reply
+        in flight; 0 outside TRANSACTION. An evacuation ends a session once it
+        has been quiet for a moment, so that no reply is ever cut."""
+        relay = self._relay
+        if relay is None or relay.in_flight:
+            return 0.0
+        return now - relay.last_activity
+
     def flush_metrics(self) -> None:
         """Called every ``metrics.flush_interval`` for all sessions by the app, so
         a long download shows in ``pop3proxy_bytes_total`` while it runs."""

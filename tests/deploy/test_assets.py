@@ -35,6 +35,8 @@ CONTRACT = {
     "pop3proxy_tls_handshakes_total",
     "pop3proxy_tls_certificate_expiry_timestamp_seconds",
     "pop3proxy_auth_total",
+    "pop3proxy_limit_rejections_total",
+    "pop3proxy_login_delay_seconds_total",
     "pop3proxy_sessions_active",
     "pop3proxy_sessions_limit",
     "pop3proxy_session_duration_seconds",
@@ -43,8 +45,14 @@ CONTRACT = {
     "pop3proxy_backend_connect_seconds",
     "pop3proxy_backend_errors_total",
     "pop3proxy_backend_up",
+    "pop3proxy_backend_state",
+    "pop3proxy_backend_state_changes_total",
+    "pop3proxy_kicks_total",
+    "pop3proxy_kicked_sessions_total",
+    "pop3proxy_proxy_protocol_errors_total",
     "pop3proxy_directory_lookups_total",
     "pop3proxy_directory_redis_seconds",
+    "pop3proxy_directory_corrupt_records_total",
     "pop3proxy_redis_up",
     "pop3proxy_build_info",
 }
@@ -54,6 +62,34 @@ HISTOGRAMS = {
     "pop3proxy_directory_redis_seconds",
 }
 METRIC_RE = re.compile(r"\bpop3proxy_[a-z0-9_]+")
+
+
+def exported_families() -> set[str]:
+    """Every metric family pop3proxy.metrics defines, as the exposition names it."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from pop3proxy import metrics
+
+    families = set()
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            families.add(f"{value._name}_total")
+        elif isinstance(value, Gauge | Histogram):
+            families.add(value._name)
+    return families
+
+
+def test_every_exported_metric_is_in_the_contract_and_documented():
+    families = exported_families()
+    assert families, "no metric found in pop3proxy.metrics"
+    assert families == CONTRACT, (
+        f"not in the contract: {sorted(families - CONTRACT)}; "
+        f"in the contract but not exported: {sorted(CONTRACT - families)}"
+    )
+    documented = set(
+        re.findall(r"^\| `(pop3proxy_[a-z0-9_]+)`", (ROOT / "docs/metrics.md").read_text(), re.M)
+    )
+    assert families <= documented, f"not in docs/metrics.md: {sorted(families - documented)}"
 
 
 def contract_name(series: str) -> str:
@@ -195,6 +231,8 @@ def test_dashboard_parses_and_has_the_required_panels():
         "backend health",
         "cache hit ratio",
         "p50 / p99",
+        "backend states",
+        "kicks and evacuations",
     ):
         assert needed in titles, f"no panel about {needed!r}"
     ids = [p["id"] for p in dashboard["panels"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pop3proxy.sessions import KickScope, parse_kick
+from pop3proxy.sessions import Kick, KickScope, parse_kick
 
 ALICE = {
     "id": "ab12-7",
@@ -52,4 +52,6 @@ def test_bad_scope_refused(scope: str, value: str) -> None:
 
 def test_kick_message_read_back() -> None:
     message = '{"id": "k1", "scope": "tenant", "value": "acme.example", "reason": "moved"}'
-    assert parse_kick(message) == ("k1", KickScope("tenant", "acme.example"), "moved")
+    assert parse_kick(message) == Kick("k1", KickScope("tenant", "acme.example"), "moved", None)
+    signed = message[:-1] + ', "by": "ops@admin1"}'
+    assert parse_kick(signed).by == "ops@admin1"
