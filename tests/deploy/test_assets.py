@@ -68,6 +68,7 @@ HISTOGRAMS = {
     "pop3proxy_session_duration_seconds",
     "pop3proxy_backend_connect_seconds",
     "pop3proxy_directory_redis_seconds",
+    "pop3proxy_download_budget_flush_seconds",
 }
 METRIC_RE = re.compile(r"\bpop3proxy_[a-z0-9_]+")
 
@@ -241,6 +242,11 @@ def test_dashboard_parses_and_has_the_required_panels():
         "p50 / p99",
         "backend states",
         "kicks and evacuations",
+        "logins by mechanism",
+        "login delay",
+        "download budget",
+        "uidl map",
+        "uidls translated",
     ):
         assert needed in titles, f"no panel about {needed!r}"
     ids = [p["id"] for p in dashboard["panels"]]
