@@ -545,6 +545,7 @@ class ClientSession(ErrorBoundary):
                 session_id=self.id,
                 listener=self.listener.name,
                 mechanism=action.mechanism,
+                token=action.token,
             )
         except LoginFailed as failure:
             self._task = None
@@ -561,7 +562,7 @@ class ClientSession(ErrorBoundary):
             )
             if self.phase not in _ENDED:
                 self.phase = "authorization"
-                self._run_actions(self.conn.login_failed(failure.reply) + rest)
+                self._run_actions(self.conn.login_failed(failure.reply, failure.challenge) + rest)
                 self._resume_reading()
             return
         self._task = None

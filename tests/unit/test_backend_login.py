@@ -370,3 +370,31 @@ def test_a_challenge_outside_auth_plain_is_garbage() -> None:
     actions = login.receive_line(b"+ ")
     assert failed(actions).reason == "garbage"
     assert not any(isinstance(a, SendToBackend) for a in actions)
+
+
+def xoauth2_response(user: bytes, token: bytes) -> bytes:
+    return base64.b64encode(b"user=" + user + b"\x01auth=Bearer " + token + b"\x01\x01")
+
+
+def test_xoauth2_passes_the_token_on_in_one_line() -> None:
+    login = BackendLogin("alice", b"tok", starttls=False, xoauth2=True)
+    command = b"AUTH XOAUTH2 " + xoauth2_response(b"alice", b"tok") + b"\r\n"
+    assert login.receive_line(b"+OK") == [SendToBackend(command)]
+    assert login.receive_line(b"+OK Logged in.") == [LoggedIn()]
+
+
+def test_xoauth2_refused_token_answers_the_error_challenge_once() -> None:
+    login = BackendLogin("alice", b"tok", starttls=False, xoauth2=True)
+    login.receive_line(b"+OK")
+    assert login.receive_line(b"+ eyJzdGF0dXMiOiI0MDEifQ==") == [SendToBackend(b"\r\n")]
+    assert failed(login.receive_line(b"-ERR [AUTH] no")).reason == "login_refused"
+
+
+def test_xoauth2_long_token_goes_after_the_challenge() -> None:
+    token = b"t" * 3000
+    login = BackendLogin("alice", token, starttls=False, xoauth2=True)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"AUTH XOAUTH2\r\n")]
+    response = xoauth2_response(b"alice", token) + b"\r\n"
+    assert login.receive_line(b"+ ") == [SendToBackend(response)]
+    assert login.receive_line(b"+ e30=") == [SendToBackend(b"\r\n")]
+    assert failed(login.receive_line(b"+ e30=")).reason == "garbage"
