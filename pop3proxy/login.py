@@ -274,6 +274,8 @@ class LoginService:
         # which no well-formed name ever checks.
         budget = name.folded if name is not None else user.lower()
         verdict = Verdict(blocked=False)
+        # The ``mechanism`` label of a refused attempt: what the client offered.
+        attempted = "password"
         try:
             verdict = self._check_budgets(budget, address)
             if name is None:
@@ -291,7 +293,9 @@ class LoginService:
             if failure.user is not None and failure.result != "unknown_user":
                 entry = LoginRecord(time.time(), address, listener, mechanism, failure.result)
                 self._remember(failure.user, entry)
-            metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result)
+            metrics.add(
+                metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result, attempted
+            )
             self._hold_back(failure, budget, address, verdict, started)
             raise
         try:
@@ -304,7 +308,7 @@ class LoginService:
             LoginRecord(time.time(), address, listener, mechanism, "ok", logged_in.backend.address),
         )
         label = metrics.tenant_label(tenant.name)
-        metrics.add(metrics.AUTH, label, "ok")
+        metrics.add(metrics.AUTH, label, "ok", logged_in.mechanism)
         metrics.set_gauge(metrics.SESSIONS_LIMIT, label, value=tenant.max_sessions)
         return logged_in
 

@@ -63,7 +63,11 @@ CERTIFICATE_EXPIRY = Gauge(
     # With workers: the earliest, so a worker still serving an old certificate shows.
     multiprocess_mode="livemin",
 )
-AUTH = Counter("pop3proxy_auth", "Login attempts by outcome", ["tenant", "result"])
+AUTH = Counter(
+    "pop3proxy_auth",
+    "Login attempts by outcome and by what the client proved itself with",
+    ["tenant", "result", "mechanism"],
+)
 LIMIT_REJECTIONS = Counter(
     "pop3proxy_limit_rejections",
     "Connections and logins refused by a limit, by what was full",

@@ -58,8 +58,9 @@ def test_counters_move_by_exactly_what_happened(proxy, fresh_mailbox, dovecot):
         return now if delta(before, now, "pop3proxy_commands_total", **t, command="QUIT") else None
 
     after = wait_until(settled, 5)
-    assert delta(before, after, "pop3proxy_auth_total", **t, result="ok") == 1
-    assert delta(before, after, "pop3proxy_auth_total", **t, result="bad_credentials") == 1
+    password = {**t, "mechanism": "password"}
+    assert delta(before, after, "pop3proxy_auth_total", **password, result="ok") == 1
+    assert delta(before, after, "pop3proxy_auth_total", **password, result="bad_credentials") == 1
     assert delta(before, after, "pop3proxy_commands_total", **t, command="RETR") == 1
     assert delta(before, after, "pop3proxy_commands_total", **t, command="QUIT") == 1
     assert delta(before, after, "pop3proxy_sessions_active", **t) == 0
@@ -197,10 +198,11 @@ def test_every_metric_family_moves_by_exactly_what_happened(make_proxy, fresh_ma
     assert d("pop3proxy_connections_total", listener="pop3s") == 1
     assert d("pop3proxy_connections_total", listener="pop3") == 0
     assert d("pop3proxy_tls_handshake_failures_total", listener="pop3s", reason="protocol") == 1
-    assert d("pop3proxy_auth_total", tenant="none", result="unknown_tenant") == 1
-    assert d("pop3proxy_auth_total", tenant="down.example", result="backend_error") == 1
-    assert d("pop3proxy_auth_total", **t, result="bad_credentials") == 1
-    assert d("pop3proxy_auth_total", **t, result="ok") == 1
+    m = {"mechanism": "password"}
+    assert d("pop3proxy_auth_total", tenant="none", result="unknown_tenant", **m) == 1
+    assert d("pop3proxy_auth_total", tenant="down.example", result="backend_error", **m) == 1
+    assert d("pop3proxy_auth_total", **t, result="bad_credentials", **m) == 1
+    assert d("pop3proxy_auth_total", **t, result="ok", **m) == 1
     assert value("pop3proxy_sessions_active", **t) == 0
     assert value("pop3proxy_sessions_limit", **t) == 200
     assert d("pop3proxy_session_duration_seconds_count", **t) == 1
@@ -301,7 +303,12 @@ def test_tenant_labels_are_capped(make_proxy, fresh_mailbox):
     samples = wait_until(
         lambda: (
             (now := scrape(proxy)).get(
-                ("pop3proxy_auth_total", frozenset({("tenant", "other"), ("result", "disabled")}))
+                (
+                    "pop3proxy_auth_total",
+                    frozenset(
+                        {("tenant", "other"), ("result", "disabled"), ("mechanism", "password")}
+                    ),
+                )
             )
             and now
         ),

@@ -82,7 +82,8 @@ def test_both_workers_take_sessions_and_metrics_are_summed(make_proxy, fresh_mai
     # Each summary line names its worker; session ids carry a per-process prefix.
     by_worker = {s["worker"]: s["session"].split("-")[0] for s in quits(proxy)}
     assert len(set(by_worker.values())) == 2
-    assert delta(before, after, "pop3proxy_auth_total", tenant=TENANT, result="ok") == count
+    logins = {"tenant": TENANT, "result": "ok", "mechanism": "password"}
+    assert delta(before, after, "pop3proxy_auth_total", **logins) == count
     assert delta(before, after, "pop3proxy_session_duration_seconds_count", tenant=TENANT) == count
     assert after[("pop3proxy_sessions_active", frozenset({("tenant", TENANT)}))] == 0
     assert after[("pop3proxy_build_info", frozenset({("version", "0.1.0")}))] == 1
@@ -107,7 +108,8 @@ def test_dead_worker_is_restarted_and_drain_reaches_every_worker(make_proxy, fre
     assert restarted[2] == pids[2]
     worker_ready(proxy, 2)
     after_kill = scrape(proxy)
-    key = ("pop3proxy_auth_total", frozenset({("tenant", TENANT), ("result", "ok")}))
+    labels = {("tenant", TENANT), ("result", "ok"), ("mechanism", "password")}
+    key = ("pop3proxy_auth_total", frozenset(labels))
     assert after_kill[key] == counted[key]  # the dead worker's logins are not forgotten
     assert any(r["message"] == "worker exited: restarting" for r in proxy.log_records())
 
