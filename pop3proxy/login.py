@@ -275,7 +275,7 @@ class LoginService:
         budget = name.folded if name is not None else user.lower()
         verdict = Verdict(blocked=False)
         # The ``mechanism`` label of a refused attempt: what the client offered.
-        attempted = "password"
+        attempted = "password" if token is None else "oauth"
         try:
             verdict = self._check_budgets(budget, address)
             if name is None:
