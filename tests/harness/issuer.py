@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from tests.harness.ports import LOOPBACK
+from .ports import LOOPBACK
 
 INTROSPECTION_CLIENT = ("pop3proxy", "introspection-secret")
 

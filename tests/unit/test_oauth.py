@@ -11,16 +11,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from pop3proxy.oauth import Http, KeyCache, TokenChecker, TokenRejected, error_challenge
-from pop3proxy.tenants import OAuth, RecordError, parse_tenant
-from tests.harness.issuer import (
+from harness.issuer import (
     INTROSPECTION_CLIENT,
     Issuer,
     hs256_with_public_key,
     mint_key,
     unsigned_token,
 )
+
+from pop3proxy.oauth import Http, KeyCache, TokenChecker, TokenRejected, error_challenge
+from pop3proxy.tenants import OAuth, RecordError, parse_tenant
 
 USER = "alice@acme.example"
 
