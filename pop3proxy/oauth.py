@@ -218,8 +218,6 @@ class KeyCache:
         self.clock = clock
         self._keys: dict[str, _Keys] = {}
         self._jwks_uris: dict[str, tuple[str, float]] = {}
-        self.fetches = 0
-        """JWKS fetches started (for tests and the debug log)."""
 
     def keys_for(self, oauth: OAuth, kid: str | None) -> list[SigningKey]:
         """The keys that may have signed a token with ``kid``; raises
@@ -241,7 +239,6 @@ class KeyCache:
 
     def _fetch(self, uri: str, entry: _Keys, ca_file: str | None) -> None:
         entry.attempted = self.clock()
-        self.fetches += 1
         try:
             document = self.http.get_json(uri, ca_file)
             listed = document.get("keys")
