@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -77,20 +78,28 @@ class Issuer:
     requests: Counter[str] = field(default_factory=Counter)
     opaque: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Opaque token -> its introspection answer."""
+    redirects: dict[str, str] = field(default_factory=dict)
+    """Path -> where a 302 sends the client instead of answering."""
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this context (default: plain HTTP, allowed on loopback)."""
     port: int = 0
     _server: ThreadingHTTPServer | None = None
 
     @property
+    def base(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/realms/mail"
+        return f"{self.base}/realms/mail"
 
     @property
     def jwks_uri(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/keys"
+        return f"{self.base}/keys"
 
     @property
     def introspection_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/introspect"
+        return f"{self.base}/introspect"
 
     def start(self) -> Issuer:
         issuer = self
@@ -101,6 +110,11 @@ class Issuer:
 
             def do_GET(self) -> None:
                 issuer.requests[self.path] += 1
+                if self.path in issuer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", issuer.redirects[self.path])
+                    self.end_headers()
+                    return
                 document = issuer.document(self.path)
                 self._answer(document)
 
@@ -137,6 +151,8 @@ class Issuer:
 
         self._server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

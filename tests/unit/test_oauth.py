@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from harness.certs import Certs
 from harness.issuer import (
     INTROSPECTION_CLIENT,
     Issuer,
@@ -225,6 +226,31 @@ def test_opaque_tokens_are_introspected_and_cached_until_exp(
     assert rejection(check, oauth, "unknown-opaque").reason == "inactive"
     issuer.opaque["wrong-aud"] = {**issuer.opaque.get("x", {}), "active": True, "aud": "x"}
     assert rejection(check, oauth, "wrong-aud").reason == "audience"
+
+
+def test_https_issuer_is_verified_with_the_configured_ca(certs: Certs, clock: Clock) -> None:
+    issuer = Issuer(tls=certs.ssl_server_context()).start()
+    try:
+        oauth = settings(issuer, ca_file=str(certs.ca_file))
+        assert checker(clock).user(oauth, issuer.token(USER).encode()) == USER
+        # the system's CAs do not know the test CA: no keys, a temporary failure
+        refused = rejection(checker(clock), settings(issuer), issuer.token(USER))
+        assert (refused.reason, refused.temporary) == ("issuer_unreachable", True)
+    finally:
+        issuer.stop()
+
+
+def test_redirects_are_not_followed(issuer: Issuer, clock: Clock) -> None:
+    """A redirect could lead the proxy to keys of someone else's choosing."""
+    elsewhere = Issuer(keys=issuer.keys).start()
+    try:
+        issuer.redirects["/keys"] = elsewhere.jwks_uri
+        refused = rejection(checker(clock), settings(issuer), issuer.token(USER))
+        assert refused.temporary
+        assert issuer.requests["/keys"] == 1
+        assert elsewhere.requests["/keys"] == 0
+    finally:
+        elsewhere.stop()
 
 
 def test_an_opaque_token_without_introspection_is_refused(issuer: Issuer, clock: Clock) -> None:
