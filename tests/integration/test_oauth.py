@@ -11,6 +11,7 @@ import json
 import os
 import poplib
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -548,3 +549,23 @@ def redis_values(redis_server: RedisServer, pattern: str) -> bytes:
         parts.append(key)
     client.close()
     return b"\n".join(parts)
+
+
+def test_a_reload_turns_the_token_mechanisms_on(
+    make_proxy: Callable[..., ProxyProcess],
+) -> None:
+    proxy = make_proxy(tenants=False)
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as connection:
+        connection.send(b"CAPA\r\n")
+        assert b"SASL PLAIN\r\n" in connection.read_multiline()
+    config = dict(proxy.config)
+    config["auth"] = {**config["auth"], "mechanisms": TOKEN_MECHANISMS}
+    proxy.config_path.write_text(json.dumps(config))
+    proxy.signal(signal.SIGHUP)
+
+    def offered() -> bool:
+        with Pop3Wire(proxy.host, proxy.ports["plain"]) as connection:
+            connection.send(b"CAPA\r\n")
+            return b"SASL PLAIN OAUTHBEARER XOAUTH2\r\n" in connection.read_multiline()
+
+    wait_until(offered, 10, message="new connections are offered the token mechanisms")
