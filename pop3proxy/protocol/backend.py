@@ -170,7 +170,9 @@ class BackendLogin:
         self._sasl_plain = sasl_plain or xoauth2
         self._response_sent = False
         self._token_error_expected = False
-        """XOAUTH2 only: a refused token gets one error challenge before its -ERR."""
+        """XOAUTH2 sent after the challenge (step PASS): a refused token gets
+        one error challenge before its -ERR. (Sent at once, step AUTH, any
+        challenge is answered.)"""
         if xclient is not None:
             xclient = (str(proxyproto.address_to_forward(xclient[0])), xclient[1])
         self._xclient = xclient
@@ -278,7 +280,6 @@ class BackendLogin:
             self._step = _Step.AUTH
             command = b"AUTH " + self._mechanism + b" " + self._sasl_response() + replies.CRLF
             self._response_sent = len(command) <= MAX_COMMAND_LINE
-            self._token_error_expected = self._response_sent and self._mechanism == b"XOAUTH2"
             if not self._response_sent:
                 # the response follows the challenge
                 command = b"AUTH " + self._mechanism + replies.CRLF

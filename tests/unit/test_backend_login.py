@@ -398,3 +398,20 @@ def test_xoauth2_long_token_goes_after_the_challenge() -> None:
     assert login.receive_line(b"+ ") == [SendToBackend(response)]
     assert login.receive_line(b"+ e30=") == [SendToBackend(b"\r\n")]
     assert failed(login.receive_line(b"+ e30=")).reason == "garbage"
+
+
+def test_xoauth2_of_exactly_255_octets_goes_in_one_line() -> None:
+    token = b"t" * 155
+    login = BackendLogin("alice", token, starttls=False, xoauth2=True)
+    command = b"AUTH XOAUTH2 " + xoauth2_response(b"alice", token) + b"\r\n"
+    assert len(command) == 255
+    assert login.receive_line(b"+OK") == [SendToBackend(command)]
+    assert login.receive_line(b"+ e30=") == [SendToBackend(b"\r\n")]
+
+
+def test_user_pass_takes_no_challenge() -> None:
+    """Only a token exchange has an error challenge: a "+" to PASS is garbage."""
+    login = BackendLogin("alice", b"pw", starttls=False)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"USER alice\r\n")]
+    assert login.receive_line(b"+OK") == [SendToBackend(b"PASS pw\r\n")]
+    assert failed(login.receive_line(b"+ e30=")).reason == "garbage"

@@ -75,42 +75,65 @@ def test_xoauth2_gives_the_user_and_the_token() -> None:
     assert (said.user, said.token) == (b"bob@acme.example", TOKEN)
 
 
+NO_PAIRS = "expected a GS2 header and key-value pairs"
+BAD_HEADER = "malformed GS2 header"
+NO_A = "the GS2 header must name the user (a=)"
+NO_END = "the key-value pairs must end with ^A"
+NO_FINAL = "the key-value pairs must end with ^A^A"
+BAD_PAIR = "malformed key-value pair"
+NO_BEARER = "expected auth=Bearer <token>"
+
+
 @pytest.mark.parametrize(
-    "response",
+    ("response", "message"),
     [
-        b"",
-        b"n,a=alice,",  # no kvpairs
-        b"n,,\x01auth=Bearer t\x01\x01",  # no authzid: the tenant is unknown
-        b"p=tls-unique,a=alice,\x01auth=Bearer t\x01\x01",  # channel binding
-        b"n,a=alice\x01auth=Bearer t\x01\x01",  # GS2 header without its last comma
-        b"n,a=alice,\x01auth=Bearer t\x01",  # no final ^A
-        b"n,a=alice,\x01auth=Bearer t",  # no ^A at all
-        b"n,a=alice,\x01auth=Basic dXNlcjpwdw==\x01\x01",
-        b"n,a=alice,\x01auth=Bearer \x01\x01",
-        b"n,a=alice,\x01auth=Bearer a b\x01\x01",
-        b"n,a=alice,\x01host=h\x01\x01",  # no auth
-        b"n,a=alice,\x01auth=Bearer t\x01auth=Bearer u\x01\x01",  # twice
-        b"n,a=al=2Xice,\x01auth=Bearer t\x01\x01",  # bad escape
-        b"n,a=alice,\x01noequals\x01\x01",
+        (b"", NO_PAIRS),
+        (b"n,a=alice,", NO_PAIRS),
+        (b"n,,\x01auth=Bearer t\x01\x01", NO_A),  # no authzid: the tenant is unknown
+        (b"n,a,\x01auth=Bearer t\x01\x01", NO_A),
+        (b"n,a=,\x01auth=Bearer t\x01\x01", NO_A),
+        (b"p=tls-unique,a=alice,\x01auth=Bearer t\x01\x01", "channel binding is not supported"),
+        (b"n,a=alice\x01auth=Bearer t\x01\x01", BAD_HEADER),  # no last comma
+        (b"n,a=alice,x\x01auth=Bearer t\x01\x01", BAD_HEADER),
+        (b"n,a=alice,,\x01auth=Bearer t\x01\x01", BAD_HEADER),
+        (b"n,a=alice,\x01auth=Bearer t\x01", NO_FINAL),
+        (b"n,a=alice,\x01auth=Bearer t", NO_END),
+        (b"n,a=alice,\x01auth=Basic dXNlcjpwdw==\x01\x01", NO_BEARER),
+        (b"n,a=alice,\x01auth=Bearer \x01\x01", NO_BEARER),
+        (b"n,a=alice,\x01auth=Bearer a b\x01\x01", NO_BEARER),
+        (b"n,a=alice,\x01host=h\x01\x01", NO_BEARER),
+        (b"n,a=alice,\x01auth=Bearer t\x01auth=Bearer u\x01\x01", BAD_PAIR),  # twice
+        (b"n,a=alice,\x01=x\x01\x01", BAD_PAIR),
+        (b"n,a=alice,\x01a1=x\x01\x01", BAD_PAIR),
+        (b"n,a=al=2Xice,\x01auth=Bearer t\x01\x01", "malformed user name in the GS2 header"),
+        (b"n,a=alice,\x01noequals\x01\x01", BAD_PAIR),
     ],
 )
-def test_malformed_oauthbearer_is_refused(response: bytes) -> None:
-    with pytest.raises(sasl.MalformedResponse):
+def test_malformed_oauthbearer_is_refused(response: bytes, message: str) -> None:
+    with pytest.raises(sasl.MalformedResponse) as refused:
         sasl.parse_oauthbearer(response)
+    assert str(refused.value) == message
 
 
 @pytest.mark.parametrize(
-    "response",
+    ("response", "message"),
     [
-        b"",
-        b"auth=Bearer t\x01\x01",
-        b"user=\x01auth=Bearer t\x01\x01",
-        b"user=a\x01auth=Bearer t\x01",
+        (b"", NO_END),
+        (b"auth=Bearer t\x01\x01", "expected user="),
+        (b"user=\x01auth=Bearer t\x01\x01", "expected user="),
+        (b"user=a\x01auth=Bearer t\x01", NO_FINAL),
+        (b"user=a\x01\x01", NO_BEARER),
     ],
 )
-def test_malformed_xoauth2_is_refused(response: bytes) -> None:
-    with pytest.raises(sasl.MalformedResponse):
+def test_malformed_xoauth2_is_refused(response: bytes, message: str) -> None:
+    with pytest.raises(sasl.MalformedResponse) as refused:
         sasl.parse_xoauth2(response)
+    assert str(refused.value) == message
+
+
+def test_an_empty_pair_list_is_allowed_by_the_grammar_but_has_no_token() -> None:
+    with pytest.raises(sasl.MalformedResponse, match="expected auth=Bearer"):
+        sasl.parse_oauthbearer(b"n,a=alice,\x01\x01")
 
 
 def test_the_token_never_shows_in_a_repr() -> None:
