@@ -319,3 +319,20 @@ def test_too_many_refused_tokens_close_the_connection() -> None:
         actions = conn.receive_data(b"AQ==\r\n")
     assert isinstance(actions[-1], Close)
     assert conn.state is State.CLOSED
+
+
+def test_the_refusal_lists_every_offered_mechanism() -> None:
+    two = Settings(tls_active=True, stls_offered=False, mechanisms=("PLAIN", "XOAUTH2"))
+    reply = sent(ClientConnection(two).receive_data(b"AUTH CRAM-MD5\r\n"))
+    assert reply == b"-ERR Unsupported mechanism; use PLAIN or XOAUTH2\r\n"
+    reply = sent(ClientConnection(two).receive_data(b"AUTH \xff\xfe\r\n"))
+    assert reply == b"-ERR Unsupported mechanism; use PLAIN or XOAUTH2\r\n"
+
+
+def test_with_tokens_on_a_non_auth_line_keeps_max_line_to_the_octet() -> None:
+    small = Settings(tls_active=True, stls_offered=False, max_line=64, mechanisms=("XOAUTH2",))
+    at_cap = b"NOOP " + b"x" * (64 - 7) + b"\r\n"
+    assert len(at_cap) == 64
+    assert sent(ClientConnection(small).receive_data(at_cap)) == b"+OK\r\n"
+    over = b"NOOP " + b"x" * (64 - 6) + b"\r\n"
+    assert sent(ClientConnection(small).receive_data(over)) == b"-ERR Line too long\r\n"
