@@ -395,7 +395,7 @@ class LoginService:
             self._check_token(tenant, user, token)
             # With master credentials the proxy logs in itself; without, the
             # tenant's backends take the token (login_command: xoauth2).
-            as_master = tenant.has_master
+            as_master = tenant.has_master_credentials
             backend_password = self._master_password(tenant) if as_master else b""
         elif tenant.auth == "local":
             self._check_local_password(tenant, user, password)
@@ -504,7 +504,7 @@ class LoginService:
         token: bytes | None = None,
     ) -> BackendConnection:
         pin = self.directory.pinned_backend(tenant, user.local)
-        login_name = tenant.backend_login(user, as_master=as_master)
+        login_name = tenant.backend_login(user, as_master)
         try:
             return self.backends.open(
                 tenant,

@@ -140,7 +140,7 @@ class Tenant:
     """Users may log in with tokens of this issuer (OAUTHBEARER, XOAUTH2)."""
 
     @property
-    def has_master(self) -> bool:
+    def has_master_credentials(self) -> bool:
         """Master credentials are configured: the proxy can log any user in to
         the backend itself, after checking a local password or a token."""
         return bool(self.master_user and (self.master_password_env or self.master_password_file))
@@ -173,14 +173,14 @@ class Tenant:
     def canonical_local(self, local: str) -> str:
         return local if self.case_sensitive_users else local.lower()
 
-    def backend_login(self, identity: Identity, *, as_master: bool = False) -> str:
-        """The user name the backend sees: the ``login`` template, or with
-        ``auth: local`` (or ``as_master``: a token login) the ``master_login``
-        template around it. Built from the canonical identity, so every
-        spelling of a name logs in to the same mailbox."""
+    def backend_login(self, identity: Identity, as_master: bool | None = None) -> str:
+        """The user name the backend sees: the ``login`` template, or logging
+        in as the master user (``as_master``; by default with ``auth: local``)
+        the ``master_login`` template around it. Built from the canonical
+        identity, so every spelling of a name logs in to the same mailbox."""
         fields = {"user": identity.full, "local": identity.local, "domain": identity.tenant}
         login = self.login.format(**fields)
-        if self.auth != "local" and not as_master:
+        if not (self.auth == "local" if as_master is None else as_master):
             return login
         return self.master_login.format(**fields, login=login, master=self.master_user)
 
@@ -375,7 +375,7 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
         **_master_fields(r),
     )
     token_backends = all(backend.login_command == "xoauth2" for backend in backends)
-    if tenant.oauth is not None and not (tenant.has_master or token_backends):
+    if tenant.oauth is not None and not (tenant.has_master_credentials or token_backends):
         r.problem(
             "oauth",
             "a token login needs master credentials (master_user and master_password_env"
