@@ -277,8 +277,12 @@ class BackendPicker:
         user: str,
         client: ClientAddress | None = None,
         pinned: str | None = None,
+        token: bytes | None = None,
     ) -> BackendConnection:
         """Log in to the best usable backend of ``tenant`` for ``user``.
+
+        ``token``: a client's bearer token, passed on to the backend (its
+        ``login_command: xoauth2``) instead of ``password``.
 
         Raises :class:`LoginRefused` when a backend refused the credentials (no
         other backend is tried: it would judge the same password), and
@@ -302,7 +306,7 @@ class BackendPicker:
             attempts += 1
             started = time.perf_counter()
             try:
-                connection = self._login(backend, login_name, password, client)
+                connection = self._login(backend, login_name, password, client, token)
             except BackendUnavailable as error:
                 self._failed(backend, [label], tenant.name, error.reason)
                 reasons.append(error.reason)
@@ -388,15 +392,22 @@ class BackendPicker:
     # -- one backend ---------------------------------------------------------
 
     def _login(
-        self, backend: Backend, login_name: str, password: bytes, client: ClientAddress | None
+        self,
+        backend: Backend,
+        login_name: str,
+        password: bytes,
+        client: ClientAddress | None,
+        token: bytes | None = None,
     ) -> BackendConnection:
         forward = backend.forward_client == "xclient" and client is not None
+        pass_token = token is not None and backend.login_command == "xoauth2"
         login = machine.BackendLogin(
             login_name,
-            password,
+            token if pass_token and token is not None else password,
             starttls=backend.tls == "starttls",
             xclient=client.source if forward and client else None,
             sasl_plain=backend.login_command == "auth_plain",
+            xoauth2=pass_token,
         )
         connection = self.dialer.dial(backend, self.timeout(backend), login, client)
         if login.xclient_result not in (None, "sent"):

@@ -18,6 +18,7 @@ import yaml
 
 from pop3proxy import tlspolicy
 from pop3proxy.logs import LOG_HASH_KEY_ENV, USER_FORMS, read_hash_key
+from pop3proxy.protocol import sasl
 from pop3proxy.schema import TLS_MODES, Reader, SchemaError, parse_address
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -196,6 +197,18 @@ class AuthConfig:
     argon2_memory_cost: int = 65536
     """KiB."""
     argon2_parallelism: int = 1
+    mechanisms: tuple[str, ...] = ("PLAIN",)
+    """The SASL mechanisms CAPA advertises and AUTH takes; ``OAUTHBEARER`` and
+    ``XOAUTH2`` take tokens of the tenant's issuer (its ``oauth:`` field)."""
+    oauth_keys_max_age: float = 300.0
+    """How long an issuer's signing keys (JWKS) are used before they are
+    fetched again: a key the issuer removed stops working after this."""
+    oauth_keys_refetch_cooldown: float = 30.0
+    """A token signed by a key not in the cache fetches the keys again, at most
+    once per this time per issuer (so forged ``kid`` values cannot make the
+    proxy hammer the issuer)."""
+    oauth_http_timeout: float = 5.0
+    """Each request to an issuer (discovery, keys, introspection)."""
 
 
 @dataclass(frozen=True)
@@ -610,11 +623,36 @@ def _auth(r: Reader) -> AuthConfig:
         argon2_time_cost=r.integer("argon2_time_cost", defaults.argon2_time_cost, minimum=1),
         argon2_memory_cost=r.integer("argon2_memory_cost", defaults.argon2_memory_cost, minimum=8),
         argon2_parallelism=r.integer("argon2_parallelism", defaults.argon2_parallelism, minimum=1),
+        mechanisms=_mechanisms(r),
+        oauth_keys_max_age=r.duration("oauth_keys_max_age", defaults.oauth_keys_max_age),
+        oauth_keys_refetch_cooldown=r.duration(
+            "oauth_keys_refetch_cooldown", defaults.oauth_keys_refetch_cooldown
+        ),
+        oauth_http_timeout=r.duration("oauth_http_timeout", defaults.oauth_http_timeout),
     )
+    if config.oauth_http_timeout <= 0:
+        r.problem("oauth_http_timeout", "expected a duration greater than zero")
     if config.failure_window < 1:
         r.problem("failure_window", "expected at least 1s")
     r.finish()
     return config
+
+
+def _mechanisms(r: Reader) -> tuple[str, ...]:
+    """``[PLAIN, OAUTHBEARER, XOAUTH2]``, any of them, in the order CAPA lists them."""
+    raw = r.raw("mechanisms")
+    if raw is None:
+        return AuthConfig.mechanisms
+    expected = "expected a non-empty list of " + ", ".join(sasl.MECHANISMS)
+    if not isinstance(raw, list) or not raw:
+        r.problem("mechanisms", expected)
+        return AuthConfig.mechanisms
+    names = [str(item).upper() for item in raw]
+    unknown = [name for name in names if name not in sasl.MECHANISMS]
+    if unknown or len(set(names)) != len(names):
+        r.problem("mechanisms", f"{expected}, each once; got {raw!r}")
+        return AuthConfig.mechanisms
+    return tuple(names)
 
 
 def _ipv6_networks(r: Reader, ipv6_prefix: int) -> tuple[IPv6Budget, ...]:

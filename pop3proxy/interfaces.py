@@ -202,6 +202,8 @@ class LoginFailed(Exception):
         """Who tried, canonical once the tenant was known (the domain's own use)."""
         self.log_user: str | None = None
         """``user`` as the logs show it (``logging.user``), or none."""
+        self.challenge: bytes | None = None
+        """A refused token: the RFC 7628 error challenge sent before ``reply``."""
 
 
 class Logins(Protocol):
@@ -222,10 +224,12 @@ class Logins(Protocol):
         session_id: str = "",
         listener: str | None = None,
         mechanism: str = "USER",
+        token: bytes | None = None,
     ) -> LoggedIn:
         """Log ``user`` in (from a greenlet); raises :class:`LoginFailed`.
-        ``listener`` and ``mechanism`` (``USER`` or ``PLAIN``) go to the
-        user's login history."""
+        ``listener`` and ``mechanism`` (``USER``, ``PLAIN``, ``OAUTHBEARER``
+        or ``XOAUTH2``) go to the user's login history. ``token``: the bearer
+        token of a token mechanism, checked instead of ``password``."""
         ...
 
     def release(self, lease: Lease | None, then: Callable[[], None] | None = None) -> None:

@@ -62,6 +62,7 @@ from pop3proxy.limits import AllowList, FailureLimiter, Lease, LeaseLimiter, Slo
 from pop3proxy.logs import UserLogForm, loggable_name, read_hash_key
 from pop3proxy.migration import UidlMaps, UidlMapUnavailable
 from pop3proxy.names import match_name, usable_server_name
+from pop3proxy.oauth import TokenChecker, TokenRejected, error_challenge
 from pop3proxy.protocol import replies
 from pop3proxy.protocol.backend import AUTH_FAILURE, TEMPORARY_FAILURE
 from pop3proxy.protocol.replies import Code
@@ -178,6 +179,7 @@ class LoginService:
         )
         self.app_passwords = AppPasswords()
         directory.on_user_change = self.app_passwords.verified.forget_user
+        self.tokens: TokenChecker | None = None
         self.config = config
 
     @property
@@ -199,6 +201,7 @@ class LoginService:
         )
         self.passwords = Passwords.from_config(auth)
         self.refusal_clock = RefusalClock(auth.failure_delay)
+        self._configure_tokens(config)
         self.log_user = user_log_form(config)
         self.downloads.budget = config.limits.download_per_user_day
         health = self.directory.redis_health
@@ -213,6 +216,19 @@ class LoginService:
             if health is not None and self.directory.redis is not None
             else None
         )
+
+    def _configure_tokens(self, config: Config) -> None:
+        """The token checker keeps its cached keys across a reload; only its
+        timings follow the file."""
+        auth = config.auth
+        if self.tokens is None:
+            self.tokens = TokenChecker.from_settings(
+                auth.oauth_keys_max_age, auth.oauth_keys_refetch_cooldown, auth.oauth_http_timeout
+            )
+        keys = self.tokens.keys
+        keys.max_age = auth.oauth_keys_max_age
+        keys.refetch_cooldown = auth.oauth_keys_refetch_cooldown
+        keys.http.timeout = auth.oauth_http_timeout
 
     def start(self) -> None:
         """Renew this process's leases, so only a dead process's slots expire."""
@@ -287,12 +303,15 @@ class LoginService:
         session_id: str = "",
         listener: str | None = None,
         mechanism: str = "USER",
+        token: bytes | None = None,
     ) -> LoggedIn:
         """Log ``user`` in; raises :class:`LoginFailed` with the client's reply.
 
         ``sni`` is the TLS server name the client asked for, if any: with
         ``tenancy.sni_tenant`` it picks the tenant of a user name without one.
         ``client`` is the client's address, for budgets and ``forward_client``.
+        ``token`` (OAUTHBEARER, XOAUTH2) is checked against the tenant's
+        issuer instead of a password, and counts against the same budgets.
         """
         started = time.monotonic()
         address = client.source[0] if client else None
@@ -307,12 +326,23 @@ class LoginService:
         # which no well-formed name ever checks.
         budget = name.folded if name is not None else user.lower()
         verdict = Verdict(blocked=False)
+        # The ``mechanism`` label of a refused attempt: what the client offered.
+        if token is not None:
+            attempted = "oauth"
+        elif apppasswords.looks_like(password):
+            attempted = apppasswords.MECHANISM
+        else:
+            attempted = "password"
         try:
             verdict = self._check_budgets(budget, address)
             if name is None:
                 raise LoginFailed(AUTH_FAILURE, "malformed_name")
-            tenant, logged_in = self._login(name, password, client, session_id, started)
+            tenant, logged_in = self._login(name, password, client, session_id, started, token)
         except LoginFailed as failure:
+            if token is not None and failure.reply == AUTH_FAILURE and failure.challenge is None:
+                # RFC 7628 section 3.2.2 for every refusal of a token, the
+                # unknown tenant's too: the same exchange, nothing told.
+                failure.challenge = error_challenge(None)
             # As the login understood the name: canonical once the tenant was
             # found, else folded as the budgets key it, else as typed; made safe.
             understood = failure.user or (name.folded if name else user)
@@ -320,9 +350,9 @@ class LoginService:
             if failure.user is not None and failure.result != "unknown_user":
                 entry = LoginRecord(time.time(), address, listener, mechanism, failure.result)
                 self._remember(failure.user, entry)
-            # The ``mechanism`` label of a refused attempt: what the client offered.
-            offered = apppasswords.MECHANISM if apppasswords.looks_like(password) else "password"
-            metrics.add(metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result, offered)
+            metrics.add(
+                metrics.AUTH, metrics.tenant_label(failure.tenant), failure.result, attempted
+            )
             self._hold_back(failure, budget, address, verdict, started)
             raise
         try:
@@ -398,22 +428,27 @@ class LoginService:
         client: ClientAddress | None,
         session_id: str,
         started: float,
+        token: bytes | None = None,
     ) -> tuple[Tenant, LoggedIn]:
         tenant = self._tenant(name)
         # From here on one identity, however the name was typed: the record,
         # the pin, the backend login name, the session slot and the logs.
         user = tenant.identity(name)
         try:
-            app_password = self.app_passwords.check(
-                tenant.name,
-                tenant.app_passwords,
-                user.local,
-                password,
-                client.source[0] if client else None,
-                lambda: self._app_passwords_of(tenant, user),
+            app_password = (
+                None
+                if token is not None
+                else self.app_passwords.check(
+                    tenant.name,
+                    tenant.app_passwords,
+                    user.local,
+                    password,
+                    client.source[0] if client else None,
+                    lambda: self._app_passwords_of(tenant, user),
+                )
             )
             connection, lease = self._open_with_slots(
-                tenant, user, password, client, session_id, started, app_password
+                tenant, user, password, client, session_id, started, app_password, token
             )
         except LoginFailed as failure:
             failure.user = user.full
@@ -441,6 +476,8 @@ class LoginService:
             logged_in.mechanism = apppasswords.MECHANISM
             logged_in.credential = app_password.id
             logged_in.credential_label = app_password.label
+        if token is not None:
+            logged_in.mechanism = "oauth"
         return tenant, logged_in
 
     def _open_with_slots(
@@ -452,18 +489,25 @@ class LoginService:
         session_id: str,
         started: float,
         app_password: Accepted | None,
+        token: bytes | None = None,
     ) -> tuple[BackendConnection, Lease]:
         """The backend login: with the client's password (passthrough), or
         as the master user once the proxy judged the credential itself
         (``auth: local``, or an app password)."""
         as_master = app_password is not None or tenant.auth == "local"
         backend_password = password
-        if app_password is None and tenant.auth == "local":
+        if token is not None:
+            self._check_token(tenant, user, token)
+            # With master credentials the proxy logs in itself; without, the
+            # tenant's backends take the token (login_command: xoauth2).
+            as_master = tenant.has_master_credentials
+            backend_password = b""
+        elif app_password is None and tenant.auth == "local":
             self._check_local_password(tenant, user, password)
         if as_master:
             backend_password = self._master_password(tenant)
         self._respect_delay(tenant, user, started)
-        connection = self._open(tenant, user, backend_password, client, as_master)
+        connection = self._open(tenant, user, backend_password, client, as_master, token)
         try:
             lease = self._take_slots(tenant, user, session_id)
         except BaseException:  # refused, or ended while Redis had the request
@@ -509,6 +553,44 @@ class LoginService:
         if not tenant.enabled:
             raise LoginFailed(AUTH_FAILURE, "disabled", tenant.name)
         return tenant
+
+    def _check_token(self, tenant: Tenant, user: Identity, token: bytes) -> None:
+        """The token is valid for this tenant's issuer and names ``user``.
+
+        The tenant is the one the client's user name names, so only its
+        issuer's keys are tried, and the token's name claim must be that very
+        user of that tenant: a token of tenant A never opens a mailbox of
+        tenant B, even when both trust one issuer.
+        """
+        oauth = tenant.oauth
+        if oauth is None:
+            raise LoginFailed(AUTH_FAILURE, "bad_credentials", tenant.name, "token: no oauth")
+        assert self.tokens is not None
+        try:
+            claimed = self.tokens.user(oauth, token)
+        except TokenRejected as rejected:
+            if rejected.temporary:
+                raise LoginFailed(
+                    TEMPORARY_FAILURE, "issuer_error", tenant.name, f"token: {rejected.reason}"
+                ) from None
+            failure = LoginFailed(
+                AUTH_FAILURE, "bad_credentials", tenant.name, f"token: {rejected.reason}"
+            )
+            failure.challenge = error_challenge(oauth)
+            raise failure from None
+        if not self._names(tenant, claimed, user):
+            failure = LoginFailed(AUTH_FAILURE, "bad_credentials", tenant.name, "token: user")
+            failure.challenge = error_challenge(oauth)
+            raise failure
+
+    def _names(self, tenant: Tenant, claimed: str, user: Identity) -> bool:
+        """The token's name claim is ``user``: the same tenant, and the same
+        local part under the tenant's case rule."""
+        try:
+            name = split_user(claimed, user.separator, None)
+        except MalformedName:
+            return False
+        return name.tenant == tenant.name and tenant.identity(name) == user
 
     def _user_record(self, tenant: Tenant, user: Identity) -> UserRecord | None:
         try:
@@ -559,12 +641,19 @@ class LoginService:
         password: bytes,
         client: ClientAddress | None,
         as_master: bool,
+        token: bytes | None = None,
     ) -> BackendConnection:
         pin = self.directory.pinned_backend(tenant, user.local)
         login_name = tenant.backend_login(user, as_master)
         try:
             return self.backends.open(
-                tenant, login_name, password, user=user.full, client=client, pinned=pin
+                tenant,
+                login_name,
+                password,
+                user=user.full,
+                client=client,
+                pinned=pin,
+                token=None if as_master else token,
             )
         except LoginRefused as refused:
             if refused.reply != AUTH_FAILURE:

@@ -10,10 +10,12 @@ records newer than it understands instead of misreading them.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pop3proxy.names import valid_host_name
 from pop3proxy.schema import TLS_MODES, Reader, SchemaError
@@ -22,7 +24,7 @@ RECORD_VERSION = 1
 POLICIES = ("failover", "round_robin", "hash")
 AUTH_MODES = ("passthrough", "local")
 FORWARD_CLIENT = ("none", "xclient", "proxy_v1", "proxy_v2")
-LOGIN_COMMANDS = ("user_pass", "auth_plain")
+LOGIN_COMMANDS = ("user_pass", "auth_plain", "xoauth2")
 APP_PASSWORD_MODES = ("off", "allowed", "required")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_NAMES = ("user", "local", "domain")
@@ -54,11 +56,64 @@ class Backend:
     connect_timeout: float | None = None
     """Seconds to connect (and for each login step); ``None``: ``timeouts.backend_connect``."""
     login_command: str = "user_pass"
-    """``auth_plain``: log in with one AUTH PLAIN (RFC 5034) instead of USER and PASS."""
+    """``auth_plain``: log in with one AUTH PLAIN (RFC 5034) instead of USER and
+    PASS. ``xoauth2``: a client's OAuth token goes on to this backend (AUTH
+    XOAUTH2), which checks it itself; passwords still use USER and PASS."""
 
     @functools.cached_property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+OAUTH_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+"""The signature algorithms a tenant may accept: public-key ones only. Never
+``none``, and never an HMAC one (``HS256``): with HMAC the issuer's public
+key would be the secret, and anyone could sign with it."""
+
+
+@dataclass(frozen=True)
+class OAuth:
+    """A tenant's identity provider: whose tokens its users may log in with."""
+
+    issuer: str
+    """The ``iss`` every token must carry; its discovery documents live below it."""
+    audience: str
+    """The ``aud`` a token must be for: the API registered for mail, not the IdP's own."""
+    username_claim: str = "email"
+    """The claim that names the user; it must equal the name the client logs in as."""
+    scopes: tuple[str, ...] = ()
+    """Scopes a token must all have (``scope`` or ``scp``)."""
+    jwks_uri: str | None = None
+    """The signing keys; unset: from the issuer's discovery document."""
+    introspection_url: str | None = None
+    """RFC 7662: opaque (non-JWT) tokens are asked about here."""
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
+    leeway: float = 60.0
+    """Seconds of clock difference allowed on ``exp``, ``nbf`` and ``iat``."""
+    ca_file: str | None = None
+    """CA bundle for the issuer's HTTPS; unset: the system's."""
+
+    def client_secret(self) -> bytes:
+        """The introspection client's secret, read at each use (so a rotated
+        Secret applies); the value never reaches an error message."""
+        return _read_secret(self.client_secret_env, self.client_secret_file, "client secret")
+
+
+_OAUTH_URLS = ("issuer", "jwks_uri", "introspection_url")
 
 
 @dataclass(frozen=True)
@@ -85,6 +140,8 @@ class Tenant:
     app_passwords: str = "off"
     """``off``, ``allowed`` (app passwords besides the mailbox password) or
     ``required`` (only app passwords): see :mod:`pop3proxy.apppasswords`."""
+    oauth: OAuth | None = None
+    """Users may log in with tokens of this issuer (OAUTHBEARER, XOAUTH2)."""
 
     @property
     def has_master(self) -> bool:
@@ -92,11 +149,17 @@ class Tenant:
         the client's credential itself (``auth: local`` or app passwords)."""
         return self.auth == "local" or self.app_passwords != "off"
 
+    @property
+    def has_master_credentials(self) -> bool:
+        """Master credentials are configured: the proxy can log any user in to
+        the backend itself, after checking a local password or a token."""
+        return bool(self.master_user and (self.master_password_env or self.master_password_file))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["backends"] = [_backend_dict(b) for b in self.backends]
-        if not self.has_master:
-            # Left out for passthrough, so records stay readable by proxies
+        if not self.has_master and not self.master_user:
+            # Left out when unused, so records stay readable by proxies
             # that predate local authentication (they refuse unknown keys).
             for key in _MASTER_FIELDS:
                 del data[key]
@@ -104,6 +167,14 @@ class Tenant:
             del data["case_sensitive_users"]  # readable by proxies that predate it
         if self.app_passwords == "off":
             del data["app_passwords"]  # readable by proxies that predate app passwords
+        if self.oauth is None:
+            del data["oauth"]  # readable by proxies that predate it
+        else:
+            data["oauth"] = {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in data["oauth"].items()
+                if value is not None
+            }
         return data
 
     def identity(self, name: UserName) -> Identity:
@@ -133,22 +204,25 @@ class Tenant:
         :class:`MasterPasswordInvalid`) without saying more than where it
         looked: the value itself never reaches an error message.
         """
-        if self.master_password_env:
-            value = os.environ.get(self.master_password_env)
-            if not value:
-                raise MasterPasswordMissing(f"${self.master_password_env} is not set")
-            return _usable(value.encode(), f"${self.master_password_env}")
-        if self.master_password_file:
-            try:
-                with open(self.master_password_file, "rb") as file:
-                    content = file.read()
-            except OSError as error:
-                raise MasterPasswordMissing(
-                    f"{self.master_password_file}: {error.strerror}"
-                ) from None
-            content = content.removesuffix(b"\n").removesuffix(b"\r")
-            return _usable(content, self.master_password_file)
-        raise MasterPasswordMissing("no master_password_env or master_password_file")
+        return _read_secret(self.master_password_env, self.master_password_file, "master password")
+
+
+def _read_secret(env: str | None, path: str | None, what: str) -> bytes:
+    """A secret from an environment variable or a file; see :meth:`Tenant.master_password`."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise MasterPasswordMissing(f"${env} is not set")
+        return _usable(value.encode(), f"${env}")
+    if path:
+        try:
+            with open(path, "rb") as file:
+                content = file.read()
+        except OSError as error:
+            raise MasterPasswordMissing(f"{path}: {error.strerror}") from None
+        content = content.removesuffix(b"\n").removesuffix(b"\r")
+        return _usable(content, path)
+    raise MasterPasswordMissing(f"no {what} environment variable or file")
 
 
 class MasterPasswordMissing(Exception):
@@ -310,8 +384,16 @@ def parse_tenant(data: object, path: str = "") -> Tenant:
         version=version,
         case_sensitive_users=r.boolean("case_sensitive_users", Tenant.case_sensitive_users),
         app_passwords=r.choice("app_passwords", Tenant.app_passwords, APP_PASSWORD_MODES),
+        oauth=_oauth(r.section("oauth")) if r.raw("oauth") is not None else None,
         **_master_fields(r),
     )
+    token_backends = all(backend.login_command == "xoauth2" for backend in backends)
+    if tenant.oauth is not None and not (tenant.has_master_credentials or token_backends):
+        r.problem(
+            "oauth",
+            "a token login needs master credentials (master_user and master_password_env"
+            " or master_password_file) or backends with login_command: xoauth2",
+        )
     if tenant.has_master:
         # Why the proxy needs them: it judges the credential, then logs in as master.
         why = (
@@ -352,6 +434,83 @@ def _master_fields(r: Reader) -> dict[str, Any]:
         "master_password_env": r.string("master_password_env", Tenant.master_password_env),
         "master_password_file": r.string("master_password_file", Tenant.master_password_file),
     }
+
+
+def _oauth(r: Reader) -> OAuth:
+    defaults = OAuth("", "")
+    urls = {key: r.string(key, None, required=key == "issuer") for key in _OAUTH_URLS}
+    for key, url in urls.items():
+        if url is not None and not issuer_url_allowed(url):
+            r.problem(
+                key, f"expected an https:// URL (http:// only on a loopback address), got {url!r}"
+            )
+    scopes = _words(r, "scopes", ())
+    algorithms = _words(r, "algorithms", defaults.algorithms)
+    refused = [name for name in algorithms if name not in OAUTH_ALGORITHMS]
+    if refused or not algorithms:
+        r.problem(
+            "algorithms",
+            f"expected some of {', '.join(OAUTH_ALGORITHMS)} (never none or HS*), got {refused}",
+        )
+    leeway = r.duration("leeway", defaults.leeway)
+    if not 0 <= leeway <= 600:
+        r.problem("leeway", "expected a duration from 0s to 10m")
+    oauth = OAuth(
+        issuer=urls["issuer"] or "",
+        audience=r.string("audience", None, required=True) or "",
+        username_claim=r.string("username_claim", defaults.username_claim) or "email",
+        scopes=scopes,
+        jwks_uri=urls["jwks_uri"],
+        introspection_url=urls["introspection_url"],
+        client_id=r.string("client_id", None),
+        client_secret_env=r.string("client_secret_env", None),
+        client_secret_file=r.string("client_secret_file", None),
+        algorithms=algorithms,
+        leeway=leeway,
+        ca_file=r.string("ca_file", None),
+    )
+    if oauth.introspection_url and not (
+        oauth.client_id and (oauth.client_secret_env or oauth.client_secret_file)
+    ):
+        r.problem(
+            "introspection_url",
+            "needs client_id and client_secret_env or client_secret_file",
+        )
+    r.finish()
+    return oauth
+
+
+def _words(r: Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = r.raw(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item and one_word(item) for item in value
+    ):
+        r.problem(key, f"expected a list of words, got {value!r}")
+        return default
+    return tuple(value)
+
+
+def issuer_url_allowed(url: str) -> bool:
+    """https, or http to a loopback address (a sidecar, a test): a token's
+    keys fetched over plain HTTP from elsewhere could be anyone's."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if not parts.hostname or parts.username or parts.password:
+        return False
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http":
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def _backend(r: Reader) -> Backend:

@@ -40,7 +40,7 @@ import gevent
 from gevent.hub import get_hub
 
 from pop3proxy import metrics
-from pop3proxy.config import Config, LimitsConfig, ListenerConfig
+from pop3proxy.config import Config, ListenerConfig
 from pop3proxy.interfaces import ClientAddress, Lease, LoggedIn, LoginFailed, Logins
 from pop3proxy.net import tls
 from pop3proxy.net.backend import BackendSocket
@@ -135,16 +135,15 @@ class Services:
     """Each TLS listener's context, by listener name (swapped whole on a reload)."""
     tasks: Tasks = field(default_factory=Tasks)
     """Greenlets for logins and admissions (:mod:`pop3proxy.net.tasks`)."""
-    _settings: dict[str, tuple[ListenerConfig, LimitsConfig, core.Settings]] = field(
-        default_factory=dict
-    )
+    _settings: dict[str, tuple[ListenerConfig, Config, core.Settings]] = field(default_factory=dict)
 
     def client_settings(self, listener: ListenerConfig) -> core.Settings:
         """The protocol core's settings for ``listener``, built once per listener
         and configuration rather than once per connection."""
-        limits = self.config.limits
+        config = self.config
+        limits = config.limits
         cached = self._settings.get(listener.name)
-        if cached is not None and cached[0] is listener and cached[1] is limits:
+        if cached is not None and cached[0] is listener and cached[1] is config:
             return cached[2]
         settings = core.Settings(
             tls_active=listener.tls == "implicit",
@@ -152,8 +151,9 @@ class Services:
             require_tls=listener.require_tls,
             max_line=limits.max_line_length,
             max_errors=limits.max_errors,
+            mechanisms=config.auth.mechanisms,
         )
-        self._settings[listener.name] = (listener, limits, settings)
+        self._settings[listener.name] = (listener, config, settings)
         return settings
 
 
@@ -545,6 +545,7 @@ class ClientSession(ErrorBoundary):
                 session_id=self.id,
                 listener=self.listener.name,
                 mechanism=action.mechanism,
+                token=action.token,
             )
         except LoginFailed as failure:
             self._task = None
@@ -561,7 +562,7 @@ class ClientSession(ErrorBoundary):
             )
             if self.phase not in _ENDED:
                 self.phase = "authorization"
-                self._run_actions(self.conn.login_failed(failure.reply) + rest)
+                self._run_actions(self.conn.login_failed(failure.reply, failure.challenge) + rest)
                 self._resume_reading()
             return
         self._task = None

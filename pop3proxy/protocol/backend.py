@@ -159,11 +159,20 @@ class BackendLogin:
         starttls: bool,
         xclient: tuple[str, int] | None = None,
         sasl_plain: bool = False,
+        xoauth2: bool = False,
     ) -> None:
+        """``xoauth2``: ``password`` is a client's bearer token, passed on with
+        AUTH XOAUTH2 to a backend that checks tokens itself."""
         self._user = login_name.encode("utf-8")
         self._password = password
         self._starttls = starttls
-        self._sasl_plain = sasl_plain
+        self._mechanism = b"XOAUTH2" if xoauth2 else b"PLAIN" if sasl_plain else None
+        self._sasl_plain = sasl_plain or xoauth2
+        self._response_sent = False
+        self._token_error_expected = False
+        """XOAUTH2 sent after the challenge (step PASS): a refused token gets
+        one error challenge before its -ERR. (Sent at once, step AUTH, any
+        challenge is answered.)"""
         if xclient is not None:
             xclient = (str(proxyproto.address_to_forward(xclient[0])), xclient[1])
         self._xclient = xclient
@@ -181,7 +190,9 @@ class BackendLogin:
         step = self._step
         if step is _Step.CAPA_BODY:
             return self._capability(line)
-        if step is _Step.AUTH and (line == b"+" or line.startswith(b"+ ")):
+        if (line == b"+" or line.startswith(b"+ ")) and (
+            step is _Step.AUTH or (step is _Step.PASS and self._token_error_expected)
+        ):
             return self._answer_challenge()
         on_reply = _ON_REPLY.get(step)
         if on_reply is None:  # waiting for TLS, or done: the backend has nothing to say
@@ -265,23 +276,37 @@ class BackendLogin:
         if _unsafe_credentials(self._user, self._password, self._sasl_plain):
             self._step = _Step.DONE
             return [Failed(FailureKind.AUTH, "unsafe_credentials", AUTH_FAILURE)]
-        if self._sasl_plain:
+        if self._mechanism is not None:
             self._step = _Step.AUTH
-            command = b"AUTH PLAIN " + self._plain_response() + replies.CRLF
-            if len(command) > MAX_COMMAND_LINE:
-                command = b"AUTH PLAIN" + replies.CRLF  # the response follows the challenge
+            command = b"AUTH " + self._mechanism + b" " + self._sasl_response() + replies.CRLF
+            self._response_sent = len(command) <= MAX_COMMAND_LINE
+            if not self._response_sent:
+                # the response follows the challenge
+                command = b"AUTH " + self._mechanism + replies.CRLF
             return [SendToBackend(command)]
         self._step = _Step.USER
         return [SendToBackend(b"USER " + self._user + replies.CRLF)]
 
-    def _plain_response(self) -> bytes:
-        """RFC 4616: no authorization identity, then the login name and the password."""
+    def _sasl_response(self) -> bytes:
+        """PLAIN (RFC 4616): no authorization identity, then the login name and
+        the password. XOAUTH2: the user and the bearer token."""
+        if self._mechanism == b"XOAUTH2":
+            response = b"user=" + self._user + b"\x01auth=Bearer " + self._password + b"\x01\x01"
+            return base64.b64encode(response)
         return base64.b64encode(b"\0" + self._user + b"\0" + self._password)
 
     def _answer_challenge(self) -> list[BackendAction]:
-        """The server's empty challenge to AUTH PLAIN sent without the response."""
+        """The server's empty challenge to AUTH sent without the response; or,
+        once the response went, a refused token's error challenge (RFC 7628
+        section 3.2.2), answered with an empty response so the -ERR follows."""
         self._step = _Step.PASS
-        return [SendToBackend(self._plain_response() + replies.CRLF)]
+        token = self._mechanism == b"XOAUTH2"
+        if token and self._response_sent:
+            self._token_error_expected = False
+            return [SendToBackend(replies.CRLF)]
+        self._response_sent = True
+        self._token_error_expected = token
+        return [SendToBackend(self._sasl_response() + replies.CRLF)]
 
     def _unavailable(self, reason: str) -> list[BackendAction]:
         self._step = _Step.DONE

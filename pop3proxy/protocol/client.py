@@ -1,10 +1,12 @@
 """The client side of a proxied POP3 session, sans-IO.
 
 The proxy plays the POP3 server through AUTHORIZATION (RFC 1939 section 4):
-it answers CAPA, STLS, USER, PASS, AUTH PLAIN, NOOP and QUIT itself, and asks
-its shell to log in when it has credentials. After a successful login the
-session is in TRANSACTION and every client command is forwarded to the
-backend, still parsed (for bounds and counting), never interpreted.
+it answers CAPA, STLS, USER, PASS, AUTH (PLAIN, and the token mechanisms
+OAUTHBEARER and XOAUTH2 when configured: :mod:`pop3proxy.protocol.sasl`),
+NOOP and QUIT itself, and asks its shell to log in when it has credentials.
+After a successful login the session is in TRANSACTION and every client
+command is forwarded to the backend, still parsed (for bounds and counting),
+never interpreted.
 
 Theory of operation: the shell feeds bytes with :meth:`ClientConnection.receive_data`
 and executes the returned actions in order. :class:`StartTLS` and
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from pop3proxy.protocol import replies
+from pop3proxy.protocol import replies, sasl
 from pop3proxy.protocol.framing import LineReader
 from pop3proxy.protocol.replies import Code
 
@@ -46,6 +48,8 @@ class Login:
     user: str
     password: bytes = field(repr=False)
     mechanism: str = "USER"
+    token: bytes | None = field(default=None, repr=False)
+    """The bearer token of OAUTHBEARER or XOAUTH2 (``password`` is then empty)."""
 
 
 @dataclass(slots=True)
@@ -73,13 +77,21 @@ class State(Enum):
 
     AUTHORIZATION = auto()
     AUTH_CONTINUATION = auto()
+    AUTH_ERROR_ACK = auto()
+    """A token was refused with an RFC 7628 error challenge: the client's
+    next line (``AQ==``, or anything) gets the ``-ERR``."""
     TLS_PENDING = auto()
     LOGIN_PENDING = auto()
     TRANSACTION = auto()
     CLOSED = auto()
 
 
-_READING_LINES = (State.AUTHORIZATION, State.AUTH_CONTINUATION, State.TRANSACTION)
+_READING_LINES = (
+    State.AUTHORIZATION,
+    State.AUTH_CONTINUATION,
+    State.AUTH_ERROR_ACK,
+    State.TRANSACTION,
+)
 """The states that take the next line; the others wait for the shell."""
 
 
@@ -88,6 +100,12 @@ TRANSACTION_COMMANDS = frozenset(
 )
 """Commands counted by name in TRANSACTION; anything else is counted as ``other``
 so a metric label can never be chosen by a client."""
+
+MAX_AUTH_LINE = 16 * 1024
+"""AUTH lines (the command with an initial response, and continuation lines)
+may be this long when a token mechanism is on: tokens are often 2-4 KB, and
+RFC 5034 section 4 lifts the 255-octet limit for them. Every other line keeps
+``max_line``."""
 
 MAX_USER_LENGTH = 255
 """Longer user names are refused; no mail system has them, abusers send them."""
@@ -135,12 +153,33 @@ class Settings:
     max_errors: int = 10
     implementation: str = "pop3proxy"
     greeting: str = "POP3 proxy ready"
+    mechanisms: tuple[str, ...] = ("PLAIN",)
+    """The SASL mechanisms CAPA lists and AUTH takes (``auth.mechanisms``)."""
+
+    @property
+    def authorization_line(self) -> int:
+        """The line cap before login: room for a token when a token mechanism
+        is on (AUTH lines only: :meth:`ClientConnection._command` holds
+        other commands to ``max_line``)."""
+        if sasl.TOKEN_MECHANISMS.isdisjoint(self.mechanisms):
+            return self.max_line
+        return max(self.max_line, MAX_AUTH_LINE)
 
 
 class ClientConnection:
     """One client connection's POP3 state (RFC 1939, RFC 2449, RFC 2595, RFC 5034)."""
 
-    __slots__ = ("_reader", "client_sent_quit", "errors", "settings", "state", "tls_active", "user")
+    __slots__ = (
+        "_failure_reply",
+        "_mechanism",
+        "_reader",
+        "client_sent_quit",
+        "errors",
+        "settings",
+        "state",
+        "tls_active",
+        "user",
+    )
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -149,7 +188,11 @@ class ClientConnection:
         self.user: str | None = None
         self.client_sent_quit = False
         self.errors = 0
-        self._reader = LineReader(settings.max_line)
+        self._mechanism = "PLAIN"
+        """The mechanism of the AUTH exchange in progress."""
+        self._failure_reply = b""
+        """The ``-ERR`` that ends a refused token's exchange (``AUTH_ERROR_ACK``)."""
+        self._reader = LineReader(settings.authorization_line)
 
     # -- inputs from the shell -------------------------------------------
 
@@ -180,11 +223,20 @@ class ClientConnection:
 
     def login_succeeded(self) -> list[Action]:
         self.state = State.TRANSACTION
+        self._reader.max_line = self.settings.max_line
         return [Send(LOGGED_IN), *self._process()]
 
-    def login_failed(self, reply: bytes) -> list[Action]:
-        """The login was refused; ``reply`` is the complete ``-ERR`` line to send."""
+    def login_failed(self, reply: bytes, challenge: bytes | None = None) -> list[Action]:
+        """The login was refused; ``reply`` is the complete ``-ERR`` line to send.
+
+        ``challenge`` (a refused token: RFC 7628 section 3.2.2) is sent first
+        as ``+ <challenge>``, and ``reply`` only after the client answered it.
+        """
         self.user = None
+        if challenge is not None:
+            self.state = State.AUTH_ERROR_ACK
+            self._failure_reply = reply
+            return [Send(replies.continuation(challenge)), *self._process()]
         self.state = State.AUTHORIZATION
         return self._error(reply) + self._process()
 
@@ -200,6 +252,10 @@ class ClientConnection:
                 forward = self._relay(line)
                 if forward is not None:
                     actions.append(forward)
+            elif self.state is State.AUTH_ERROR_ACK:
+                # Whatever the client answers (AQ==, "*", too long): the end.
+                self.state = State.AUTHORIZATION
+                actions += self._error(self._failure_reply)
             elif not isinstance(line, bytes):  # LINE_TOO_LONG
                 if self.state is State.AUTH_CONTINUATION:
                     # The SASL exchange ends here; the next line is a command.
@@ -233,6 +289,8 @@ class ClientConnection:
     def _command(self, line: bytes) -> list[Action]:
         keyword, _, argument = line.partition(b" ")
         name = keyword.decode("ascii", "replace").upper()
+        if len(line) + 2 > self.settings.max_line and name != "AUTH":
+            return self._error(replies.err("Line too long"))
         if _has_nul_or_cr(line):
             return self._error(replies.err("NUL and CR are not allowed in a command"))
         handler = _AUTHORIZATION_COMMANDS.get(name)
@@ -284,7 +342,7 @@ class ClientConnection:
     def capabilities(self) -> list[bytes]:
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self._auth_allowed():
-            caps += [b"USER", b"SASL PLAIN"]
+            caps += [b"USER", b" ".join([b"SASL", *(m.encode() for m in self.settings.mechanisms)])]
         if self.settings.stls_offered and not self.tls_active:
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION " + self.settings.implementation.encode())
@@ -328,21 +386,54 @@ class ClientConnection:
     def _cmd_auth(self, argument: bytes) -> list[Action]:
         if not self._auth_allowed():
             return self._tls_required()
+        offered = self.settings.mechanisms
         mechanism, _, initial = argument.strip().partition(b" ")
         if not mechanism:
-            return [Send(replies.multiline(replies.ok("Mechanisms follow"), [b"PLAIN"]))]
-        if mechanism.upper() != b"PLAIN":
-            return self._error(replies.err("Unsupported mechanism; use PLAIN"))
+            listed = [name.encode() for name in offered]
+            return [Send(replies.multiline(replies.ok("Mechanisms follow"), listed))]
+        name = mechanism.upper().decode("ascii", "replace")
+        if name not in offered:
+            return self._error(replies.err("Unsupported mechanism; use " + " or ".join(offered)))
+        self._mechanism = name
         if not initial:
             self.state = State.AUTH_CONTINUATION
             return [Send(replies.continuation())]
-        return self._plain_response(initial.strip())
+        return self._sasl_response(initial.strip())
 
     def _auth_response(self, line: bytes) -> list[Action]:
         self.state = State.AUTHORIZATION
         if line == b"*":
             return self._error(replies.err("Authentication cancelled"))
-        return self._plain_response(line)
+        return self._sasl_response(line)
+
+    def _sasl_response(self, response: bytes) -> list[Action]:
+        if self._mechanism == "PLAIN":
+            return self._plain_response(response)
+        return self._token_response(response)
+
+    def _token_response(self, response: bytes) -> list[Action]:
+        """OAUTHBEARER or XOAUTH2: a user name and a bearer token, for the
+        domain to check (:mod:`pop3proxy.protocol.sasl`)."""
+        mechanism = self._mechanism
+        try:
+            decoded = binascii.a2b_base64(response, strict_mode=True)
+        except binascii.Error:
+            return self._error(replies.err(f"Invalid base64 in AUTH {mechanism} response"))
+        parse = sasl.parse_oauthbearer if mechanism == "OAUTHBEARER" else sasl.parse_xoauth2
+        try:
+            said = parse(decoded)
+        except sasl.MalformedResponse as malformed:
+            return self._error(
+                replies.err(f"Malformed AUTH {mechanism} response: {malformed}", Code.AUTH)
+            )
+        try:
+            user = said.user.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(replies.err("User name must be UTF-8", Code.AUTH))
+        if not valid_user_name(user):
+            return self._error(replies.err(f"Malformed AUTH {mechanism} response", Code.AUTH))
+        self.state = State.LOGIN_PENDING
+        return [Login(user, b"", mechanism, said.token)]
 
     def _plain_response(self, response: bytes) -> list[Action]:
         """RFC 4616: base64 of ``authzid NUL authcid NUL passwd``; "=" is empty."""

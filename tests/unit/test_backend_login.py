@@ -370,3 +370,48 @@ def test_a_challenge_outside_auth_plain_is_garbage() -> None:
     actions = login.receive_line(b"+ ")
     assert failed(actions).reason == "garbage"
     assert not any(isinstance(a, SendToBackend) for a in actions)
+
+
+def xoauth2_response(user: bytes, token: bytes) -> bytes:
+    return base64.b64encode(b"user=" + user + b"\x01auth=Bearer " + token + b"\x01\x01")
+
+
+def test_xoauth2_passes_the_token_on_in_one_line() -> None:
+    login = BackendLogin("alice", b"tok", starttls=False, xoauth2=True)
+    command = b"AUTH XOAUTH2 " + xoauth2_response(b"alice", b"tok") + b"\r\n"
+    assert login.receive_line(b"+OK") == [SendToBackend(command)]
+    assert login.receive_line(b"+OK Logged in.") == [LoggedIn()]
+
+
+def test_xoauth2_refused_token_answers_the_error_challenge_once() -> None:
+    login = BackendLogin("alice", b"tok", starttls=False, xoauth2=True)
+    login.receive_line(b"+OK")
+    assert login.receive_line(b"+ eyJzdGF0dXMiOiI0MDEifQ==") == [SendToBackend(b"\r\n")]
+    assert failed(login.receive_line(b"-ERR [AUTH] no")).reason == "login_refused"
+
+
+def test_xoauth2_long_token_goes_after_the_challenge() -> None:
+    token = b"t" * 3000
+    login = BackendLogin("alice", token, starttls=False, xoauth2=True)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"AUTH XOAUTH2\r\n")]
+    response = xoauth2_response(b"alice", token) + b"\r\n"
+    assert login.receive_line(b"+ ") == [SendToBackend(response)]
+    assert login.receive_line(b"+ e30=") == [SendToBackend(b"\r\n")]
+    assert failed(login.receive_line(b"+ e30=")).reason == "garbage"
+
+
+def test_xoauth2_of_exactly_255_octets_goes_in_one_line() -> None:
+    token = b"t" * 155
+    login = BackendLogin("alice", token, starttls=False, xoauth2=True)
+    command = b"AUTH XOAUTH2 " + xoauth2_response(b"alice", token) + b"\r\n"
+    assert len(command) == 255
+    assert login.receive_line(b"+OK") == [SendToBackend(command)]
+    assert login.receive_line(b"+ e30=") == [SendToBackend(b"\r\n")]
+
+
+def test_user_pass_takes_no_challenge() -> None:
+    """Only a token exchange has an error challenge: a "+" to PASS is garbage."""
+    login = BackendLogin("alice", b"pw", starttls=False)
+    assert login.receive_line(b"+OK") == [SendToBackend(b"USER alice\r\n")]
+    assert login.receive_line(b"+OK") == [SendToBackend(b"PASS pw\r\n")]
+    assert failed(login.receive_line(b"+ e30=")).reason == "garbage"

@@ -37,6 +37,8 @@ from pop3proxy.protocol.client import (
 
 SECRET = b"Stateful-S3cret"
 PLAIN = base64.b64encode(b"\0alice\0" + SECRET)
+XOAUTH2 = base64.b64encode(b"user=alice@x\x01auth=Bearer " + SECRET + b"\x01\x01")
+OAUTHBEARER = base64.b64encode(b"n,a=alice@x,\x01auth=Bearer " + SECRET + b"\x01\x01")
 WORDS = [
     b"USER alice",
     b"PASS " + SECRET,
@@ -55,6 +57,11 @@ WORDS = [
     b"QUIT now",
     b"",
     b"X" * 300,
+    b"AUTH XOAUTH2 " + XOAUTH2,
+    b"AUTH OAUTHBEARER " + OAUTHBEARER,
+    b"AUTH XOAUTH2",
+    XOAUTH2,
+    b"AQ==",
 ]
 line = st.sampled_from(WORDS).map(lambda w: w + b"\r\n") | st.binary(max_size=30)
 SETTINGS = st.sampled_from(
@@ -63,6 +70,12 @@ SETTINGS = st.sampled_from(
         Settings(tls_active=False, stls_offered=True),
         Settings(tls_active=False, stls_offered=False, require_tls=False),
         Settings(tls_active=False, stls_offered=True, require_tls=False, max_line=64, max_errors=4),
+        Settings(
+            tls_active=True,
+            stls_offered=False,
+            max_line=64,
+            mechanisms=("PLAIN", "OAUTHBEARER", "XOAUTH2"),
+        ),
     ]
 )
 
@@ -100,15 +113,16 @@ class ClientMachine(RuleBasedStateMachine):
         self.pending.clear()
         self._check(self.conn.tls_established())
 
-    @rule(success=st.booleans())
+    @rule(success=st.booleans(), challenge=st.sampled_from([None, b"e30="]))
     @precondition(lambda self: isinstance(self._paused_on(), Login))
-    def login_outcome(self, success: bool) -> None:
+    def login_outcome(self, success: bool, challenge: bytes | None) -> None:
         self.pending.clear()
         if success:
             self.logged_in = True
             self._check(self.conn.login_succeeded())
         else:
-            self._check(self.conn.login_failed(b"-ERR [AUTH] Authentication failed\r\n"))
+            refusal = b"-ERR [AUTH] Authentication failed\r\n"
+            self._check(self.conn.login_failed(refusal, challenge))
 
     def _paused_on(self) -> object:
         return self.pending[-1] if self.pending else None
@@ -148,9 +162,20 @@ class ClientMachine(RuleBasedStateMachine):
         # While paused on StartTLS or Login the machine holds what one receive
         # brought (the shell reads no more until it reports back); otherwise
         # never more than a line's worth.
-        running = (State.AUTHORIZATION, State.AUTH_CONTINUATION, State.TRANSACTION)
+        running = (
+            State.AUTHORIZATION,
+            State.AUTH_CONTINUATION,
+            State.AUTH_ERROR_ACK,
+            State.TRANSACTION,
+        )
         if self.conn is not None and self.conn.state in running:
-            assert self.conn._reader.buffered <= self.conn.settings.max_line
+            # Before login the cap has room for a token (MAX_AUTH_LINE) when a
+            # token mechanism is on; in TRANSACTION it is max_line again.
+            settings_ = self.conn.settings
+            cap = settings_.max_line
+            if self.conn.state is not State.TRANSACTION:
+                cap = settings_.authorization_line
+            assert self.conn._reader.buffered <= cap
         if self.closed:
             assert self.conn.state is State.CLOSED or self.conn.client_sent_quit
 

@@ -365,3 +365,16 @@ def test_a_hashed_log_user_needs_a_key(tmp_path: Path, monkeypatch: pytest.Monke
     assert problems({**PLAIN_LISTENER, "logging": {"user": "name"}})[0].startswith("logging.user:")
     monkeypatch.setenv("POP3PROXY_LOG_HASH_KEY", "a key")
     assert parse_config(hashed).logging.user == "hash"
+
+
+def test_auth_mechanisms_default_to_plain_and_take_the_token_mechanisms() -> None:
+    assert parse_config(PLAIN_LISTENER).auth.mechanisms == ("PLAIN",)
+    mechanisms = {"mechanisms": ["plain", "OAUTHBEARER", "XOAUTH2"]}
+    config = parse_config({**PLAIN_LISTENER, "auth": mechanisms})
+    assert config.auth.mechanisms == ("PLAIN", "OAUTHBEARER", "XOAUTH2")
+
+
+@pytest.mark.parametrize("value", [[], "PLAIN", ["CRAM-MD5"], ["PLAIN", "PLAIN"]])
+def test_auth_mechanisms_refuse_what_the_proxy_cannot_do(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"auth\.mechanisms: expected a non-empty list of"):
+        parse_config({**PLAIN_LISTENER, "auth": {"mechanisms": value}})
