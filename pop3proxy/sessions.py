@@ -72,7 +72,8 @@ class KickScope:
     """Which sessions a kick (or a ``who`` filter) is about: one scope and its value.
 
     ``credential`` is ``USER/ID``: the sessions that logged in with that user's
-    app password ``ID`` (ids are unique per user only).
+    app password ``ID`` (ids are unique per user only); ``USER/*``: with any
+    of the user's app passwords (the user record, and all of them with it, is gone).
     """
 
     scope: str
@@ -97,7 +98,10 @@ class KickScope:
                 return False
         if self.scope == "credential":
             used = entry.get("credential")
-            return used is not None and f"{entry.get('user')}/{used}".lower() == self.value.lower()
+            if used is None:
+                return False
+            user, _, wanted = self.value.lower().rpartition("/")
+            return str(entry.get("user")).lower() == user and wanted in ("*", str(used).lower())
         field = {"user": "user", "tenant": "tenant", "backend": "backend", "session": "id"}
         actual = entry.get(field[self.scope])
         if actual is None:

@@ -68,3 +68,12 @@ def test_recent_kicks_match_only_logins_begun_before_them_and_are_forgotten() ->
     assert recent.matching({**ALICE, "user": "bob@acme.example"}, since=99.0, now=101.0) is None
     assert recent.matching(ALICE, since=99.0, now=136.0) is None, "older than a login can take"
     assert not recent
+
+
+def test_credential_scope_names_one_app_password_or_all_of_a_users() -> None:
+    tablet = {**ALICE, "credential": "7gk2m"}
+    assert KickScope("credential", "alice@acme.example/7GK2M").matches(tablet)
+    assert not KickScope("credential", "alice@acme.example/aaaaa").matches(tablet)
+    assert KickScope("credential", "Alice@acme.example/*").matches(tablet)
+    assert not KickScope("credential", "bob@acme.example/*").matches(tablet)
+    assert not KickScope("credential", "alice@acme.example/*").matches(ALICE), "mailbox password"
