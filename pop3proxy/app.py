@@ -46,6 +46,7 @@ from pop3proxy.sessions import (
     SYNC_INTERVAL,
     Entry,
     Kick,
+    KickScope,
     RecentKicks,
     SessionRegistry,
     answer_kick,
@@ -277,12 +278,18 @@ class App:
     def _follow_tenants_file(self, store: FileStore) -> None:
         """With ``directory.store: file`` no kick carries the news that a tenant
         was disabled or removed: each process, after each reload of the file
-        (on change or SIGHUP), ends the sessions of such tenants itself."""
+        (on change or SIGHUP), ends the sessions of such tenants itself, and
+        remembers each as a tenant kick for the logins still under way."""
         seen = store.reloads
+        enabled = _enabled_tenants(store)
         while True:
             gevent.sleep(TENANTS_FILE_CHECK)
             if store.reloads != seen:
                 seen = store.reloads
+                now_enabled = _enabled_tenants(store)
+                for name in enabled - now_enabled:
+                    self.recent_kicks.add(KickScope("tenant", name), time.monotonic())
+                enabled = now_enabled
                 self._end_withdrawn_tenants(store)
 
     def _end_withdrawn_tenants(self, store: FileStore) -> None:
@@ -478,6 +485,10 @@ LATE_LOGINS = 60.0
 """Seconds after an evacuation's deadline (or its start here, if later) during
 which a login that was under way when the state arrived may still land on
 the backend: its replica keeps looking until then."""
+
+
+def _enabled_tenants(store: FileStore) -> set[str]:
+    return {name for name, tenant in store.tenants.items() if tenant.enabled}
 
 
 def _when(deadline: float | None) -> str | None:

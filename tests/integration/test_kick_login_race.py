@@ -8,6 +8,7 @@ moment a kick that only looks at the sessions it finds would miss.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ from harness.ports import wait_until
 from harness.proxy import ProxyProcess, run_cli
 from harness.users import USERS
 from harness.wire import Pop3Wire
+from test_who_kick import closed_within
 
 from pop3proxy.directory import RedisStore
 from pop3proxy.tenants import parse_tenant
@@ -111,3 +113,32 @@ def test_a_login_that_starts_after_the_kick_is_not_affected(
         assert alice.read_line().startswith(b"+OK")
         assert alice.command("STAT").startswith(b"+OK")
     assert not [r for r in slow_proxy.log_records() if r.get("message") == "kicked after login"]
+
+
+def test_a_tenants_file_that_disables_the_tenant_mid_login_ends_that_login(
+    make_proxy, slow_backend, fresh_mailbox, tmp_path
+):
+    """No Redis, no kick message: the process remembers the withdrawn tenant itself."""
+    path = tmp_path / "tenants.yaml"
+
+    def write(enabled: bool) -> None:
+        backends = [{"host": slow_backend.host, "port": slow_backend.port}]
+        record = {"name": SLOW_TENANT, "backends": backends, "enabled": enabled}
+        path.write_text(json.dumps({"tenants": [record]}))
+
+    write(enabled=True)
+    proxy = make_proxy({"directory": {"store": "file", "file": str(path)}})
+    fresh_mailbox("alice")
+    fresh_mailbox("bob")
+    with start_login(proxy, "bob") as bob:
+        assert slow_backend.wait_holding(HELD)
+        slow_backend.release()
+        assert bob.read_line().startswith(b"+OK")
+        with start_login(proxy, "alice") as alice:
+            assert slow_backend.wait_holding(HELD)
+            write(enabled=False)
+            # bob's session ending shows the process has seen the reload.
+            assert closed_within(bob, 6), "the file is polled every second, then checked"
+            slow_backend.release()
+            assert alice.read_line().startswith(b"-ERR [SYS/TEMP]")
+            assert alice.read_line() == b""
