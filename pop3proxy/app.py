@@ -46,6 +46,8 @@ from pop3proxy.sessions import (
     SYNC_INTERVAL,
     Entry,
     Kick,
+    KickScope,
+    RecentKicks,
     SessionRegistry,
     answer_kick,
     parse_kick,
@@ -101,6 +103,8 @@ class App:
         if self._redis is not None:
             self.registry = SessionRegistry(self._redis, config.directory.key_prefix, self.replica)
         self.directory.on_kick = self._on_kick
+        self.recent_kicks = RecentKicks(lambda: self.config.timeouts.auth + KICK_MEMORY_MARGIN)
+        self.services.kicked_during_login = self._kicked_during_login
         self._evacuations: dict[str, gevent.Greenlet] = {}
         """Backend address -> the greenlet ending its sessions (:meth:`evacuate`)."""
         self.logins.backends.states.on_change.append(self._on_backend_state)
@@ -226,6 +230,7 @@ class App:
 
     def _kick(self, kick: Kick) -> None:
         scope, reason = kick.scope, kick.reason
+        self.recent_kicks.add(scope, time.monotonic())
         ended = 0
         for session in list(self.sessions):
             if not session.ended and scope.matches(self.describe(session)):
@@ -252,17 +257,39 @@ class App:
             except Exception as error:
                 log.warning("kick: cannot answer", extra={"error": str(error)})
 
+    def _kicked_during_login(self, session: ClientSession, began: float) -> bool:
+        """Does a kick applied here since ``began`` (the login's start) match
+        ``session``, which has just logged in? Then it ends before TRANSACTION
+        (:class:`RecentKicks`): counted and logged like the kick's own sessions."""
+        if not self.recent_kicks:  # almost always: no dict built, no clock read
+            return False
+        scope = self.recent_kicks.matching(self.describe(session), began, time.monotonic())
+        if scope is None:
+            return False
+        metrics.add(metrics.KICKED_SESSIONS, scope.scope)
+        log.info(
+            "kicked after login",
+            extra={"session": session.id, "scope": scope.scope, "value": scope.value},
+        )
+        return True
+
     # -- a tenants file that withdraws a tenant ------------------------------------
 
     def _follow_tenants_file(self, store: FileStore) -> None:
         """With ``directory.store: file`` no kick carries the news that a tenant
         was disabled or removed: each process, after each reload of the file
-        (on change or SIGHUP), ends the sessions of such tenants itself."""
+        (on change or SIGHUP), ends the sessions of such tenants itself, and
+        remembers each as a tenant kick for the logins still under way."""
         seen = store.reloads
+        enabled = _enabled_tenants(store)
         while True:
             gevent.sleep(TENANTS_FILE_CHECK)
             if store.reloads != seen:
                 seen = store.reloads
+                now_enabled = _enabled_tenants(store)
+                for name in enabled - now_enabled:
+                    self.recent_kicks.add(KickScope("tenant", name), time.monotonic())
+                enabled = now_enabled
                 self._end_withdrawn_tenants(store)
 
     def _end_withdrawn_tenants(self, store: FileStore) -> None:
@@ -451,10 +478,17 @@ TENANTS_FILE_CHECK = 1.0
 """Seconds between two looks at whether the tenants file was reloaded."""
 EVACUATE_TICK = 0.5
 """Seconds between two looks at an evacuated backend's sessions."""
+KICK_MEMORY_MARGIN = 5.0
+"""Seconds a replica keeps a kick beyond ``timeouts.auth``, the longest a login
+can take: a login under way when the kick arrived still meets it at its end."""
 LATE_LOGINS = 60.0
 """Seconds after an evacuation's deadline (or its start here, if later) during
 which a login that was under way when the state arrived may still land on
 the backend: its replica keeps looking until then."""
+
+
+def _enabled_tenants(store: FileStore) -> set[str]:
+    return {name for name, tenant in store.tenants.items() if tenant.enabled}
 
 
 def _when(deadline: float | None) -> str | None:

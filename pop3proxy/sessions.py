@@ -72,7 +72,8 @@ class KickScope:
     """Which sessions a kick (or a ``who`` filter) is about: one scope and its value.
 
     ``credential`` is ``USER/ID``: the sessions that logged in with that user's
-    app password ``ID`` (ids are unique per user only).
+    app password ``ID`` (ids are unique per user only); ``USER/*``: with any
+    of the user's app passwords (the user record, and all of them with it, is gone).
     """
 
     scope: str
@@ -97,7 +98,10 @@ class KickScope:
                 return False
         if self.scope == "credential":
             used = entry.get("credential")
-            return used is not None and f"{entry.get('user')}/{used}".lower() == self.value.lower()
+            if used is None:
+                return False
+            user, _, wanted = self.value.lower().rpartition("/")
+            return str(entry.get("user")).lower() == user and wanted in ("*", str(used).lower())
         field = {"user": "user", "tenant": "tenant", "backend": "backend", "session": "id"}
         actual = entry.get(field[self.scope])
         if actual is None:
@@ -168,6 +172,49 @@ class Kick:
     reason: str
     by: str | None
     """Who asked for it (``operator@host``), when the sender said."""
+
+
+class RecentKicks:
+    """The kicks this replica ended sessions for in the last few seconds.
+
+    A kick ends the sessions that match *when it arrives*; a login still
+    under way then (tenant looked up, password accepted, backend login
+    waiting) has no user or tenant to match yet and would go on with what
+    the kick withdrew. So each replica keeps its kicks for as long as a
+    login can take (``keep()``: ``timeouts.auth`` and a margin), and a
+    session that finishes its login asks :meth:`matching` before it enters
+    TRANSACTION. Kicks are rare: for every other session that is one test
+    of an empty list.
+    """
+
+    def __init__(self, keep: Callable[[], float]) -> None:
+        self._keep = keep
+        self._kicks: list[tuple[float, KickScope]] = []
+        """(monotonic time it was applied, scope), oldest first."""
+
+    def __bool__(self) -> bool:
+        """Any kick kept (some may be old enough to be forgotten at the next look)."""
+        return bool(self._kicks)
+
+    def add(self, scope: KickScope, at: float) -> None:
+        self._forget_before(at - self._keep())
+        self._kicks.append((at, scope))
+
+    def matching(self, entry: Mapping[str, Any], since: float, now: float) -> KickScope | None:
+        """The first kick applied at or after ``since`` (a login's start, monotonic)
+        that matches ``entry`` (the session as :meth:`KickScope.matches` reads it)."""
+        if not self._kicks:
+            return None
+        self._forget_before(now - self._keep())
+        for at, scope in self._kicks:
+            if at >= since and scope.matches(entry):
+                return scope
+        return None
+
+    def _forget_before(self, oldest: float) -> None:
+        kicks = self._kicks
+        while kicks and kicks[0][0] < oldest:
+            del kicks[0]
 
 
 def parse_kick(message: str) -> Kick:

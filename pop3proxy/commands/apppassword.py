@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from pop3proxy.apppasswords import RECORD_FIELD, AppPassword, AppPasswordError, new_app_password
+from pop3proxy.apppasswords import RECORD_FIELD, AppPasswordError, new_app_password
 from pop3proxy.commands import (
     EXIT_OK,
     EXIT_USAGE,
@@ -27,8 +27,8 @@ from pop3proxy.commands import (
     existing_tenant,
     usage,
 )
-from pop3proxy.commands.user import _identity, _name
-from pop3proxy.directory import DirectoryUnavailable, RedisStore
+from pop3proxy.commands.user import _app_passwords, _identity, _name
+from pop3proxy.directory import RedisStore
 from pop3proxy.history import last_used, last_used_key
 from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import Identity
@@ -77,19 +77,11 @@ def _redis_user(args: argparse.Namespace) -> tuple[RedisStore, Identity, Any]:
     return store, _identity(name, store, tenant), tenant
 
 
-def _stored(store: RedisStore, user: Identity) -> tuple[AppPassword, ...]:
-    try:
-        record = store.get_user(user.tenant, user.local)
-    except DirectoryUnavailable as error:
-        raise CommandError(str(error)) from None
-    return record.app_passwords if record is not None else ()
-
-
 def cmd_add(args: argparse.Namespace) -> int:
     store, user, tenant = _redis_user(args)
     try:
         password, entry = new_app_password(
-            (p.id for p in _stored(store, user)), args.label, args.expires, args.allow_from
+            (p.id for p in _app_passwords(store, user)), args.label, args.expires, args.allow_from
         )
     except AppPasswordError as error:
         raise CommandError(str(error), EXIT_USAGE) from None
@@ -127,7 +119,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store, user, _ = _redis_user(args)
-    stored = _stored(store, user)
+    stored = _app_passwords(store, user)
     try:
         used = last_used(store.client, store.prefix, user.full)
     except (redis.RedisError, OSError) as error:

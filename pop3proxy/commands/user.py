@@ -11,6 +11,10 @@ with ``auth: local``. The password is read from a prompt, or from the first
 line of standard input when that is not a terminal: never from the command
 line, where ``ps`` and shell history would keep it.
 
+``user delete`` removes the whole record, app passwords included: the
+sessions that logged in with them end (on ``auth: local`` tenants all the
+user's sessions do). ``set-password`` withdraws no app password.
+
 Changes are announced on ``<prefix>:changes`` like tenant changes.
 """
 
@@ -25,7 +29,7 @@ from dataclasses import asdict
 
 import redis
 
-from pop3proxy.apppasswords import without_hashes
+from pop3proxy.apppasswords import AppPassword, without_hashes
 from pop3proxy.auth import Passwords
 from pop3proxy.commands import (
     EXIT_OK,
@@ -39,7 +43,7 @@ from pop3proxy.commands import (
 )
 from pop3proxy.commands.userimport import register_import
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store
-from pop3proxy.history import LoginHistory
+from pop3proxy.history import LoginHistory, last_used_key
 from pop3proxy.legacyhashes import ARGON2ID
 from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
@@ -212,13 +216,34 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
 def cmd_user_delete(args: argparse.Namespace) -> int:
     store = configured_store(args)
     user = _identity(_name(args), store)
+    had_app_passwords = bool(_app_passwords(store, user))
     if not store.delete_user(user.tenant, user.local):
         raise CommandError(f"no record for {user}")
     print(f"user {user} deleted")
+    if had_app_passwords and isinstance(store, RedisStore):
+        store.client.delete(last_used_key(store.prefix, user.full))
     tenant = store.get(user.tenant)
     if tenant is not None and tenant.auth == "local":
-        _end_sessions(store, user, "user deleted")
+        _end_sessions(store, user, "user deleted")  # app-password sessions included
+    elif had_app_passwords and isinstance(store, RedisStore):
+        # The mailbox password is the backend's and stays valid; the app
+        # passwords went with the record: the sessions opened with them end.
+        result = kick(
+            store.client, store.prefix, KickScope("credential", f"{user.full}/*"), "user deleted"
+        )
+        print(f"{result.ended} app-password session(s) of {user} ended")
     return EXIT_OK
+
+
+def _app_passwords(store: Store, user: Identity) -> tuple[AppPassword, ...]:
+    """The app passwords in the user's record (none without Redis: they live there only)."""
+    if not isinstance(store, RedisStore):
+        return ()
+    try:
+        record = store.get_user(user.tenant, user.local)
+    except DirectoryUnavailable as error:
+        raise CommandError(str(error)) from None
+    return record.app_passwords if record is not None else ()
 
 
 def _end_sessions(store: Store, user: Identity, reason: str) -> None:

@@ -135,6 +135,9 @@ class Services:
     """Each TLS listener's context, by listener name (swapped whole on a reload)."""
     tasks: Tasks = field(default_factory=Tasks)
     """Greenlets for logins and admissions (:mod:`pop3proxy.net.tasks`)."""
+    kicked_during_login: Callable[[ClientSession, float], bool] = lambda session, began: False
+    """Whether a kick that arrived since ``began`` (monotonic, the login's start)
+    matches a session that just logged in (the app's kicks, :mod:`pop3proxy.sessions`)."""
     _settings: dict[str, tuple[ListenerConfig, Config, core.Settings]] = field(default_factory=dict)
 
     def client_settings(self, listener: ListenerConfig) -> core.Settings:
@@ -503,7 +506,7 @@ class ClientSession(ErrorBoundary):
             elif isinstance(action, core.Login):
                 self._reader.stop()
                 self.phase = "login"
-                self._spawn(self._log_in, action, rest)
+                self._spawn(self._log_in, action, rest, time.monotonic())
             elif isinstance(action, core.Close):
                 self._after_flush(functools.partial(self._close, action.reason))
             return
@@ -535,7 +538,7 @@ class ClientSession(ErrorBoundary):
             return None
         return ClientAddress(tuple(self.peer[:2]), self.local, self.sock)
 
-    def _log_in(self, action: core.Login, rest: list[core.Action]) -> None:
+    def _log_in(self, action: core.Login, rest: list[core.Action], began: float) -> None:
         try:
             login = self.services.logins.login(
                 action.user,
@@ -571,6 +574,11 @@ class ClientSession(ErrorBoundary):
             return
         self.login = login
         self.result = "ok"
+        if self.services.kicked_during_login(self, began):
+            # Missed by a kick that arrived mid-login: ended as that kick would have.
+            self.services.logins.abandon(login)
+            self._end_unauthorized("kicked")
+            return
         self._relay_from(login, self.conn.login_succeeded() + rest)
 
     # -- relay (TRANSACTION) -----------------------------------------------------

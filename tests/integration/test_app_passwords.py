@@ -315,3 +315,67 @@ def test_the_cli_explains_what_is_missing_or_wrong(app_proxies, dovecot, tmp_pat
     checked = run_cli(config, "check-config")
     assert checked.returncode == 2
     assert "master_user: is required with app_passwords: allowed" in checked.stderr
+
+
+def open_session(proxy: ProxyProcess, user: str, password: str) -> Pop3Wire:
+    wire = Pop3Wire(proxy.host, proxy.ports["plain"])
+    assert wire.command(f"USER {user}").startswith(b"+OK")
+    assert wire.command(f"PASS {password}").startswith(b"+OK")
+    return wire
+
+
+def test_user_delete_ends_the_sessions_of_its_app_passwords_not_the_mailbox_passwords(
+    app_proxies, fresh_mailbox, dovecot
+):
+    first, second = app_proxies("allowed", replicas=2)
+    messages = fresh_mailbox("dave")
+    user = f"dave@{APPS}"
+    phone = add_app_password(first, user, "phone")
+    laptop = add_app_password(first, user, "laptop")
+    with (
+        open_session(first, user, phone["password"]) as on_phone,
+        open_session(second, user, laptop["password"]) as on_laptop,
+        open_session(first, user, USERS["dave"]) as with_mailbox_password,
+    ):
+        assert on_phone.command("DELE 1").startswith(b"+OK")
+        wait_until(lambda: len(wait_for_who(second)) == 3, 10, message="sessions registered")
+        deleted = run_cli(second.config_path, "user", "delete", user)
+        assert deleted.returncode == 0, deleted.stderr
+        assert deleted.stdout.splitlines() == [
+            f"user {user} deleted",
+            f"2 app-password session(s) of {user} ended",
+        ]
+        assert closed_within(on_phone, KICK_WITHIN) and closed_within(on_laptop, KICK_WITHIN)
+        # The mailbox password is Dovecot's: still valid, its session goes on.
+        assert with_mailbox_password.command("NOOP").startswith(b"+OK")
+        assert with_mailbox_password.command("QUIT").startswith(b"+OK")
+    assert dovecot.message_count("dave") == len(messages), "kicked without QUIT: no DELE"
+    for replica in (first, second):
+        for app in (phone, laptop):
+            assert attempt_login(replica, user, app["password"]) == AUTH_FAILED
+    _, listed = list_app_passwords(first, user)
+    assert listed == []
+    kick = [r for r in first.log_records() if r.get("message") == "kick"][-1]
+    assert (kick["scope"], kick["value"], kick["sessions"], kick["reason"]) == (
+        "credential",
+        f"{user}/*",
+        1,
+        "user deleted",
+    )
+
+
+def test_set_password_on_a_passthrough_tenant_keeps_app_passwords_and_their_sessions(
+    app_proxies, fresh_mailbox
+):
+    (proxy,) = app_proxies("allowed")
+    fresh_mailbox("erin")
+    user = f"erin@{APPS}"
+    phone = add_app_password(proxy, user, "phone")
+    with open_session(proxy, user, phone["password"]) as on_phone:
+        changed = run_cli(proxy.config_path, "user", "set-password", user, stdin="new-pass\n")
+        assert changed.returncode == 0, changed.stderr
+        assert "session(s)" not in changed.stdout, "nothing ended"
+        assert on_phone.command("NOOP").startswith(b"+OK")
+        assert on_phone.command("QUIT").startswith(b"+OK")
+    assert attempt_login(proxy, user, phone["password"]).startswith(b"+OK")
+    assert not [r for r in proxy.log_records() if r.get("message") == "kick"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pop3proxy.sessions import Kick, KickScope, parse_kick
+from pop3proxy.sessions import Kick, KickScope, RecentKicks, parse_kick
 
 ALICE = {
     "id": "ab12-7",
@@ -55,3 +55,25 @@ def test_kick_message_read_back() -> None:
     assert parse_kick(message) == Kick("k1", KickScope("tenant", "acme.example"), "moved", None)
     signed = message[:-1] + ', "by": "ops@admin1"}'
     assert parse_kick(signed).by == "ops@admin1"
+
+
+def test_recent_kicks_match_only_logins_begun_before_them_and_are_forgotten() -> None:
+    recent = RecentKicks(lambda: 35.0)
+    assert not recent and recent.matching(ALICE, since=0.0, now=0.0) is None
+    user = KickScope("user", "alice@acme.example")
+    recent.add(KickScope("tenant", "other.example"), at=100.0)
+    recent.add(user, at=100.0)
+    assert recent.matching(ALICE, since=99.0, now=101.0) == user, "begun before the kick"
+    assert recent.matching(ALICE, since=100.5, now=101.0) is None, "begun after it"
+    assert recent.matching({**ALICE, "user": "bob@acme.example"}, since=99.0, now=101.0) is None
+    assert recent.matching(ALICE, since=99.0, now=136.0) is None, "older than a login can take"
+    assert not recent
+
+
+def test_credential_scope_names_one_app_password_or_all_of_a_users() -> None:
+    tablet = {**ALICE, "credential": "7gk2m"}
+    assert KickScope("credential", "alice@acme.example/7GK2M").matches(tablet)
+    assert not KickScope("credential", "alice@acme.example/aaaaa").matches(tablet)
+    assert KickScope("credential", "Alice@acme.example/*").matches(tablet)
+    assert not KickScope("credential", "bob@acme.example/*").matches(tablet)
+    assert not KickScope("credential", "alice@acme.example/*").matches(ALICE), "mailbox password"
