@@ -53,7 +53,7 @@ from pop3proxy.interfaces import (
     LoginRefused,
 )
 from pop3proxy.protocol import backend as machine
-from pop3proxy.redisconn import RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
@@ -159,7 +159,7 @@ StateChange = Callable[[str, str, str], None]
 """``(address, old state, new state)``: called in the process that applies a change."""
 
 
-class BackendStates:
+class BackendStates(BackgroundReader):
     """This process's copy of the backend states, refreshed from Redis in the background.
 
     Without Redis (a file store) every backend is online. When Redis cannot
@@ -173,16 +173,12 @@ class BackendStates:
         health: RedisHealth | None = None,
         refresh: float = STATE_REFRESH,
     ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.health = health or RedisHealth("redis")
-        self.refresh = refresh
+        super().__init__(client, prefix, health, refresh)
         self.states: dict[str, str] = {}
         self.deadlines: dict[str, float] = {}
         """Evacuated backends' deadlines (Unix time), as stored by ``backend set``."""
         self.on_change: list[StateChange] = []
         """Hooks run for each applied change (the app starts an evacuation)."""
-        self._reader: gevent.Greenlet | None = None
 
     def state(self, address: str) -> str:
         return self.states.get(address, ONLINE)
@@ -190,20 +186,6 @@ class BackendStates:
     def deadline(self, address: str) -> float | None:
         """When an evacuated backend's last sessions are ended (Unix time)."""
         return self.deadlines.get(address)
-
-    def start(self) -> None:
-        if self.client is not None and self._reader is None:
-            self.update()
-            self._reader = gevent.spawn(self._read_forever)
-
-    def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill(block=False)
-
-    def _read_forever(self) -> None:
-        while True:
-            gevent.sleep(self.refresh)
-            self.update()
 
     def update(self) -> None:
         """Read the hash once and apply what changed."""

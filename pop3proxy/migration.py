@@ -34,10 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import gevent
-
 from pop3proxy import metrics
-from pop3proxy.redisconn import RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth
 
 log = logging.getLogger("pop3proxy.migration")
 
@@ -259,7 +257,7 @@ class UidlMapUnavailable(Exception):
     would make the client download the whole mailbox again."""
 
 
-class UidlMaps:
+class UidlMaps(BackgroundReader):
     """This replica's copy of the map index, refreshed from Redis in the background.
 
     Without Redis (a file store) nobody has a map. When Redis cannot be
@@ -273,28 +271,10 @@ class UidlMaps:
         health: RedisHealth | None = None,
         refresh: float = INDEX_REFRESH,
     ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.health = health or RedisHealth("redis")
-        self.refresh = refresh
+        super().__init__(client, prefix, health, refresh)
         self.index: dict[str, MapInfo] = {}
         self.generation: bytes | None = None
         self._maps: OrderedDict[str, Mapping[bytes, bytes]] = OrderedDict()
-        self._reader: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        if self.client is not None and self._reader is None:
-            self.update()
-            self._reader = gevent.spawn(self._read_forever)
-
-    def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill(block=False)
-
-    def _read_forever(self) -> None:
-        while True:
-            gevent.sleep(self.refresh)
-            self.update()
 
     def update(self) -> None:
         """Read the generation counter; the index too when it moved."""
