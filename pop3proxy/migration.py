@@ -80,6 +80,10 @@ class MapInfo:
     def live(self, now: float) -> bool:
         return now < self.expires
 
+    def applies(self, backend: str, now: float) -> bool:
+        """A login that reached ``backend`` at ``now`` gets its UIDLs translated."""
+        return backend == self.backend and self.live(now)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
@@ -225,11 +229,24 @@ def read_index(client: Any, prefix: str) -> dict[str, MapInfo]:
     index = {}
     for raw_user, raw_info in client.hgetall(index_key(prefix)).items():
         user = raw_user.decode() if isinstance(raw_user, bytes) else raw_user
-        try:
-            index[user] = MapInfo.from_json(raw_info)
-        except (ValueError, KeyError, TypeError):
-            log.warning("uidl map index entry unreadable: ignored", extra={"key": user[:200]})
+        info = _parse_info(user, raw_info)
+        if info is not None:
+            index[user] = info
     return index
+
+
+def read_info(client: Any, prefix: str, user: str) -> MapInfo | None:
+    """``user``'s index entry (expired or not), ``None`` without a readable one."""
+    raw_info = client.hget(index_key(prefix), user)
+    return None if raw_info is None else _parse_info(user, raw_info)
+
+
+def _parse_info(user: str, raw_info: bytes | str) -> MapInfo | None:
+    try:
+        return MapInfo.from_json(raw_info)
+    except (ValueError, KeyError, TypeError):
+        log.warning("uidl map index entry unreadable: ignored", extra={"key": user[:200]})
+        return None
 
 
 def read_map(client: Any, prefix: str, user: str) -> dict[bytes, bytes]:
@@ -297,7 +314,7 @@ class UidlMaps(BackgroundReader):
         Raises :class:`UidlMapUnavailable` when it exists but cannot be read.
         """
         info = self.index.get(user)
-        if info is None or info.backend != backend or not info.live(time.time()):
+        if info is None or not info.applies(backend, time.time()):
             return None
         cached = self._maps.get(user)
         if cached is not None:
