@@ -52,6 +52,7 @@ from pop3proxy.interfaces import (
     ClientAddress,
     LoginRefused,
 )
+from pop3proxy.logs import utc_text
 from pop3proxy.protocol import backend as machine
 from pop3proxy.redisconn import BackgroundReader, RedisHealth
 from pop3proxy.routing import Rotation, candidates
@@ -214,11 +215,6 @@ class BackendStates(BackgroundReader):
         show_state(address, after)
         for hook in self.on_change:
             hook(address, before, after)
-
-
-def utc_text(when: float) -> str:
-    """A Unix time as log lines and ``backend list`` show it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def show_state(address: str, state: str) -> None:

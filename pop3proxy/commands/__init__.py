@@ -11,6 +11,7 @@ from typing import Any
 
 from pop3proxy.config import Config, default_config_path, load_config
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store, open_store
+from pop3proxy.logs import utc_text
 from pop3proxy.redisconn import CredentialsError
 from pop3proxy.sessions import operator
 from pop3proxy.tenants import Tenant
@@ -30,7 +31,7 @@ def log_action(message: str, action: str, **fields: Any) -> None:
     """An operator's action as one structured line (JSON, like the server's
     log lines) on stderr: what, its scope, and who ran it where."""
     record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time": utc_text(time.time()),
         "message": message,
         "action": action,
         **fields,

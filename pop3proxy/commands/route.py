@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any
 
-from pop3proxy.backends import ONLINE, read_backend_states, try_order, utc_text
+from pop3proxy.backends import ONLINE, read_backend_states, try_order
 from pop3proxy.commands import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,6 +31,7 @@ from pop3proxy.directory import Directory, DirectoryUnavailable
 from pop3proxy.downloads import counter_key, window
 from pop3proxy.limits import AllowList, FailureLimiter, LeaseLimiter, Slot
 from pop3proxy.login import sni_tenant
+from pop3proxy.logs import utc_text
 from pop3proxy.migration import read_info
 from pop3proxy.routing import Rotation
 from pop3proxy.tenants import MalformedName, UserName, split_user

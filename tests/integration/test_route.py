@@ -17,7 +17,8 @@ from harness.wire import Pop3Wire
 from test_backend_states import set_state
 from test_routing import POOL, address, login_via, store
 
-from pop3proxy.backends import EVACUATE_DEADLINE, utc_text
+from pop3proxy.backends import EVACUATE_DEADLINE
+from pop3proxy.logs import utc_text
 
 
 def route(proxy: ProxyProcess, user: str, *extra: str) -> dict[str, Any]:
