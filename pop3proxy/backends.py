@@ -54,7 +54,7 @@ from pop3proxy.interfaces import (
 )
 from pop3proxy.logs import utc_text
 from pop3proxy.protocol import backend as machine
-from pop3proxy.redisconn import BackgroundReader, RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth, as_text
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
@@ -101,7 +101,7 @@ def read_backend_states(client: Any, prefix: str) -> tuple[dict[str, str], dict[
     states = _states(stored_states)
     deadlines = {}
     for raw_address, raw_deadline in stored_deadlines.items():
-        address = _text(raw_address)
+        address = as_text(raw_address)
         if states.get(address) != EVACUATE:
             continue
         try:
@@ -114,14 +114,10 @@ def read_backend_states(client: Any, prefix: str) -> tuple[dict[str, str], dict[
 def _states(stored: dict) -> dict[str, str]:
     states = {}
     for raw_address, raw_state in stored.items():
-        state = _text(raw_state)
+        state = as_text(raw_state)
         if state in STATES:
-            states[_text(raw_address)] = state
+            states[as_text(raw_address)] = state
     return states
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def write_state(

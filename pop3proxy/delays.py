@@ -33,7 +33,7 @@ import gevent
 
 from pop3proxy import metrics
 from pop3proxy.config import TimeoutsConfig
-from pop3proxy.redisconn import BackgroundReader, RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth, as_text
 
 log = logging.getLogger("pop3proxy.delays")
 
@@ -98,7 +98,7 @@ def field_name(scope: str, key: str) -> str:
 
 def parse_entry(field: str | bytes, raw: str | bytes) -> Delay | None:
     """One hash entry, or ``None`` when it is not a delay ``set_delay`` wrote."""
-    name = field.decode() if isinstance(field, bytes) else field
+    name = as_text(field)
     scope, _, key = name.partition(":")
     try:
         value = json.loads(raw)
@@ -128,7 +128,7 @@ def _ended_fields(client: Any, prefix: str, now: float) -> list[str]:
     for field, raw in client.hgetall(delays_key(prefix)).items():
         delay = parse_entry(field, raw)
         if delay is None or delay.until <= now:
-            ended.append(field.decode() if isinstance(field, bytes) else field)
+            ended.append(as_text(field))
     return ended
 
 

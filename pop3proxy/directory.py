@@ -28,7 +28,7 @@ from pop3proxy import invalidation, metrics
 from pop3proxy.cache import Source, TTLCache
 from pop3proxy.config import DirectoryConfig
 from pop3proxy.filestore import FileStore
-from pop3proxy.redisconn import RedisHealth, connect, describe
+from pop3proxy.redisconn import RedisHealth, as_text, connect, describe
 from pop3proxy.tenants import RecordError, Tenant, parse_tenant
 from pop3proxy.userrecords import (
     UserRecord,
@@ -195,7 +195,7 @@ class RedisStore:
     def _scan(self, prefix: str) -> Iterator[str]:
         """What follows ``prefix`` in each key that starts with it."""
         for key in self.client.scan_iter(match=prefix + "*", count=500):
-            yield (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+            yield as_text(key)[len(prefix) :]
 
     def raw(self, name: str) -> bytes | None:
         """A tenant's record as stored, unparsed (the admin commands report corrupt ones)."""

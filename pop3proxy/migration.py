@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pop3proxy import metrics
-from pop3proxy.redisconn import BackgroundReader, RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth, as_text
 
 log = logging.getLogger("pop3proxy.migration")
 
@@ -228,7 +228,7 @@ def read_index(client: Any, prefix: str) -> dict[str, MapInfo]:
     """Every user's index entry, expired ones included (unreadable ones are skipped)."""
     index = {}
     for raw_user, raw_info in client.hgetall(index_key(prefix)).items():
-        user = raw_user.decode() if isinstance(raw_user, bytes) else raw_user
+        user = as_text(raw_user)
         info = _parse_info(user, raw_info)
         if info is not None:
             index[user] = info

@@ -54,6 +54,12 @@ that replicas do not reconnect in lockstep."""
 T = TypeVar("T")
 
 
+def as_text(value: bytes | str) -> str:
+    """A key, field or value as Redis returned it: bytes from a client built
+    without ``decode_responses`` (the proxy's), text from one built with it."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class CredentialsError(Exception):
     """The password file cannot be read."""
 
