@@ -3,9 +3,9 @@
 Every answer comes from the functions a login itself runs (the name split
 and the SNI rule of :mod:`pop3proxy.login`, the tenant's identity rule,
 :func:`pop3proxy.backends.try_order`, the failure budgets' and session
-slots' own reads, the login delays' own choice, the UIDL maps' own rule), so
-the explanation cannot drift from a real login. The breaker of a backend lives in each replica's
-memory: the CLI does not know it and says so.
+slots' own reads, the login delays' own choice, the UIDL maps' own rule),
+so the explanation cannot drift from a real login. The breaker of a backend
+lives in each replica's memory: the CLI does not know it and says so.
 """
 
 from __future__ import annotations
