@@ -32,7 +32,7 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
 from pop3proxy import __version__, logs, metrics
-from pop3proxy.backends import EVACUATE, EVACUATE_QUIET, utc_text
+from pop3proxy.backends import EVACUATE, EVACUATE_QUIET
 from pop3proxy.config import Config, ConfigError, ListenerConfig, load_config
 from pop3proxy.directory import Directory, open_directory
 from pop3proxy.filestore import FileStore
@@ -492,7 +492,7 @@ def _enabled_tenants(store: FileStore) -> set[str]:
 
 
 def _when(deadline: float | None) -> str | None:
-    return utc_text(deadline) if deadline is not None else None
+    return logs.utc_text(deadline) if deadline is not None else None
 
 
 def _with_tls(config: Config, running: Config) -> Config:

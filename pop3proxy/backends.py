@@ -52,8 +52,9 @@ from pop3proxy.interfaces import (
     ClientAddress,
     LoginRefused,
 )
+from pop3proxy.logs import utc_text
 from pop3proxy.protocol import backend as machine
-from pop3proxy.redisconn import RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth, as_text
 from pop3proxy.routing import Rotation, candidates
 from pop3proxy.tenants import Backend, Tenant
 
@@ -100,7 +101,7 @@ def read_backend_states(client: Any, prefix: str) -> tuple[dict[str, str], dict[
     states = _states(stored_states)
     deadlines = {}
     for raw_address, raw_deadline in stored_deadlines.items():
-        address = _text(raw_address)
+        address = as_text(raw_address)
         if states.get(address) != EVACUATE:
             continue
         try:
@@ -113,14 +114,10 @@ def read_backend_states(client: Any, prefix: str) -> tuple[dict[str, str], dict[
 def _states(stored: dict) -> dict[str, str]:
     states = {}
     for raw_address, raw_state in stored.items():
-        state = _text(raw_state)
+        state = as_text(raw_state)
         if state in STATES:
-            states[_text(raw_address)] = state
+            states[as_text(raw_address)] = state
     return states
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def write_state(
@@ -159,7 +156,7 @@ StateChange = Callable[[str, str, str], None]
 """``(address, old state, new state)``: called in the process that applies a change."""
 
 
-class BackendStates:
+class BackendStates(BackgroundReader):
     """This process's copy of the backend states, refreshed from Redis in the background.
 
     Without Redis (a file store) every backend is online. When Redis cannot
@@ -173,16 +170,12 @@ class BackendStates:
         health: RedisHealth | None = None,
         refresh: float = STATE_REFRESH,
     ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.health = health or RedisHealth("redis")
-        self.refresh = refresh
+        super().__init__(client, prefix, health, refresh)
         self.states: dict[str, str] = {}
         self.deadlines: dict[str, float] = {}
         """Evacuated backends' deadlines (Unix time), as stored by ``backend set``."""
         self.on_change: list[StateChange] = []
         """Hooks run for each applied change (the app starts an evacuation)."""
-        self._reader: gevent.Greenlet | None = None
 
     def state(self, address: str) -> str:
         return self.states.get(address, ONLINE)
@@ -190,20 +183,6 @@ class BackendStates:
     def deadline(self, address: str) -> float | None:
         """When an evacuated backend's last sessions are ended (Unix time)."""
         return self.deadlines.get(address)
-
-    def start(self) -> None:
-        if self.client is not None and self._reader is None:
-            self.update()
-            self._reader = gevent.spawn(self._read_forever)
-
-    def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill(block=False)
-
-    def _read_forever(self) -> None:
-        while True:
-            gevent.sleep(self.refresh)
-            self.update()
 
     def update(self) -> None:
         """Read the hash once and apply what changed."""
@@ -232,11 +211,6 @@ class BackendStates:
         show_state(address, after)
         for hook in self.on_change:
             hook(address, before, after)
-
-
-def utc_text(when: float) -> str:
-    """A Unix time as log lines and ``backend list`` show it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def show_state(address: str, state: str) -> None:

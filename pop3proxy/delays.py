@@ -33,7 +33,7 @@ import gevent
 
 from pop3proxy import metrics
 from pop3proxy.config import TimeoutsConfig
-from pop3proxy.redisconn import RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth, as_text
 
 log = logging.getLogger("pop3proxy.delays")
 
@@ -98,7 +98,7 @@ def field_name(scope: str, key: str) -> str:
 
 def parse_entry(field: str | bytes, raw: str | bytes) -> Delay | None:
     """One hash entry, or ``None`` when it is not a delay ``set_delay`` wrote."""
-    name = field.decode() if isinstance(field, bytes) else field
+    name = as_text(field)
     scope, _, key = name.partition(":")
     try:
         value = json.loads(raw)
@@ -128,7 +128,7 @@ def _ended_fields(client: Any, prefix: str, now: float) -> list[str]:
     for field, raw in client.hgetall(delays_key(prefix)).items():
         delay = parse_entry(field, raw)
         if delay is None or delay.until <= now:
-            ended.append(field.decode() if isinstance(field, bytes) else field)
+            ended.append(as_text(field))
     return ended
 
 
@@ -172,7 +172,7 @@ class Held:
     refused: Delay | None
 
 
-class Delays:
+class Delays(BackgroundReader):
     """This process's copy of the delays, refreshed from Redis in the background.
 
     Without Redis (a tenants file) there are no delays. When Redis cannot be
@@ -188,28 +188,9 @@ class Delays:
         log_user: Callable[[str], str | None] = lambda user: user,
     ) -> None:
         """``log_user``: how a user appears in the logs (``logging.user``)."""
-        self.client = client
-        self.prefix = prefix
-        self.health = health or RedisHealth("redis")
-        self.refresh = refresh
+        super().__init__(client, prefix, health, refresh)
         self.log_user = log_user
         self.delays: dict[str, Delay] = {}
-        self._reader: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        if self.client is not None and self._reader is None:
-            self.update()
-            self._reader = gevent.spawn(self._read_forever)
-
-    def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill(block=False)
-            self._reader = None
-
-    def _read_forever(self) -> None:
-        while True:
-            gevent.sleep(self.refresh)
-            self.update()
 
     def update(self) -> None:
         """Read the hash once, and log and count what changed."""

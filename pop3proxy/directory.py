@@ -28,7 +28,7 @@ from pop3proxy import invalidation, metrics
 from pop3proxy.cache import Source, TTLCache
 from pop3proxy.config import DirectoryConfig
 from pop3proxy.filestore import FileStore
-from pop3proxy.redisconn import RedisHealth, connect, describe
+from pop3proxy.redisconn import RedisHealth, as_text, connect, describe
 from pop3proxy.tenants import RecordError, Tenant, parse_tenant
 from pop3proxy.userrecords import (
     UserRecord,
@@ -195,7 +195,7 @@ class RedisStore:
     def _scan(self, prefix: str) -> Iterator[str]:
         """What follows ``prefix`` in each key that starts with it."""
         for key in self.client.scan_iter(match=prefix + "*", count=500):
-            yield (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+            yield as_text(key)[len(prefix) :]
 
     def raw(self, name: str) -> bytes | None:
         """A tenant's record as stored, unparsed (the admin commands report corrupt ones)."""
@@ -223,26 +223,9 @@ class RedisStore:
         keeping fields other writers own; an empty record is deleted.
         Returns the stored record, or ``None`` when deleted."""
         key = self.user_key(tenant, local)
-        raw = self.client.get(key)
-        data: dict[str, Any] = {}
-        if raw is not None:
-            try:
-                loaded = json.loads(raw)
-                data = loaded if isinstance(loaded, dict) else {}
-            except ValueError:
-                data = {}  # corrupt: the new record replaces it
-        for field, value in fields.items():
-            if value is None:
-                data.pop(field, None)
-            else:
-                data[field] = value
-        data.setdefault("version", 1)
-        if set(data) == {"version"}:
-            self.client.delete(key)
-            stored = None
-        else:
-            self.client.set(key, json.dumps(data, sort_keys=True))
-            stored = data
+        data = _editable_record(self.client.get(key))
+        _merge_fields(data, fields)
+        stored = _write_record(self.client, key, data)
         self.publish(invalidation.user_message(*user_key_parts(tenant, local)))
         return stored
 
@@ -258,25 +241,11 @@ class RedisStore:
         key = self.user_key(tenant, local)
 
         def in_transaction(pipe: Any) -> Any:
-            raw = pipe.get(key)
-            data: dict[str, Any] = {}
-            if raw is not None:
-                try:
-                    loaded = json.loads(raw)
-                    data = loaded if isinstance(loaded, dict) else {}
-                except ValueError:
-                    data = {}  # corrupt: the new record replaces it
+            data = _editable_record(pipe.get(key))
             value = change(data.get(name))
-            if value is None:
-                data.pop(name, None)
-            else:
-                data[name] = value
-            data.setdefault("version", 1)
+            _merge_fields(data, {name: value})
             pipe.multi()
-            if set(data) == {"version"}:
-                pipe.delete(key)
-            else:
-                pipe.set(key, json.dumps(data, sort_keys=True))
+            _write_record(pipe, key, data)
             return value
 
         value = self.client.transaction(in_transaction, key, value_from_callable=True)
@@ -322,6 +291,38 @@ class RedisStore:
 
     def shared_health(self) -> RedisHealth:
         return self.health
+
+
+def _editable_record(raw: bytes | str | None) -> dict[str, Any]:
+    """A stored user record as fields to change; a corrupt one is replaced by the change."""
+    if raw is None:
+        return {}
+    try:
+        loaded = json.loads(raw)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _merge_fields(data: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Set each of ``fields`` in ``data``; ``None`` removes the field."""
+    for field, value in fields.items():
+        if value is None:
+            data.pop(field, None)
+        else:
+            data[field] = value
+
+
+def _write_record(target: Any, key: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """Store ``data`` through ``target`` (the client, or a transaction's
+    pipeline); a record left with no field but its version is deleted.
+    Returns what was stored, or ``None`` when deleted."""
+    data.setdefault("version", 1)
+    if set(data) == {"version"}:
+        target.delete(key)
+        return None
+    target.set(key, json.dumps(data, sort_keys=True))
+    return data
 
 
 class Directory:

@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pop3proxy.redisconn import RedisHealth
+from pop3proxy.redisconn import RedisHealth, as_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ def last_used(client: Any, prefix: str, user: str) -> dict[str, dict[str, Any]]:
     last login. Raises what Redis raises (the CLI reports it)."""
     used = {}
     for password_id, raw in client.hgetall(last_used_key(prefix, user)).items():
-        name = password_id.decode() if isinstance(password_id, bytes) else password_id
+        name = as_text(password_id)
         try:
             used[name] = json.loads(raw)
         except ValueError:

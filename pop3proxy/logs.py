@@ -21,6 +21,12 @@ _SECRET_MARKERS = ("pass", "secret", "token", "credential", "auth_data")
 """A field whose name contains one of these is never written, whatever its case."""
 
 
+def utc_text(when: float) -> str:
+    """A Unix time as operators read it in log lines and the CLI's output:
+    ``2026-03-01T12:00:00Z`` (UTC, to the second)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
 def _secret(key: str) -> bool:
     lowered = key.lower()
     return any(marker in lowered for marker in _SECRET_MARKERS)

@@ -34,10 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import gevent
-
 from pop3proxy import metrics
-from pop3proxy.redisconn import RedisHealth
+from pop3proxy.redisconn import BackgroundReader, RedisHealth, as_text
 
 log = logging.getLogger("pop3proxy.migration")
 
@@ -81,6 +79,10 @@ class MapInfo:
 
     def live(self, now: float) -> bool:
         return now < self.expires
+
+    def applies(self, backend: str, now: float) -> bool:
+        """A login that reached ``backend`` at ``now`` gets its UIDLs translated."""
+        return backend == self.backend and self.live(now)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -226,12 +228,25 @@ def read_index(client: Any, prefix: str) -> dict[str, MapInfo]:
     """Every user's index entry, expired ones included (unreadable ones are skipped)."""
     index = {}
     for raw_user, raw_info in client.hgetall(index_key(prefix)).items():
-        user = raw_user.decode() if isinstance(raw_user, bytes) else raw_user
-        try:
-            index[user] = MapInfo.from_json(raw_info)
-        except (ValueError, KeyError, TypeError):
-            log.warning("uidl map index entry unreadable: ignored", extra={"key": user[:200]})
+        user = as_text(raw_user)
+        info = _parse_info(user, raw_info)
+        if info is not None:
+            index[user] = info
     return index
+
+
+def read_info(client: Any, prefix: str, user: str) -> MapInfo | None:
+    """``user``'s index entry (expired or not), ``None`` without a readable one."""
+    raw_info = client.hget(index_key(prefix), user)
+    return None if raw_info is None else _parse_info(user, raw_info)
+
+
+def _parse_info(user: str, raw_info: bytes | str) -> MapInfo | None:
+    try:
+        return MapInfo.from_json(raw_info)
+    except (ValueError, KeyError, TypeError):
+        log.warning("uidl map index entry unreadable: ignored", extra={"key": user[:200]})
+        return None
 
 
 def read_map(client: Any, prefix: str, user: str) -> dict[bytes, bytes]:
@@ -259,7 +274,7 @@ class UidlMapUnavailable(Exception):
     would make the client download the whole mailbox again."""
 
 
-class UidlMaps:
+class UidlMaps(BackgroundReader):
     """This replica's copy of the map index, refreshed from Redis in the background.
 
     Without Redis (a file store) nobody has a map. When Redis cannot be
@@ -273,28 +288,10 @@ class UidlMaps:
         health: RedisHealth | None = None,
         refresh: float = INDEX_REFRESH,
     ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.health = health or RedisHealth("redis")
-        self.refresh = refresh
+        super().__init__(client, prefix, health, refresh)
         self.index: dict[str, MapInfo] = {}
         self.generation: bytes | None = None
         self._maps: OrderedDict[str, Mapping[bytes, bytes]] = OrderedDict()
-        self._reader: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        if self.client is not None and self._reader is None:
-            self.update()
-            self._reader = gevent.spawn(self._read_forever)
-
-    def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill(block=False)
-
-    def _read_forever(self) -> None:
-        while True:
-            gevent.sleep(self.refresh)
-            self.update()
 
     def update(self) -> None:
         """Read the generation counter; the index too when it moved."""
@@ -317,7 +314,7 @@ class UidlMaps:
         Raises :class:`UidlMapUnavailable` when it exists but cannot be read.
         """
         info = self.index.get(user)
-        if info is None or info.backend != backend or not info.live(time.time()):
+        if info is None or not info.applies(backend, time.time()):
             return None
         cached = self._maps.get(user)
         if cached is not None:

@@ -12,6 +12,10 @@ exponential backoff so that an outage costs logins nothing but a cache read.
 Every caller of the process shares one: the directory, the failed-login
 budgets and the session leases (:meth:`RedisHealth.call`), so a Redis that
 hangs is waited for once, not once per caller and connection.
+
+:class:`BackgroundReader` is the one loop that keeps a process's copy of
+some shared state (backend states, login delays, the UIDL map index) read
+from Redis once a second, so that no login waits for Redis to learn it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ that replicas do not reconnect in lockstep."""
 
 
 T = TypeVar("T")
+
+
+def as_text(value: bytes | str) -> str:
+    """A key, field or value as Redis returned it: bytes from a client built
+    without ``decode_responses`` (the proxy's), text from one built with it."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class CredentialsError(Exception):
@@ -244,3 +254,44 @@ class RedisHealth:
                 "redis unreachable: serving cached tenants and local limits, retrying with backoff",
                 extra={"redis": self.where, "error": str(error) or type(error).__name__},
             )
+
+
+class BackgroundReader:
+    """One process's copy of some state kept in Redis, read again every
+    ``refresh`` seconds in a greenlet of its own, so that a login only ever
+    reads memory (the backend states, the login delays, the UIDL map index).
+
+    A subclass says how to read in :meth:`update`, through :attr:`health`
+    (:meth:`RedisHealth.call`), keeping what it last read when Redis cannot
+    be reached. Without Redis (``client`` is ``None``: a file store) nothing
+    is read and the copy stays as built.
+    """
+
+    def __init__(
+        self, client: Any, prefix: str, health: RedisHealth | None, refresh: float
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.health = health or RedisHealth("redis")
+        self.refresh = refresh
+        self._reader: gevent.Greenlet | None = None
+
+    def update(self) -> None:
+        """Read once from Redis and apply what changed."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Read once now (the first login already sees the state), then in the background."""
+        if self.client is not None and self._reader is None:
+            self.update()
+            self._reader = gevent.spawn(self._read_forever)
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.kill(block=False)
+            self._reader = None
+
+    def _read_forever(self) -> None:
+        while True:
+            gevent.sleep(self.refresh)
+            self.update()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pop3proxy import invalidation
+from pop3proxy.redisconn import as_text
 
 log = logging.getLogger("pop3proxy.sessions")
 
@@ -254,10 +255,7 @@ def operator() -> str:
 def live_sessions(client: Any, prefix: str) -> list[Entry]:
     """Every live replica's sessions: two round trips whatever their number."""
     since = time.time() - ENTRY_TTL
-    replicas = [
-        name.decode() if isinstance(name, bytes) else name
-        for name in client.zrangebyscore(replicas_key(prefix), since, "+inf")
-    ]
+    replicas = [as_text(name) for name in client.zrangebyscore(replicas_key(prefix), since, "+inf")]
     pipe = client.pipeline(transaction=False)
     for replica in replicas:
         pipe.hvals(registry_key(prefix, replica))

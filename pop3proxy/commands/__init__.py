@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pop3proxy.config import Config, default_config_path, load_config
+from pop3proxy.config import Config, TenancyConfig, default_config_path, load_config
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store, open_store
+from pop3proxy.logs import utc_text
 from pop3proxy.redisconn import CredentialsError
 from pop3proxy.sessions import operator
-from pop3proxy.tenants import Tenant
+from pop3proxy.tenants import MalformedName, Tenant, UserName, split_user
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,7 +31,7 @@ def log_action(message: str, action: str, **fields: Any) -> None:
     """An operator's action as one structured line (JSON, like the server's
     log lines) on stderr: what, its scope, and who ran it where."""
     record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time": utc_text(time.time()),
         "message": message,
         "action": action,
         **fields,
@@ -66,6 +67,21 @@ def existing_tenant(store: Store, name: str) -> Tenant:
     if tenant is None:
         raise CommandError(f"no tenant named {name!r}")
     return tenant
+
+
+def user_name(text: str, tenancy: TenancyConfig) -> UserName:
+    """``USER@TENANT`` as an operator gave it (on the command line or in a
+    file), split as a login splits it (``tenancy.default_tenant`` when it
+    names none); a usage error when it is malformed or has no tenant."""
+    try:
+        name = split_user(text, tenancy.separator, tenancy.default_tenant)
+    except MalformedName as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+    if name.tenant is None:
+        raise CommandError(
+            f"{text!r} names no tenant (expected USER{tenancy.separator}TENANT)", EXIT_USAGE
+        )
+    return name
 
 
 def redis_store(args: argparse.Namespace) -> RedisStore:

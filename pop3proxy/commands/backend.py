@@ -21,10 +21,10 @@ from pop3proxy.backends import (
     STATES,
     read_backend_states,
     read_states,
-    utc_text,
     write_state,
 )
 from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, log_action, redis_store, usage
+from pop3proxy.logs import utc_text
 from pop3proxy.schema import parse_duration
 from pop3proxy.tenants import Backend, parse_backend_address
 

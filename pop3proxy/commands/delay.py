@@ -38,6 +38,7 @@ from pop3proxy.delays import (
     set_delay,
 )
 from pop3proxy.directory import RedisStore, Store
+from pop3proxy.logs import utc_text
 from pop3proxy.schema import parse_duration
 from pop3proxy.tenants import Identity
 
@@ -114,7 +115,7 @@ def _set(args: argparse.Namespace, store: RedisStore, scope: str, key: str, seco
         reason=delay.reason or None,
     )
     print(
-        f"login delay for {scope} {key}: {delay.mode} until {_utc(until)} ({seconds:g}s); "
+        f"login delay for {scope} {key}: {delay.mode} until {utc_text(until)} ({seconds:g}s); "
         f"every replica follows within {PROPAGATION_SECONDS:g}s"
     )
     can_wait = longest_wait(load(args).timeouts)
@@ -166,7 +167,7 @@ def _list(args: argparse.Namespace) -> int:
             str(row["scope"]),
             str(row["key"]),
             str(row["mode"]),
-            _utc(row["until"]),
+            utc_text(row["until"]),
             f"{row['remaining']:.0f}s",
             str(row["reason"] or "-"),
         )
@@ -181,7 +182,3 @@ def _list(args: argparse.Namespace) -> int:
 
 def _row(delay: Delay, now: float) -> dict[str, Any]:
     return {**delay.as_dict(), "remaining": round(delay.remaining(now), 3)}
-
-
-def _utc(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -43,6 +43,7 @@ from pop3proxy.commands import (
     log_action,
     redis_store,
     usage,
+    user_name,
 )
 from pop3proxy.delays import PROPAGATION_SECONDS, WAIT, lift_delay, set_delay
 from pop3proxy.directory import Directory, RedisStore
@@ -63,12 +64,9 @@ from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
     Backend,
     Identity,
-    MalformedName,
     MasterPasswordMissing,
     Tenant,
-    UserName,
     parse_backend_address,
-    split_user,
 )
 
 DEFAULT_WORKERS = 4
@@ -185,7 +183,7 @@ class Context:
         if bool(args.user) == bool(tenant_name):
             raise CommandError("give either USER@TENANT or --tenant T", EXIT_USAGE)
         if args.user:
-            name = self.user_name(args.user)
+            name = user_name(args.user, self.config.tenancy)
             tenant = existing_tenant(self.store, name.tenant or "")
             return tenant, [tenant.identity(name)]
         tenant = existing_tenant(self.store, tenant_name or "")
@@ -204,18 +202,6 @@ class Context:
             locals_ = list(self.store.user_locals(tenant.name))
         users = sorted({tenant.canonical_local(local) for local in locals_})
         return tenant, [Identity(local, tenant.name, separator) for local in users]
-
-    def user_name(self, text: str) -> UserName:
-        tenancy = self.config.tenancy
-        try:
-            name = split_user(text, tenancy.separator, tenancy.default_tenant)
-        except MalformedName as error:
-            raise CommandError(str(error), EXIT_USAGE) from None
-        if name.tenant is None:
-            raise CommandError(
-                f"{text!r} names no tenant (expected USER{tenancy.separator}TENANT)", EXIT_USAGE
-            )
-        return name
 
     def credentials(self, tenant: Tenant) -> dict[Identity, bytes]:
         """The ``--credentials`` file: user -> password (never printed)."""
@@ -243,7 +229,7 @@ class Context:
                     "USER@TENANT: password",
                     EXIT_USAGE,
                 )
-            name = self.user_name(key)
+            name = user_name(key, self.config.tenancy)
             if name.tenant == tenant.name:
                 passwords[tenant.identity(name)] = str(value).encode()
         return passwords

@@ -3,9 +3,9 @@
 Every answer comes from the functions a login itself runs (the name split
 and the SNI rule of :mod:`pop3proxy.login`, the tenant's identity rule,
 :func:`pop3proxy.backends.try_order`, the failure budgets' and session
-slots' own reads, the login delays' own choice), so the explanation cannot
-drift from a real login. The breaker of a backend lives in each replica's
-memory: the CLI does not know it and says so.
+slots' own reads, the login delays' own choice, the UIDL maps' own rule),
+so the explanation cannot drift from a real login. The breaker of a backend
+lives in each replica's memory: the CLI does not know it and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any
 
-from pop3proxy.backends import ONLINE, read_states, try_order
+from pop3proxy.backends import ONLINE, read_backend_states, try_order
 from pop3proxy.commands import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,6 +31,8 @@ from pop3proxy.directory import Directory, DirectoryUnavailable
 from pop3proxy.downloads import counter_key, window
 from pop3proxy.limits import AllowList, FailureLimiter, LeaseLimiter, Slot
 from pop3proxy.login import sni_tenant
+from pop3proxy.logs import utc_text
+from pop3proxy.migration import read_info
 from pop3proxy.routing import Rotation
 from pop3proxy.tenants import MalformedName, UserName, split_user
 
@@ -93,7 +95,9 @@ def explain(
     identity = tenant.identity(name)
     pin = directory.pinned_backend(tenant, identity.local)
     client = directory.redis
-    states = read_states(client, config.directory.key_prefix) if client is not None else {}
+    states, deadlines = (
+        read_backend_states(client, config.directory.key_prefix) if client is not None else ({}, {})
+    )
     order = try_order(tenant, identity.full, Rotation(), pin, lambda a: states.get(a, ONLINE))
     tried = [backend.address for backend in order]
     route.update(
@@ -106,6 +110,7 @@ def explain(
             {
                 "backend": backend.address,
                 "state": states.get(backend.address, ONLINE),
+                "deadline": deadlines.get(backend.address),
                 "try": tried.index(backend.address) + 1 if backend.address in tried else None,
                 "breaker": BREAKER_UNKNOWN,
             }
@@ -123,7 +128,28 @@ def explain(
     )
     route["delay"] = _delay(config, directory, tenant.name, identity.full)
     route["limits"]["download"] = _download(config, directory, identity.full)
+    route["uidl_map"] = _uidl_map(config, directory, identity.full, tried)
     return route
+
+
+def _uidl_map(
+    config: Config, directory: Directory, user: str, tried: list[str]
+) -> dict[str, Any] | None:
+    """The user's UIDL map, when one is in force, and whether the backend
+    tried first is the one it is for (:meth:`pop3proxy.migration.MapInfo.applies`,
+    the login's own rule: a login elsewhere is not translated)."""
+    if directory.redis is None:
+        return None
+    info = read_info(directory.redis, config.directory.key_prefix, user)
+    now = time.time()
+    if info is None or not info.live(now):
+        return None
+    return {
+        "backend": info.backend,
+        "entries": info.entries,
+        "expires": info.expires,
+        "translated_on_first_try": bool(tried) and info.applies(tried[0], now),
+    }
 
 
 def _download(config: Config, directory: Directory, user: str) -> dict[str, Any] | None:
@@ -218,7 +244,11 @@ def print_route(route: dict[str, Any]) -> None:
         print(f"backends (at most {route['max_attempts']} tried):")
         for row in route["backends"]:
             order = f"{row['try']}." if row["try"] else "-"
-            print(f"  {order:<3} {row['backend']}  state={row['state']}  breaker: {row['breaker']}")
+            deadline = f" (ends {utc_text(row['deadline'])})" if row.get("deadline") else ""
+            print(
+                f"  {order:<3} {row['backend']}  state={row['state']}{deadline}"
+                f"  breaker: {row['breaker']}"
+            )
     limits = route.get("limits")
     if limits:
         counts = ", ".join(f"{scope} {count}" for scope, count in limits["failures"].items())
@@ -232,6 +262,17 @@ def print_route(route: dict[str, Any]) -> None:
             used = "unknown" if download["used_today"] is None else download["used_today"]
             ends = time.strftime("%H:%M UTC", time.gmtime(download["window_ends"]))
             print(f"download:  {used} of {download['budget']} bytes today (until {ends})")
+    if "uidl_map" in route:
+        uidl_map = route["uidl_map"]
+        if uidl_map is None:
+            print("uidl map:  none")
+        else:
+            applies = "yes" if uidl_map["translated_on_first_try"] else "no"
+            print(
+                f"uidl map:  {uidl_map['entries']} UIDLs for {uidl_map['backend']} "
+                f"(until {utc_text(uidl_map['expires'])}); "
+                f"translated on the first backend tried: {applies}"
+            )
     if "delay" in route:
         delay = route["delay"]
         if delay is None:

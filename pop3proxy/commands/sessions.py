@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from pop3proxy.commands import EXIT_OK, EXIT_USAGE, CommandError, redis_store
+from pop3proxy.logs import utc_text
 from pop3proxy.sessions import Entry, KickResult, KickScope, kick, live_sessions
 
 _COLUMNS = (
@@ -84,7 +84,7 @@ def _cell(key: str, value: object) -> str:
     if value is None:
         return "-"
     if key == "started" and isinstance(value, int | float):
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+        return utc_text(value)
     return str(value)
 
 

@@ -40,6 +40,7 @@ from pop3proxy.commands import (
     existing_tenant,
     load,
     usage,
+    user_name,
 )
 from pop3proxy.commands.userimport import register_import
 from pop3proxy.directory import DirectoryUnavailable, RedisStore, Store
@@ -48,11 +49,9 @@ from pop3proxy.legacyhashes import ARGON2ID
 from pop3proxy.sessions import KickScope, kick
 from pop3proxy.tenants import (
     Identity,
-    MalformedName,
     Tenant,
     UserName,
     parse_backend_address,
-    split_user,
 )
 
 
@@ -100,16 +99,7 @@ def register(
 
 
 def _name(args: argparse.Namespace) -> UserName:
-    tenancy = load(args).tenancy
-    try:
-        name = split_user(args.user, tenancy.separator, tenancy.default_tenant)
-    except MalformedName as error:
-        raise CommandError(str(error), EXIT_USAGE) from None
-    if name.tenant is None:
-        raise CommandError(
-            f"{args.user!r} names no tenant (expected USER{tenancy.separator}TENANT)", EXIT_USAGE
-        )
-    return name
+    return user_name(args.user, load(args).tenancy)
 
 
 def _identity(name: UserName, store: Store, tenant: Tenant | None = None) -> Identity:

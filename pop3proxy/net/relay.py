@@ -147,9 +147,12 @@ class Relay(ErrorBoundary):
         has not read them yet (in the kernel pipe or the outbox). A reply the
         backend pauses in the middle of is not seen here: the quiet time is.
         Read from outside (an evacuation waits for it), never on the relay's path."""
+        return self.last_command >= self.last_activity or self._undelivered()
+
+    def _undelivered(self) -> bool:
+        """Bytes wait for a side that has not taken them yet."""
         return (
-            self.last_command >= self.last_activity
-            or bool(self._pipe and self._pipe.pending)
+            bool(self._pipe and self._pipe.pending)
             or bool(self.client.outbox)
             or bool(self.backend.outbox)
         )
@@ -431,6 +434,13 @@ class TrackedRelay(Relay):
             new = rewriter.translated - self._translated_counted
             metrics.add(metrics.UIDL_TRANSLATED, self.tenant, amount=new)
             self._translated_counted = rewriter.translated
+
+    @property
+    def in_flight(self) -> bool:
+        """Exact here: the tracker knows whether a reply is outstanding or under
+        way (a reply the backend pauses in the middle of included), and a
+        command the proxy refused itself (budget spent) is not waiting for one."""
+        return not self._tracker.idle or self._undelivered()
 
     def _begin(self, pending: list[Action], leftover: bytes) -> None:
         if leftover:  # spoken before any command: a reply nobody asked for

@@ -302,3 +302,37 @@ def test_a_command_waiting_for_its_reply_is_not_cut(make_proxy):
             assert closed_within(client, QUIET_KICK_WITHIN), "answered, then quiet: ended"
     finally:
         holding.close()
+
+
+def test_a_retr_the_budget_refused_leaves_nothing_in_flight(make_dovecot, make_proxy):
+    """The proxy answers a RETR itself once the download budget is spent: no
+    reply is outstanding, so an evacuation ends the session once it is quiet
+    (not at the deadline, as it would if the refused RETR looked in flight)."""
+    backend = make_dovecot()
+    small = b"Subject: small\r\n\r\n" + b"x" * 500 + b"\r\n"
+    backend.reset_mailbox("alice", [small, small])
+    proxy = make_proxy({"limits": {"download_per_user_day": 100}}, start=False, tenants=False)
+    store(proxy, address(backend))
+    proxy.start()
+    with Pop3Wire(proxy.host, proxy.ports["plain"]) as client:
+        client.login(f"alice@{POOL}", USERS["alice"])
+        assert client.command("RETR 1").startswith(b"+OK")
+        client.read_multiline()  # the message that crosses the budget arrives whole
+
+        def refused() -> bool:
+            reply = client.command("RETR 2")
+            if reply.startswith(b"+OK"):
+                client.read_multiline()
+                return False
+            assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
+            return True
+
+        wait_until(refused, 10, interval=0.5, message="the session learns the budget is spent")
+        set_state((proxy,), address(backend), "evacuate", "--deadline", "1m")
+        assert closed_within(client, QUIET_KICK_WITHIN), "refused, then quiet: ended"
+    wait_until(
+        lambda: ends_on(proxy, address(backend)) == {f"alice@{POOL}": "evacuated"},
+        5,
+        message="the session summary",
+    )
+    assert backend.message_count("alice") == 2, "nothing deleted"

@@ -4,14 +4,21 @@ lands on, for every policy, with states, pins, budgets and slots."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _migration import MOVING, message, set_up_move, uidls
 from harness.proxy import ProxyProcess, run_cli
+from harness.redis import RedisServer
 from harness.users import USERS
 from harness.wire import Pop3Wire
 from test_backend_states import set_state
 from test_routing import POOL, address, login_via, store
+
+from pop3proxy.backends import EVACUATE_DEADLINE
+from pop3proxy.logs import utc_text
 
 
 def route(proxy: ProxyProcess, user: str, *extra: str) -> dict[str, Any]:
@@ -59,9 +66,12 @@ def test_route_follows_states_and_rotation(make_dovecot, make_proxy):
         "try": None,
     }
     assert rows[address(second)]["try"] == 1
+    deadline = rows[address(first)]["deadline"]
+    assert time.time() < deadline <= time.time() + EVACUATE_DEADLINE, "the default deadline"
+    assert rows[address(second)]["deadline"] is None
     text = run_cli(proxy.config_path, "route", f"alice@{POOL}").stdout
-    assert f"1.  {address(second)}  state=online" in text
-    assert f"-   {address(first)}  state=evacuate" in text
+    assert f"1.  {address(second)}  state=online  breaker" in text
+    assert f"-   {address(first)}  state=evacuate (ends {utc_text(deadline)})" in text
     assert "breaker: not known from the CLI" in text
     assert {login_via(proxy) for _ in range(2)} == {address(second)}
 
@@ -98,3 +108,38 @@ def test_route_shows_pin_budgets_and_slots(make_dovecot, make_proxy):
         assert explained["limits"]["failures"]["user"] == 0, "a login resets the user's budget"
     unknown = run_cli(proxy.config_path, "route", "bob@nowhere.example")
     assert unknown.returncode == 1 and "unknown_tenant" in unknown.stdout
+
+
+def test_route_shows_the_uidl_map_and_whether_a_login_is_translated(
+    make_dovecot, make_proxy, redis_server: RedisServer, tmp_path: Path
+):
+    move = set_up_move(make_dovecot, make_proxy, redis_server, tmp_path)
+    move.deliver("alice", [message(1), message(2)], [message(1), message(2)])
+    assert route(move.proxy, f"alice@{MOVING}")["uidl_map"] is None
+    code, _, err = move.cli(
+        "map", f"alice@{MOVING}", "--to", move.to, "--credentials", str(move.credentials)
+    )
+    assert code == 0, err
+    before = route(move.proxy, f"alice@{MOVING}")
+    assert before["uidl_map"] == {
+        **before["uidl_map"],
+        "backend": move.to,
+        "entries": 2,
+        "translated_on_first_try": False,  # failover: the old backend comes first
+    }
+    assert time.time() < before["uidl_map"]["expires"]
+    assert route(move.proxy, f"bob@{MOVING}")["uidl_map"] is None, "only alice has a map"
+
+    code, _, err = move.cli("cutover", f"alice@{MOVING}", "--to", move.to)
+    assert code == 0, err
+    after = route(move.proxy, f"alice@{MOVING}")
+    assert first_try(after) == move.to
+    assert after["uidl_map"]["translated_on_first_try"] is True
+    text = run_cli(move.proxy.config_path, "route", f"alice@{MOVING}").stdout
+    assert f"uidl map:  2 UIDLs for {move.to} (until " in text
+    assert "translated on the first backend tried: yes" in text
+    with Pop3Wire(move.proxy.host, move.proxy.ports["plain"]) as wire:  # as route says
+        wire.login(f"alice@{MOVING}", USERS["alice"])
+        assert wire.command("UIDL").startswith(b"+OK")
+        listed = [line.split()[1] for line in wire.read_multiline().splitlines()[:-1]]
+    assert listed == uidls(move.old, "alice")

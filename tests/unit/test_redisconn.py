@@ -15,7 +15,7 @@ import redis
 from pop3proxy.config import DirectoryConfig, parse_config
 from pop3proxy.directory import Directory, RedisStore
 from pop3proxy.filestore import FileStore
-from pop3proxy.redisconn import Backoff, RedisHealth, connection_options
+from pop3proxy.redisconn import BackgroundReader, Backoff, RedisHealth, connection_options
 from pop3proxy.tenants import parse_tenant
 
 
@@ -181,3 +181,38 @@ def test_file_store_keeps_records_when_the_new_file_is_bad(tmp_path):
     path.write_text("tenants: [{name: a.example}]\n")
     assert store.reload("test") is False
     assert store.get("a.example") is not None
+
+
+class CountingReader(BackgroundReader):
+    def __init__(self, client: object) -> None:
+        super().__init__(client, "p", RedisHealth("redis://x"), refresh=0.01)
+        self.reads = 0
+
+    def update(self) -> None:
+        self.reads += 1
+
+
+def test_a_background_reader_reads_at_start_then_in_the_background_until_stopped():
+    reader = CountingReader(client=object())
+    reader.start()
+    assert reader.reads == 1, "the first read happens before start returns"
+    reader.start()  # started twice: still one greenlet
+    assert reader.reads == 1
+    gevent.sleep(0.1)
+    assert reader.reads > 2
+    reader.stop()
+    gevent.sleep(0)
+    stopped_at = reader.reads
+    gevent.sleep(0.05)
+    assert reader.reads == stopped_at
+    reader.start()  # a stopped reader can start again
+    assert reader.reads == stopped_at + 1
+    reader.stop()
+
+
+def test_a_background_reader_without_redis_reads_nothing():
+    reader = CountingReader(client=None)
+    reader.start()
+    gevent.sleep(0.05)
+    assert reader.reads == 0
+    reader.stop()
