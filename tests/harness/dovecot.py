@@ -338,9 +338,11 @@ class Dovecot(process.ServerProcess):
         shutil.rmtree(self.maildir(user), ignore_errors=True)
         return self.deliver(user, messages)
 
-    def open_sessions(self, user: str) -> int:
-        """Sessions of ``user`` that logged in and have not ended, from the log."""
-        log = self.read_log()
+    def open_sessions(self, user: str, since: int = 0) -> int:
+        """Sessions of ``user`` that logged in and have not ended, from the log
+        after offset ``since`` (a :meth:`log_mark`: the Dovecot is shared, and
+        an earlier test's session may still be closing)."""
+        log = self.read_log()[since:]
         logins = log.count(f"Login: user=<{user}>")
         ended = len(re.findall(rf"pop3\({re.escape(user)}\)<[^>]*><[^>]*>: \w+: Disconnected", log))
         return logins - ended

@@ -150,7 +150,9 @@ def test_a_login_abandoned_while_redis_hangs_gives_back_its_slot_and_backend(
         assert not any(abandoned.encode() in m for m in lease_members(private_redis).values())
         dovecot.wait_for_log(r"pop3\(alice\).*Disconnected: Connection closed.*del=0/", since=mark)
         assert "Disconnected: Logged out" not in dovecot.read_log()[mark:]
-        wait_until(lambda: dovecot.open_sessions("alice") <= 0, 5, message="backend closed")
+        wait_until(
+            lambda: dovecot.open_sessions("alice", since=mark) <= 0, 5, message="backend closed"
+        )
         with Pop3Wire(proxy.host, proxy.ports["plain"]) as wire:
             assert wire.command(f"USER alice@{TENANT}").startswith(b"+OK")
             assert wire.command(f"PASS {USERS['alice']}").startswith(b"+OK")
