@@ -6,6 +6,7 @@ a deadline, so a fast machine is fast and a slow one still passes.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -17,12 +18,27 @@ T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 
 
-PORTS = range(10000, 20000)
+ALL_PORTS = range(10000, 20000)
 """Where servers of the suite listen: below the kernel's ephemeral range, which
 outgoing connections draw their source ports from (a port the kernel hands
 out for "bind to port 0" can be taken by any client before the server binds
 it), and low enough that a Redis Cluster node's bus port (port + 10000)
 stays out of it too."""
+
+
+def _share_of_ports() -> range:
+    """This test process's share of :data:`ALL_PORTS`: under pytest-xdist each
+    worker draws from its own slice, so two workers never hand out one port
+    in the moment between checking it and a server binding it."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = len(ALL_PORTS) // max(count, 1)
+    start = ALL_PORTS.start + index * size
+    return range(start, start + size)
+
+
+PORTS = _share_of_ports()
 _handed_out: set[int] = set()
 
 

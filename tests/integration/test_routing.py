@@ -63,11 +63,18 @@ def pool_sessions(proxy: ProxyProcess) -> list[dict]:
 
 
 def login_via(proxy: ProxyProcess, user: str = "alice") -> str:
-    """Log ``user`` in; returns the backend of that session (from the proxy's summary line)."""
-    count = len(pool_sessions(proxy))
+    """Log ``user`` in and QUIT; returns the backend of that session (from
+    the proxy's summary line). Only sessions that ended with the client's
+    QUIT count: another session of the test (kicked, evacuated) may end
+    meanwhile."""
+
+    def quit_sessions() -> list[dict]:
+        return [s for s in pool_sessions(proxy) if s.get("end") == "quit"]
+
+    count = len(quit_sessions())
     assert login(proxy, user).startswith(b"+OK")
-    wait_until(lambda: len(pool_sessions(proxy)) > count, 5, message="session summary")
-    return pool_sessions(proxy)[-1]["backend"]
+    wait_until(lambda: len(quit_sessions()) > count, 5, message="session summary")
+    return quit_sessions()[-1]["backend"]
 
 
 def test_failover_when_the_first_backend_is_stopped(make_dovecot, make_proxy):
