@@ -402,7 +402,8 @@ class TokenChecker:
         try:
             answer = self.keys.http.post_form(
                 oauth.introspection_url,
-                {"token": token.decode("ascii"), "token_type_hint": "access_token"},
+                # The hint is RFC 7662's name of a token type, not a secret.
+                {"token": token.decode("ascii"), "token_type_hint": "access_token"},  # nosec B105
                 (oauth.client_id, secret),
                 oauth.ca_file,
             )
