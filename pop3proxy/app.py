@@ -236,19 +236,7 @@ class App:
             if not session.ended and scope.matches(self.describe(session)):
                 session.end("kicked")
                 ended += 1
-        metrics.add(metrics.KICKS, scope.scope)
-        metrics.add(metrics.KICKED_SESSIONS, scope.scope, amount=ended)
-        log.info(
-            "kick",
-            extra={
-                "scope": scope.scope,
-                "value": scope.value,
-                "reason": reason or None,
-                "sessions": ended,
-                "kick": kick.id,
-                "by": kick.by,
-            },
-        )
+        _count_kick(scope, reason or None, ended, kick.by, kick.id)
         if self._redis is not None:
             try:
                 answer_kick(
@@ -303,18 +291,8 @@ class App:
                 session.end("kicked")
                 ended[login.tenant] = ended.get(login.tenant, 0) + 1
         for name, count in sorted(ended.items()):
-            metrics.add(metrics.KICKS, "tenant")
-            metrics.add(metrics.KICKED_SESSIONS, "tenant", amount=count)
-            log.info(
-                "kick",
-                extra={
-                    "scope": "tenant",
-                    "value": name,
-                    "reason": "tenant deleted" if store.get(name) is None else "tenant disabled",
-                    "sessions": count,
-                    "by": "tenants file",
-                },
-            )
+            reason = "tenant deleted" if store.get(name) is None else "tenant disabled"
+            _count_kick(KickScope("tenant", name), reason, count, "tenants file")
 
     # -- evacuation (backend state evacuate) ---------------------------------------
 
@@ -493,6 +471,29 @@ def _enabled_tenants(store: FileStore) -> set[str]:
 
 def _when(deadline: float | None) -> str | None:
     return logs.utc_text(deadline) if deadline is not None else None
+
+
+def _count_kick(
+    scope: KickScope,
+    reason: str | None,
+    sessions: int,
+    by: str | None,
+    kick_id: str | None = None,
+) -> None:
+    """One kick acted on here, from the channel or from a tenants file: its
+    metrics and its ``kick`` log line."""
+    metrics.add(metrics.KICKS, scope.scope)
+    metrics.add(metrics.KICKED_SESSIONS, scope.scope, amount=sessions)
+    record = {
+        "scope": scope.scope,
+        "value": scope.value,
+        "reason": reason,
+        "sessions": sessions,
+        "by": by,
+    }
+    if kick_id is not None:
+        record["kick"] = kick_id
+    log.info("kick", extra=record)
 
 
 def _with_tls(config: Config, running: Config) -> Config:
